@@ -1,0 +1,3 @@
+"""Tasks: the embedded arithmetic task, GSM8K and MATH; prompts and tokenizers."""
+
+from rft_jax.data.base import Example, Task
