@@ -1,10 +1,28 @@
 """Composable RL loss transforms over per-token log-probs (import as `rft_jax.losses as rl`).
 
-Light on purpose: importing this package pulls in jax and flax.struct only.
+A loss is a chain of (init, update) transforms, as an optax optimizer is a chain of gradient
+transformations: reward maps -> baseline / scaling -> surrogate -> regularizers -> aggregation.
+See docs/losses.md for the table of transforms and an example train step.
+
+Light on purpose: importing this package pulls in jax, flax.struct and numpy only.
 """
 
-from rft_jax.losses.advantages import raw_reward
-from rft_jax.losses.aggregation import token_mean
+from rft_jax.losses.accumulate import accumulate_gradients, prepare_batch, split_batch
+from rft_jax.losses.advantages import (
+    baseline_only,
+    batch_std,
+    group_mean,
+    group_std,
+    history_baseline,
+    leave_one_out,
+    raw_reward,
+)
+from rft_jax.losses.aggregation import (
+    seq_mean_token_mean,
+    seq_mean_token_sum,
+    seq_mean_token_sum_norm,
+    token_mean,
+)
 from rft_jax.losses.base import (
     Batch,
     LossTransform,
@@ -12,9 +30,31 @@ from rft_jax.losses.base import (
     chain,
     compute_loss,
     initial_terms,
+    masked_mean,
     named_chain,
+    require_advantages,
     stateless,
 )
-from rft_jax.losses.config import REGISTRY, from_config
-from rft_jax.losses.recipes import minimal
-from rft_jax.losses.surrogates import clipped_ratio
+from rft_jax.losses.config import REGISTRY, build_chain, default_settings, from_config, parse_chain
+from rft_jax.losses.filters import drop_zero_variance_groups
+from rft_jax.losses.recipes import (
+    RECIPES,
+    dapo,
+    dr_grpo,
+    grpo,
+    gspo,
+    minimal,
+    recipe_chain,
+    recipe_config,
+    reinforce,
+    rloo,
+)
+from rft_jax.losses.regularizers import entropy_bonus, kl_loss
+from rft_jax.losses.reward_maps import affine_reward, clip_reward, kl_estimate, kl_reward
+from rft_jax.losses.surrogates import (
+    clipped_ratio,
+    dual_clip,
+    policy_gradient,
+    sequence_ratio,
+    truncated_is,
+)

@@ -1,8 +1,49 @@
-"""Advantage transforms: how the learning signal of each sequence is made from its reward."""
+"""Advantage transforms: how the learning signal of each sequence is made from its reward.
+
+Baselines (raw_reward, group_mean, leave_one_out, history_baseline) set `terms.advantages` from
+`terms.rewards`; scalings (group_std, batch_std) divide the advantages set before them;
+`baseline_only` picks the rollouts that carry the gradient. All of them honour a precomputed
+`batch.advantages` (set by `accumulate` over the whole batch): they then pass it through unchanged
+and leave any state alone, so a micro-batch sees exactly the whole batch's advantages.
+
+Groups are given by `batch.group_ids` (any integers; rollouts of one prompt share one). Group
+statistics use a [B, B] same-group matrix: exact for any id values, cheap for RL batch sizes
+(element-wise sums, not matmuls, so TPU default matmul precision cannot round the rewards).
+"""
 
 from __future__ import annotations
 
-from rft_jax.losses.base import LossTransform, stateless
+import jax.numpy as jnp
+
+from rft_jax.losses.base import LossTransform, advantages_given, require_advantages, stateless
+
+
+def _given(terms, batch):
+  return terms.replace(advantages=batch.advantages.astype(terms.logp.dtype))
+
+
+def _same_group(ids, dtype):
+  return (ids[:, None] == ids[None, :]).astype(dtype)
+
+
+def _rank_in_group(ids):
+  """[B] int: how many earlier rows (in batch order) share the row's group."""
+  b = ids.shape[0]
+  earlier = jnp.arange(b)[None, :] < jnp.arange(b)[:, None]
+  return jnp.sum((ids[:, None] == ids[None, :]) & earlier, axis=1)
+
+
+def _group_stats(r, ids, ddof: int):
+  """Per-row group mean [B], group std [B] (with ddof) and whether that std is defined (n > ddof)."""
+  same = _same_group(ids, r.dtype)
+  n = jnp.sum(same, axis=1)
+  mean = jnp.sum(same * r[None, :], axis=1) / n
+  var = jnp.sum(same * (r[None, :] - mean[:, None]) ** 2, axis=1) / jnp.maximum(n - ddof, 1)
+  return mean, jnp.sqrt(var), n > ddof
+
+
+def _adv_metrics(terms, adv):
+  return dict(terms.metrics, adv_mean=jnp.mean(adv), adv_abs_mean=jnp.mean(jnp.abs(adv)))
 
 
 def raw_reward() -> LossTransform:
@@ -13,7 +54,183 @@ def raw_reward() -> LossTransform:
   """
 
   def update(terms, batch):
-    adv = terms.rewards if batch.advantages is None else batch.advantages
-    return terms.replace(advantages=adv)
+    if advantages_given(batch):
+      return _given(terms, batch)
+    return terms.replace(advantages=terms.rewards, metrics=_adv_metrics(terms, terms.rewards))
+
+  return stateless(update)
+
+
+def group_mean() -> LossTransform:
+  """Group baseline: A_i = R_i - mean_{j in g(i)} R_j (the mean includes i itself).
+
+  GRPO's baseline (Shao et al. 2024, DeepSeekMath, sec. 4.1.2); alone it is Dr. GRPO's advantage
+  (Liu et al. 2025, "Understanding R1-Zero-Like Training", eq. 3).
+  """
+
+  def update(terms, batch):
+    if advantages_given(batch):
+      return _given(terms, batch)
+    r = terms.rewards
+    same = _same_group(batch.group_ids, r.dtype)
+    adv = r - jnp.sum(same * r[None, :], axis=1) / jnp.sum(same, axis=1)
+    return terms.replace(advantages=adv, metrics=_adv_metrics(terms, adv))
+
+  return stateless(update)
+
+
+def group_std(eps: float = 1e-6, ddof: int = 1) -> LossTransform:
+  """Group scaling: A_i <- A_i / (std_{j in g(i)} R_j + eps).
+
+  With `group_mean` before it this is GRPO's advantage (R - mean) / (std + eps) (Shao et al.
+  2024, sec. 4.1.2). ddof=1 (the unbiased std) matches TRL and verl, which use torch.std; ddof=0
+  is the population std. A group of at most ddof rollouts has no std and is left unscaled.
+  Needs an advantage transform before it.
+  """
+  if eps < 0 or ddof < 0:
+    raise ValueError(f"group_std: eps={eps} and ddof={ddof} must be >= 0")
+
+  def update(terms, batch):
+    if advantages_given(batch):
+      return _given(terms, batch)
+    require_advantages(terms, "group_std")
+    r = terms.rewards
+    _, std, defined = _group_stats(r, batch.group_ids, ddof)
+    scale = jnp.where(defined, 1.0 / (std + eps), 1.0)
+    adv = terms.advantages * (scale if terms.advantages.ndim == 1 else scale[:, None])
+    metrics = dict(_adv_metrics(terms, adv), zero_std_frac=jnp.mean((std == 0).astype(r.dtype)))
+    return terms.replace(advantages=adv, metrics=metrics)
+
+  return stateless(update)
+
+
+def batch_std(eps: float = 1e-6, ddof: int = 1) -> LossTransform:
+  """Batch scaling: A_i <- A_i / (std_{j in batch} R_j + eps).
+
+  With `group_mean` before it this is "group mean, batch std" (Lite PPO; Liu et al. 2025, "Tricks
+  or Traps? A Deep Dive into RL for LLM Reasoning", sec. 4.1), robust to zero-variance groups.
+  ddof as in group_std. Needs an advantage transform before it.
+  """
+  if eps < 0 or ddof < 0:
+    raise ValueError(f"batch_std: eps={eps} and ddof={ddof} must be >= 0")
+
+  def update(terms, batch):
+    if advantages_given(batch):
+      return _given(terms, batch)
+    require_advantages(terms, "batch_std")
+    r = terms.rewards
+    _, std, defined = _group_stats(r, jnp.zeros(r.shape, jnp.int32), ddof)  # one group: the batch
+    std, defined = std[0], defined[0]
+    adv = terms.advantages * jnp.where(defined, 1.0 / (std + eps), 1.0)
+    return terms.replace(advantages=adv, metrics=dict(_adv_metrics(terms, adv), reward_std=std))
+
+  return stateless(update)
+
+
+def leave_one_out() -> LossTransform:
+  """Leave-one-out baseline: A_i = R_i - (1 / (n_g - 1)) sum_{j in g(i), j != i} R_j.
+
+  RLOO (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free!"; Ahmadian et al.
+  2024, "Back to Basics", eq. 6). Equal to n/(n-1) (R_i - mean_g R). A group of one rollout has
+  no other sample: its baseline is 0 (A = R).
+  """
+
+  def update(terms, batch):
+    if advantages_given(batch):
+      return _given(terms, batch)
+    r = terms.rewards
+    same = _same_group(batch.group_ids, r.dtype)
+    n = jnp.sum(same, axis=1)
+    others = jnp.sum(same * r[None, :], axis=1) - r
+    adv = r - jnp.where(n > 1, others / jnp.maximum(n - 1, 1), 0.0)
+    return terms.replace(advantages=adv, metrics=_adv_metrics(terms, adv))
+
+  return stateless(update)
+
+
+def history_baseline(num_prompts: int = 1, window: int = 8, empty_value: float = 0.0) -> LossTransform:
+  """Per-prompt history baseline: A_i = R_i - mean(last `window` rewards of prompt p_i).
+
+  The companion code of Hu et al. (arXiv 2601.22532) baselines each prompt by a sliding window of
+  its past rewards. The window holds rewards of earlier rounds only: this round's rewards are
+  pushed after the baseline is read, so A_i never includes R_i itself. An empty window gives the
+  baseline `empty_value`.
+
+  Keyed by `batch.prompt_ids` in [0, num_prompts) (rows with other ids get `empty_value` and are
+  not stored; the metric history_dropped counts them). State: {"rewards": [P, W] ring buffer,
+  "count": [P] number of stored rewards (<= W), "next": [P] next slot}. When one round has more
+  than W rollouts of a prompt, the last W in batch order are kept.
+  """
+  if num_prompts < 1 or window < 1:
+    raise ValueError(f"history_baseline: num_prompts={num_prompts} and window={window} must be >= 1")
+
+  def init():
+    return {
+        "rewards": jnp.zeros((num_prompts, window)),
+        "count": jnp.zeros((num_prompts,), jnp.int32),
+        "next": jnp.zeros((num_prompts,), jnp.int32),
+    }
+
+  def update(terms, state, batch):
+    if advantages_given(batch):
+      return _given(terms, batch), state  # the whole batch already read and updated the window
+    if batch.prompt_ids is None:
+      raise ValueError("history_baseline needs batch.prompt_ids (stable prompt ids), got None")
+    r = terms.rewards
+    pid = batch.prompt_ids.astype(jnp.int32)
+    valid = (pid >= 0) & (pid < num_prompts)
+    p = jnp.where(valid, pid, 0)
+    count = state["count"][p]
+    # Slots past `count` hold zeros, so the row sum is the sum of the stored rewards.
+    total = jnp.sum(state["rewards"], axis=1)[p].astype(r.dtype)
+    baseline = jnp.where(valid & (count > 0), total / jnp.maximum(count, 1), empty_value)
+    adv = r - baseline
+
+    # Push this round's rewards: row i goes to slot next[p] + (its rank among the prompt's rows).
+    same = (pid[:, None] == pid[None, :]) & valid[None, :] & valid[:, None]
+    rank = _rank_in_group(jnp.where(valid, pid, -1 - jnp.arange(pid.shape[0])))
+    n_p = jnp.sum(same, axis=1)
+    write = valid & (rank >= n_p - window)
+    slot = (state["next"][p] + rank) % window
+    rows = jnp.where(write, p, num_prompts)  # out of bounds: dropped
+    rewards = state["rewards"].at[rows, slot].set(r.astype(state["rewards"].dtype), mode="drop")
+    added = jnp.zeros((num_prompts,), jnp.int32).at[p].add(valid.astype(jnp.int32))
+    new_state = {
+        "rewards": rewards,
+        "count": jnp.minimum(state["count"] + added, window),
+        "next": (state["next"] + added) % window,
+    }
+    metrics = dict(_adv_metrics(terms, adv), history_baseline=jnp.mean(baseline),
+                   history_dropped=jnp.sum(~valid).astype(r.dtype))
+    return terms.replace(advantages=adv, metrics=metrics), new_state
+
+  return LossTransform(init, update)
+
+
+def baseline_only(num_grad: int = 1) -> LossTransform:
+  """Extra rollouts only for the baseline: the first `num_grad` rollouts of each group (in batch
+  order) carry the gradient; the others only entered the baseline computed before this transform.
+
+  The companion code of Hu et al. (arXiv 2601.22532) samples one rollout for the gradient and
+  extra ones only for the baseline. Place it after the baseline (e.g. group_mean, baseline_only):
+  it zeroes the advantages of baseline-only rollouts and removes their tokens from `terms.mask`,
+  so they add nothing to the surrogate, the regularizers or the aggregation normalisers (token and
+  sequence counts), exactly as if they had been dropped after the baseline was computed.
+  If `batch.grad_mask` is given (a per-sequence flag from the data side, or set by `accumulate`),
+  it is used instead of the first-num_grad rule.
+  """
+  if num_grad < 1:
+    raise ValueError(f"baseline_only: num_grad={num_grad} must be >= 1")
+
+  def update(terms, batch):
+    require_advantages(terms, "baseline_only")
+    adv = terms.advantages
+    if batch.grad_mask is not None:
+      keep = batch.grad_mask.astype(terms.logp.dtype)
+    else:
+      keep = (_rank_in_group(batch.group_ids) < num_grad).astype(terms.logp.dtype)
+    adv = adv * (keep if adv.ndim == 1 else keep[:, None])
+    metrics = dict(terms.metrics, grad_rollout_frac=jnp.mean(keep))
+    return terms.replace(advantages=adv, mask=terms.mask * keep[:, None], metrics=metrics)
 
   return stateless(update)

@@ -1,21 +1,77 @@
-"""Aggregations: how per-token losses become the scalar loss."""
+"""Aggregations: how per-token losses become the scalar loss.
+
+Each reads `terms.token_loss` on the loss tokens (`terms.mask`) and divides by normalisers that
+come from `batch.token_count` / `batch.seq_count` when given (micro-batches of one batch share the
+whole batch's counts, so accumulated micro-batch losses sum to the whole-batch loss), else from
+the batch itself. Each is the aggregation mode of the same name in verl (`loss_agg_mode`).
+"""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from rft_jax.losses.base import LossTransform, stateless
+from rft_jax.losses.base import LossTransform, loss_mask, seq_total, stateless, token_total
+
+
+def _set_loss(terms, loss):
+  return terms.replace(loss=loss, metrics=dict(terms.metrics, loss=loss))
 
 
 def token_mean() -> LossTransform:
-  """Mean over every completion token of the batch: L = sum_bt m_bt l_bt / sum_bt m_bt.
+  """Mean over every loss token of the batch: L = sum_it m_it l_it / sum_it m_it.
 
-  (DAPO's token-level mean; with one sequence it is the paper's (1/|o|) sum_t.) The normaliser is
-  `batch.total_tokens`, so micro-batches of one batch can share the whole batch's token count.
+  (DAPO's token-level mean, Yu et al. 2025, eq. 12; with one sequence it is the paper's
+  (1/|o|) sum_t.) Long sequences weigh in proportion to their length.
   """
 
   def update(terms, batch):
-    loss = jnp.sum(terms.token_loss * batch.mask) / jnp.maximum(batch.total_tokens, 1.0)
-    return terms.replace(loss=loss, metrics=dict(terms.metrics, loss=loss))
+    mask = loss_mask(terms, batch)
+    loss = jnp.sum(terms.token_loss * mask) / jnp.maximum(token_total(terms, batch), 1.0)
+    return _set_loss(terms, loss)
+
+  return stateless(update)
+
+
+def seq_mean_token_mean() -> LossTransform:
+  """Mean over sequences of per-sequence token means: L = (1/N) sum_i (1/|o_i|) sum_t l_it.
+
+  The original GRPO objective (Shao et al. 2024, eq. 3); N counts sequences with loss tokens.
+  """
+
+  def update(terms, batch):
+    mask = loss_mask(terms, batch)
+    per_seq = jnp.sum(terms.token_loss * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    return _set_loss(terms, jnp.sum(per_seq) / jnp.maximum(seq_total(terms, batch), 1.0))
+
+  return stateless(update)
+
+
+def seq_mean_token_sum() -> LossTransform:
+  """Mean over sequences of per-sequence token sums: L = (1/N) sum_i sum_t l_it.
+
+  The REINFORCE / RLOO estimator, where a sequence is one action and log pi(o) = sum_t log pi(o_t)
+  (Williams 1992; Ahmadian et al. 2024, eq. 6).
+  """
+
+  def update(terms, batch):
+    mask = loss_mask(terms, batch)
+    return _set_loss(terms, jnp.sum(terms.token_loss * mask) / jnp.maximum(seq_total(terms, batch), 1.0))
+
+  return stateless(update)
+
+
+def seq_mean_token_sum_norm(max_len: int = -1) -> LossTransform:
+  """Token sums over a constant: L = sum_it l_it / (N * L_max).
+
+  Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", sec. 3.1): a constant
+  normaliser removes GRPO's length bias. L_max = max_len, the generation budget; max_len <= 0
+  (default -1) uses the batch's padded length T, which is constant only if T is fixed.
+  """
+
+  def update(terms, batch):
+    mask = loss_mask(terms, batch)
+    length = max_len if max_len > 0 else mask.shape[-1]
+    loss = jnp.sum(terms.token_loss * mask) / (jnp.maximum(seq_total(terms, batch), 1.0) * length)
+    return _set_loss(terms, loss)
 
   return stateless(update)

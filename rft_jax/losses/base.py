@@ -36,9 +36,20 @@ class Batch:
   ref_logp:       [B, T] float log-probs under the reference policy, or None (no KL term).
   prompt_ids:     [B]    int   stable id of the prompt across rounds (history baselines), or None.
   advantages:     [B] or [B, T] precomputed advantages, or None. Set by `accumulate` so that
-                  micro-batches see advantages computed over the whole batch.
-  token_count:    scalar total mask sum of the whole batch, or None (= sum of this batch's mask).
-  seq_count:      scalar number of sequences of the whole batch, or None (= B).
+                  micro-batches see advantages computed over the whole batch; when set, every
+                  advantage-stage transform (reward maps, KL-in-reward, baselines, scalings) is
+                  skipped, since it already ran over the whole batch.
+  token_count:    scalar total number of loss tokens of the whole batch, or None (= this batch's).
+  seq_count:      scalar number of loss sequences of the whole batch, or None (= this batch's).
+  sampler_logp:   [B, T] float log-probs from the sampler when it differs from the trainer (vLLM-
+                  style engines), or None. Only `truncated_is` reads it; see there.
+  grad_mask:      [B] float 1 for sequences that carry the gradient, 0 for sequences that only
+                  enter the baseline ("extra rollouts for the baseline"), or None (= all carry it).
+                  Rewards of every sequence still enter the baselines; only the loss ignores rows
+                  with grad_mask 0. `baseline_only` and `accumulate` set it too.
+
+  A "loss token" is one with mask * grad_mask = 1; a "loss sequence" is a row with at least one
+  loss token (an all-padding row is not a sequence).
   """
 
   tokens: Array
@@ -51,14 +62,28 @@ class Batch:
   advantages: Array | None = None
   token_count: Array | None = None
   seq_count: Array | None = None
+  sampler_logp: Array | None = None
+  grad_mask: Array | None = None
+
+  @property
+  def loss_mask(self) -> Array:
+    """[B, T] mask * grad_mask: the tokens that enter the loss."""
+    if self.grad_mask is None:
+      return self.mask
+    return self.mask * self.grad_mask[:, None].astype(self.mask.dtype)
 
   @property
   def total_tokens(self) -> Array:
-    return jnp.sum(self.mask) if self.token_count is None else self.token_count
+    return jnp.sum(self.loss_mask) if self.token_count is None else self.token_count
 
   @property
   def total_seqs(self) -> Array:
-    return jnp.asarray(self.mask.shape[0], self.mask.dtype) if self.seq_count is None else self.seq_count
+    return count_seqs(self.loss_mask) if self.seq_count is None else self.seq_count
+
+
+def count_seqs(mask: Array) -> Array:
+  """Number of rows of a [B, T] mask with at least one token."""
+  return jnp.sum((jnp.sum(mask, axis=-1) > 0).astype(mask.dtype))
 
 
 @flax.struct.dataclass
@@ -72,6 +97,9 @@ class Terms:
   loss:       scalar, set by the aggregation transform; None before.
   entropy:    [B, T] per-token policy entropy, or None (needed only by the entropy bonus).
   metrics:    dict of scalar diagnostics.
+  mask:       [B, T] the loss tokens (starts as batch.loss_mask); `baseline_only` narrows it to
+              the rollouts that carry the gradient. Surrogates, regularizers and aggregations
+              read this one, not batch.mask.
   """
 
   logp: Array
@@ -81,6 +109,7 @@ class Terms:
   loss: Array | None = None
   entropy: Array | None = None
   metrics: dict = flax.struct.field(default_factory=dict)
+  mask: Array | None = None
 
 
 class LossTransform(NamedTuple):
@@ -133,17 +162,42 @@ def named_chain(*named: tuple[str, LossTransform]) -> LossTransform:
   return LossTransform(init, update)
 
 
+def check_batch(batch: Batch) -> None:
+  """Rank/shape checks (at trace time) with one message naming the field."""
+  if batch.mask.ndim != 2:
+    raise ValueError(f"batch.mask must be [B, T], got shape {batch.mask.shape}")
+  bt = batch.mask.shape
+  per_token = ("tokens", "behaviour_logp", "ref_logp", "sampler_logp")
+  per_seq = ("rewards", "group_ids", "prompt_ids", "grad_mask")
+  for name in per_token:
+    x = getattr(batch, name)
+    if x is not None and x.shape != bt:
+      raise ValueError(f"batch.{name} must be [B, T]={bt} like batch.mask, got {x.shape}")
+  for name in per_seq:
+    x = getattr(batch, name)
+    if x is not None and x.shape != bt[:1]:
+      raise ValueError(f"batch.{name} must be [B]={bt[:1]}, got {x.shape}")
+  if batch.advantages is not None and batch.advantages.shape not in (bt[:1], bt):
+    raise ValueError(f"batch.advantages must be [B] or [B, T] ({bt}), got {batch.advantages.shape}")
+  for name in ("token_count", "seq_count"):
+    x = getattr(batch, name)
+    if x is not None and jnp.ndim(x) != 0:
+      raise ValueError(f"batch.{name} must be a scalar, got shape {jnp.shape(x)}")
+
+
 def initial_terms(logp: Array, batch: Batch, entropy: Array | None = None) -> Terms:
   """The terms a chain starts from: policy log-probs and raw rewards, nothing else."""
   if logp.ndim != 2 or logp.shape != batch.mask.shape:
     raise ValueError(f"logp must be [B, T] like batch.mask {batch.mask.shape}, got {logp.shape}")
-  if batch.rewards.shape != logp.shape[:1]:
-    raise ValueError(f"rewards must be [B]={logp.shape[:1]}, got {batch.rewards.shape}")
+  check_batch(batch)
+  if entropy is not None and entropy.shape != logp.shape:
+    raise ValueError(f"entropy must be [B, T]={logp.shape} like logp, got {entropy.shape}")
   return Terms(
       logp=logp,
       rewards=batch.rewards.astype(logp.dtype),
       token_loss=jnp.zeros_like(logp),
       entropy=entropy,
+      mask=batch.loss_mask.astype(logp.dtype),
   )
 
 
@@ -157,8 +211,11 @@ def compute_loss(
   """Runs the chain; returns (loss, aux) with aux = {"metrics", "state", "terms"}.
 
   Shaped for `jax.value_and_grad(..., has_aux=True)`: differentiate with respect to whatever
-  produced `logp` (usually the model parameters).
+  produced `logp` (usually the model parameters). The batch is wrapped in stop_gradient, so the
+  gradient flows only through `logp` (and `entropy`), never through rewards, behaviour or
+  reference log-probs, whatever the transforms do with them.
   """
+  batch = jax.lax.stop_gradient(batch)
   terms, new_state = transform.update(initial_terms(logp, batch, entropy), state, batch)
   if terms.loss is None:
     raise ValueError("the loss chain has no aggregation transform (e.g. token_mean()) at its end")
@@ -177,3 +234,32 @@ def require_advantages(terms: Terms, who: str) -> Array:
 
 def masked_mean(x: Array, mask: Array) -> Array:
   return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def loss_mask(terms: Terms, batch: Batch) -> Array:
+  """The [B, T] loss tokens: terms.mask (set by initial_terms), else batch.loss_mask."""
+  return batch.loss_mask.astype(terms.logp.dtype) if terms.mask is None else terms.mask
+
+
+def token_total(terms: Terms, batch: Batch) -> Array:
+  """Aggregation normaliser: whole-batch loss-token count if given (micro-batches), else this one's."""
+  if batch.token_count is not None:
+    return batch.token_count
+  return jnp.sum(loss_mask(terms, batch))
+
+
+def seq_total(terms: Terms, batch: Batch) -> Array:
+  """Aggregation normaliser: whole-batch loss-sequence count if given (micro-batches), else this one's."""
+  if batch.seq_count is not None:
+    return batch.seq_count
+  return count_seqs(loss_mask(terms, batch))
+
+
+def safe_log_ratio(a: Array, b: Array, mask: Array) -> Array:
+  """a - b on loss tokens, 0 elsewhere: garbage in padding never reaches exp() or the gradient."""
+  return jnp.where(mask > 0, a - b, 0.0)
+
+
+def advantages_given(batch: Batch) -> bool:
+  """True when `accumulate` (or the caller) precomputed the advantage stage for the whole batch."""
+  return batch.advantages is not None

@@ -1,0 +1,112 @@
+"""Micro-batch gradient accumulation that equals the whole batch, for every chain.
+
+Two things make a micro-batch differ from a slice of the whole batch: advantages that look at
+other rollouts (group and batch statistics, leave-one-out, history windows, first-k-of-group) and
+normalisers that count the whole batch (tokens, sequences). `prepare_batch` runs the chain once
+over the whole batch and stores both in the Batch:
+
+  - `advantages`: the chain's final advantages. Advantages never depend on the parameters (KL-in-
+    reward uses behaviour_logp, see kl_reward), so logp = behaviour_logp suffices and no model
+    forward is needed. Every advantage-stage transform (reward maps, kl_reward, baselines,
+    scalings, history) is skipped when batch.advantages is set, so nothing is applied twice and
+    stateful baselines update their state once, here.
+  - `grad_mask`: the rows that carry the gradient (from baseline_only, or the input grad_mask).
+  - `token_count`, `seq_count`: the whole batch's loss-token and loss-sequence counts.
+
+Each micro-batch loss is then the whole-batch loss restricted to its rows, so the sum of the
+micro-batch losses (and gradients) is the whole-batch loss (and gradient), up to float rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from rft_jax.losses.base import Batch, LossTransform, State, count_seqs, initial_terms
+
+
+def prepare_batch(transform: LossTransform, batch: Batch, state: State) -> tuple[Batch, State, dict]:
+  """Runs the chain over the whole batch; returns (batch with advantages, grad_mask, token_count
+  and seq_count set; the chain's new state; the chain's metrics).
+
+  The metrics of the advantage stage (rewards, advantages, baselines) are exact here; the
+  surrogate ones are at logp = behaviour_logp and mean nothing.
+  """
+  batch = jax.lax.stop_gradient(batch)
+  logp = batch.behaviour_logp
+  terms, new_state = transform.update(initial_terms(logp, batch, jnp.zeros_like(logp)), state, batch)
+  rows = (jnp.sum(terms.mask, axis=-1) > 0).astype(batch.mask.dtype)
+  prepared = batch.replace(
+      advantages=terms.advantages,
+      grad_mask=rows,
+      token_count=jnp.sum(terms.mask).astype(batch.mask.dtype),
+      seq_count=count_seqs(terms.mask).astype(batch.mask.dtype),
+  )
+  return prepared, new_state, terms.metrics
+
+
+def split_batch(batch: Batch, num_micro_batches: int) -> Batch:
+  """[B, ...] fields -> [M, B/M, ...] (consecutive rows); scalar fields are repeated M times."""
+  b = batch.mask.shape[0]
+  m = num_micro_batches
+  if m < 1 or b % m:
+    raise ValueError(f"batch size {b} is not divisible into {m} micro-batches")
+
+  def split(x):
+    x = jnp.asarray(x)
+    if x.ndim == 0:
+      return jnp.broadcast_to(x, (m,))
+    return x.reshape(m, b // m, *x.shape[1:])
+
+  return jax.tree.map(split, batch)
+
+
+def accumulate_gradients(
+    loss_fn: Callable[[Any, Batch], tuple[jax.Array, Any]],
+    params: Any,
+    batch: Batch,
+    num_micro_batches: int,
+    *,
+    transform: LossTransform,
+    state: State,
+) -> tuple[jax.Array, Any, dict]:
+  """(loss, grads, aux) equal to the whole batch's, computed over `num_micro_batches` pieces.
+
+  loss_fn(params, micro_batch) -> (loss, aux): usually a closure over the chain and the input
+  `state` that computes logp from params and calls `compute_loss(transform, logp, micro_batch,
+  state)`; aux may be compute_loss's aux (its "metrics" are combined). `transform` and `state`
+  are the same chain and state, used once by `prepare_batch`.
+
+  Returns aux = {"metrics": ..., "state": the chain's new state (from the whole-batch pass)}.
+  Metrics: "loss" is the total; the others are micro-batch values averaged with weights equal to
+  their loss-token counts (exact for token means such as clip_frac), then the advantage-stage
+  metrics of the whole-batch pass. Micro-batches run in a lax.scan, so memory is one micro-batch.
+  """
+  prepared, new_state, pre_metrics = prepare_batch(transform, batch, state)
+  micro = split_batch(prepared, num_micro_batches)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  first = jax.tree.map(lambda x: x[0], micro)
+  (loss_shape, _), grads_shape = jax.eval_shape(grad_fn, params, first)
+
+  def body(carry, mb):
+    loss_sum, grad_sum = carry
+    (loss, aux), grads = grad_fn(params, mb)
+    metrics = aux.get("metrics", {}) if isinstance(aux, dict) else {}
+    weight = jnp.sum(mb.loss_mask)
+    carry = (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads))
+    return carry, ({k: jnp.asarray(v, loss.dtype) for k, v in metrics.items()}, weight)
+
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), grads_shape)
+  init = (jnp.zeros(loss_shape.shape, loss_shape.dtype), zeros)
+  (loss, grads), (metrics, weights) = jax.lax.scan(body, init, micro)
+  w = weights / jnp.maximum(jnp.sum(weights), 1.0)
+  metrics = {k: jnp.sum(v * w.astype(v.dtype)) for k, v in metrics.items()}
+  return loss, grads, {"metrics": {**metrics, **_advantage_metrics(pre_metrics, metrics), "loss": loss},
+                       "state": new_state}
+
+
+def _advantage_metrics(pre: dict, micro: dict) -> dict:
+  # Keys only the whole-batch pass produced: the advantage stage, skipped in micro-batches.
+  return {k: v for k, v in pre.items() if k not in micro}
