@@ -98,6 +98,8 @@ def pad_time(batch: rl.Batch, logp, entropy, extra: int):
   """Appends `extra` masked columns filled with hostile garbage (overflowing exp if unmasked)."""
 
   def pad(x, value):
+    if x is None:
+      return None
     return jnp.concatenate([x, jnp.full((x.shape[0], extra), value, x.dtype)], axis=1)
 
   batch = batch.replace(
