@@ -2,6 +2,11 @@
 
 Each grader module exposes `grade(response, gold) -> Outcome`. Graders never raise on a model's
 response: anything unexpected is Outcome.ERROR (reward 0) so training goes on.
+
+Graders: 'arithmetic' (the embedded task), 'gsm8k' ('#### N' or \\boxed{N}, exact number),
+'math' (\\boxed{} by normalized string, guards, then math-verify in a process pool with a hard
+timeout). A grader with a batched form (BATCH_GRADERS) grades a whole batch at once, so the
+math-verify work of a batch runs in parallel across the pool. docs/tasks.md has the rules.
 """
 
 from __future__ import annotations
@@ -11,11 +16,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from rft_jax.rewards import arithmetic
+from rft_jax.rewards import arithmetic, gsm8k, math
 from rft_jax.rewards.base import Outcome
 
 GRADERS: dict[str, Callable[[str, str], Outcome]] = {
     "arithmetic": arithmetic.grade,
+    "gsm8k": gsm8k.grade,
+    "math": math.grade,
+}
+
+# Graders with a batched form `(responses, golds) -> list[Outcome]` that never raises.
+BATCH_GRADERS: dict[str, Callable[[Sequence[str], Sequence[str]], list[Outcome]]] = {
+    "math": math.grade_many,
 }
 
 
@@ -38,12 +50,28 @@ def grade(task: str, response: str, gold: str) -> float:
   return grade_outcome(task, response, gold).reward
 
 
+def outcome_counts(outcomes: Sequence[Outcome]) -> collections.Counter:
+  """Counter of outcome names with every outcome present (zeros included), for metrics."""
+  counts = collections.Counter({o.value: 0 for o in Outcome})
+  counts.update(o.value for o in outcomes)
+  return counts
+
+
+def grade_outcomes(task: str, responses: Sequence[str], golds: Sequence[str]) -> list[Outcome]:
+  """The Outcome of each (response, gold) pair; batched graders run the whole batch at once."""
+  if len(responses) != len(golds):
+    raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
+  batch_fn = BATCH_GRADERS.get(task)
+  if batch_fn is None:
+    return [grade_outcome(task, r, g) for r, g in zip(responses, golds)]
+  _grader(task)
+  return batch_fn(responses, golds)
+
+
 def grade_batch(
     task: str, responses: Sequence[str], golds: Sequence[str]
 ) -> tuple[np.ndarray, collections.Counter]:
-  """Rewards [N] float32 and a Counter of outcome names."""
-  if len(responses) != len(golds):
-    raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
-  outcomes = [grade_outcome(task, r, g) for r, g in zip(responses, golds)]
+  """Rewards [N] float32 and a Counter of outcome names (all five present, zeros included)."""
+  outcomes = grade_outcomes(task, responses, golds)
   rewards = np.array([o.reward for o in outcomes], np.float32)
-  return rewards, collections.Counter(o.value for o in outcomes)
+  return rewards, outcome_counts(outcomes)

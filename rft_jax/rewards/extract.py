@@ -1,0 +1,97 @@
+"""Final-answer extraction shared by the GSM8K and MATH graders: \\boxed{} and '#### N'.
+
+Everything here is linear in the response length (one pass to match braces), so a 100k-character
+or deeply nested response costs milliseconds in the parent process and can never hang it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+# A response that reasons inside <think>...</think> is graded on what follows the last '</think>'.
+THINK_END = "</think>"
+
+# '\boxed' or '\fbox' not followed by a letter (so '\boxedfoo' is some other command).
+_BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+# Structural braces; escaped '\{' and '\}' are literal set braces and are matched as tokens first
+# so that they do not count.
+_BRACE = re.compile(r"\\[{}]|[{}]")
+_HASHES = re.compile(r"####")
+
+
+@dataclasses.dataclass(frozen=True)
+class Marker:
+  """One final-answer marker found in a response: its kind, where it starts, its content."""
+
+  kind: str  # 'box' or 'hash'
+  start: int
+  content: str
+
+
+def final_part(response: str) -> str:
+  """The part of `response` that holds the final answer: the text after the last '</think>'."""
+  cut = response.rfind(THINK_END)
+  return response if cut < 0 else response[cut + len(THINK_END):]
+
+
+def _match_braces(text: str) -> dict[int, int]:
+  """Position of every '{' that is closed -> position of its '}' (one pass, a stack)."""
+  match: dict[int, int] = {}
+  stack: list[int] = []
+  for m in _BRACE.finditer(text):
+    tok = m.group()
+    if tok == "{":
+      stack.append(m.start())
+    elif tok == "}" and stack:
+      match[stack.pop()] = m.start()
+  return match
+
+
+def find_boxes(text: str) -> list[Marker]:
+  """All outermost \\boxed{...} / \\fbox{...} contents of `text`, in order.
+
+  Braces are matched (nested braces inside the box are kept). The brace-less form '\\boxed 5'
+  takes the token after the command (up to whitespace or '$'). A box that is never closed (a
+  truncated response) is skipped. Boxes nested inside a box are part of the outer content.
+  """
+  boxes: list[Marker] = []
+  match = None  # computed lazily: most responses have no box at all
+  resume = 0
+  for cmd in _BOX_CMD.finditer(text):
+    if cmd.start() < resume:
+      continue  # inside a box already taken
+    i = cmd.end()
+    while i < len(text) and text[i] in " \t":
+      i += 1
+    if i < len(text) and text[i] == "{":
+      if match is None:
+        match = _match_braces(text)
+      close = match.get(i)
+      if close is None:
+        continue
+      boxes.append(Marker("box", cmd.start(), text[i + 1:close]))
+      resume = close + 1
+    elif i > cmd.end():  # '\boxed 5': a space, then a token
+      token = re.match(r"[^\s$]+", text[i:])
+      if token:
+        boxes.append(Marker("box", cmd.start(), token.group()))
+        resume = i + token.end()
+  return boxes
+
+
+def find_hash_answer(text: str) -> Marker | None:
+  """The last '#### ...' marker: the rest of its line (GSM8K's final-answer format)."""
+  last = None
+  for last in _HASHES.finditer(text):
+    pass
+  if last is None:
+    return None
+  end = text.find("\n", last.end())
+  content = text[last.end():] if end < 0 else text[last.end():end]
+  return Marker("hash", last.start(), content.strip())
+
+
+def strip_trailing_punct(s: str) -> str:
+  """'30^\\circ.' -> '30^\\circ', '\\text{(E)},' -> '\\text{(E)}': sentence punctuation, not answer."""
+  return s.strip().rstrip(".,;: \t\n").strip()

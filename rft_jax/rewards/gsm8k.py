@@ -1,0 +1,78 @@
+"""GSM8K grader: the final '#### N' or \\boxed{N} must equal the gold number exactly.
+
+Rules (shared/GRADING.md, recommendation 2):
+  * The final answer is the last marker in the response (after '</think>' if present): the rest
+    of the line after the last '####', or the content of the last \\boxed{}, whichever comes later.
+    No marker -> NO_ANSWER. There is no "last number in the text" fallback (it rewards answers
+    the model never committed to).
+  * Cleaning: '$' / '\\$', thousands commas, spaces, '\\!' and '\\text{}' wrappers are removed;
+    after the number only unit words, '%' and punctuation may follow ('18 eggs.', '$1,080',
+    '1080.00', '50%'). A marker whose content does not start with a number -> NO_ANSWER.
+  * Comparison: exact rational equality with the gold ('18.0' == 18; '18.5' != 18); no tolerance
+    and no percent rescaling (50 is not 0.5).
+  * Hedging: if the response has several \\boxed{} and they do not all hold that same number,
+    the answer is WRONG.
+"""
+
+from __future__ import annotations
+
+import fractions
+import re
+
+from rft_jax.rewards.base import Outcome
+from rft_jax.rewards.extract import final_part, find_boxes, find_hash_answer
+
+_TEXT_WRAP = re.compile(r"\\(?:text|textbf|mbox|mathrm)\s*\{([^{}]*)\}")
+_NUMBER = re.compile(r"^([-+\u2212]?)(\d+(?:\.\d*)?|\.\d+)")
+# What may follow the number: unit words, percent, punctuation ('18 eggs.', '50%', '12 per hour').
+_UNITS_TAIL = re.compile(r"^[A-Za-z%.!'\s]*$")
+
+
+def parse_number(text: str) -> fractions.Fraction | None:
+  """The number a final-answer marker holds, or None (see the module doc for the cleaning)."""
+  s = text.strip()
+  prev = None
+  while prev != s:
+    prev, s = s, _TEXT_WRAP.sub(r"\1", s)
+  s = s.replace("\\$", "").replace("$", "").replace("\\!", "").replace("{,}", ",")
+  s = s.replace("\\,", "").replace("*", "").replace("\\%", "%")
+  s = re.sub(r"(?<=\d),(?=\d)", "", s)
+  s = s.strip()
+  m = _NUMBER.match(s)
+  if m is None:
+    return None
+  if not _UNITS_TAIL.match(s[m.end():]):
+    return None
+  value = fractions.Fraction(m.group(2))
+  return -value if m.group(1) in ("-", "\u2212") else value
+
+
+def extract(response: str) -> str | None:
+  """The content of the final marker (see the module doc), or None."""
+  text = final_part(response)
+  markers = find_boxes(text)
+  hashes = find_hash_answer(text)
+  if hashes is not None:
+    markers.append(hashes)
+  if not markers:
+    return None
+  return max(markers, key=lambda m: m.start).content
+
+
+def grade(response: str, gold: str) -> Outcome:
+  gold_value = parse_number(gold)
+  if gold_value is None:
+    raise ValueError(f"GSM8K gold answer is not a number: {gold!r}")
+  text = final_part(response)
+  boxes = find_boxes(text)
+  hashes = find_hash_answer(text)
+  markers = boxes + ([hashes] if hashes is not None else [])
+  if not markers:
+    return Outcome.NO_ANSWER
+  final = max(markers, key=lambda m: m.start)
+  value = parse_number(final.content)
+  if value is None:
+    return Outcome.NO_ANSWER
+  if any(parse_number(b.content) != value for b in boxes):
+    return Outcome.WRONG  # several boxes holding different things: a hedge
+  return Outcome.CORRECT if value == gold_value else Outcome.WRONG
