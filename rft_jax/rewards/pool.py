@@ -81,7 +81,7 @@ class _Worker:
       cmd += ["--warm-up", warm_up_fn]
     env = dict(os.environ)
     # The child sees the parent's import path (a checkout on sys.path via pytest's rootdir, say).
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
     try:
       self.proc = subprocess.Popen(cmd, pass_fds=(job_r, res_w), env=env, stdin=subprocess.DEVNULL)
     finally:
