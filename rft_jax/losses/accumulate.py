@@ -19,7 +19,8 @@ micro-batch losses (and gradients) is the whole-batch loss (and gradient), up to
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,8 @@ import jax.numpy as jnp
 from rft_jax.losses.base import Batch, LossTransform, State, count_seqs, initial_terms
 
 
-def prepare_batch(transform: LossTransform, batch: Batch, state: State) -> tuple[Batch, State, dict]:
+def prepare_batch(transform: LossTransform, batch: Batch,
+                  state: State) -> tuple[Batch, State, dict]:
   """Runs the chain over the whole batch; returns (batch with advantages, grad_mask, token_count
   and seq_count set; the chain's new state; the chain's metrics).
 
@@ -36,7 +38,8 @@ def prepare_batch(transform: LossTransform, batch: Batch, state: State) -> tuple
   """
   batch = jax.lax.stop_gradient(batch)
   logp = batch.behaviour_logp
-  terms, new_state = transform.update(initial_terms(logp, batch, jnp.zeros_like(logp)), state, batch)
+  terms = initial_terms(logp, batch, jnp.zeros_like(logp))  # entropy: only the loss stage reads it
+  terms, new_state = transform.update(terms, state, batch)
   rows = (jnp.sum(terms.mask, axis=-1) > 0).astype(batch.mask.dtype)
   prepared = batch.replace(
       advantages=terms.advantages,
@@ -103,8 +106,8 @@ def accumulate_gradients(
   (loss, grads), (metrics, weights) = jax.lax.scan(body, init, micro)
   w = weights / jnp.maximum(jnp.sum(weights), 1.0)
   metrics = {k: jnp.sum(v * w.astype(v.dtype)) for k, v in metrics.items()}
-  return loss, grads, {"metrics": {**metrics, **_advantage_metrics(pre_metrics, metrics), "loss": loss},
-                       "state": new_state}
+  metrics = {**metrics, **_advantage_metrics(pre_metrics, metrics), "loss": loss}
+  return loss, grads, {"metrics": metrics, "state": new_state}
 
 
 def _advantage_metrics(pre: dict, micro: dict) -> dict:

@@ -34,7 +34,7 @@ def _rank_in_group(ids):
 
 
 def _group_stats(r, ids, ddof: int):
-  """Per-row group mean [B], group std [B] (with ddof) and whether that std is defined (n > ddof)."""
+  """Per-row group mean [B], group std [B] (with ddof), whether the std is defined (n > ddof)."""
   same = _same_group(ids, r.dtype)
   n = jnp.sum(same, axis=1)
   mean = jnp.sum(same * r[None, :], axis=1) / n
@@ -65,7 +65,7 @@ def group_mean() -> LossTransform:
   """Group baseline: A_i = R_i - mean_{j in g(i)} R_j (the mean includes i itself).
 
   GRPO's baseline (Shao et al. 2024, DeepSeekMath, sec. 4.1.2); alone it is Dr. GRPO's advantage
-  (Liu et al. 2025, "Understanding R1-Zero-Like Training", eq. 3).
+  (Liu et al. 2025, "Understanding R1-Zero-Like Training").
   """
 
   def update(terms, batch):
@@ -131,7 +131,7 @@ def leave_one_out() -> LossTransform:
   """Leave-one-out baseline: A_i = R_i - (1 / (n_g - 1)) sum_{j in g(i), j != i} R_j.
 
   RLOO (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free!"; Ahmadian et al.
-  2024, "Back to Basics", eq. 6). Equal to n/(n-1) (R_i - mean_g R). A group of one rollout has
+  2024, "Back to Basics"). Equal to n/(n-1) (R_i - mean_g R). A group of one rollout has
   no other sample: its baseline is 0 (A = R).
   """
 
@@ -148,7 +148,8 @@ def leave_one_out() -> LossTransform:
   return stateless(update)
 
 
-def history_baseline(num_prompts: int = 1, window: int = 8, empty_value: float = 0.0) -> LossTransform:
+def history_baseline(num_prompts: int = 1, window: int = 8,
+                     empty_value: float = 0.0) -> LossTransform:
   """Per-prompt history baseline: A_i = R_i - mean(last `window` rewards of prompt p_i).
 
   The companion code of Hu et al. (arXiv 2601.22532) baselines each prompt by a sliding window of
@@ -162,7 +163,8 @@ def history_baseline(num_prompts: int = 1, window: int = 8, empty_value: float =
   than W rollouts of a prompt, the last W in batch order are kept.
   """
   if num_prompts < 1 or window < 1:
-    raise ValueError(f"history_baseline: num_prompts={num_prompts} and window={window} must be >= 1")
+    raise ValueError(
+        f"history_baseline: num_prompts={num_prompts} and window={window} must be >= 1")
 
   def init():
     return {

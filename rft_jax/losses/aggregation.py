@@ -20,7 +20,7 @@ def _set_loss(terms, loss):
 def token_mean() -> LossTransform:
   """Mean over every loss token of the batch: L = sum_it m_it l_it / sum_it m_it.
 
-  (DAPO's token-level mean, Yu et al. 2025, eq. 12; with one sequence it is the paper's
+  (DAPO's token-level loss, Yu et al. 2025; with one sequence it is the paper's
   (1/|o|) sum_t.) Long sequences weigh in proportion to their length.
   """
 
@@ -50,12 +50,13 @@ def seq_mean_token_sum() -> LossTransform:
   """Mean over sequences of per-sequence token sums: L = (1/N) sum_i sum_t l_it.
 
   The REINFORCE / RLOO estimator, where a sequence is one action and log pi(o) = sum_t log pi(o_t)
-  (Williams 1992; Ahmadian et al. 2024, eq. 6).
+  (Williams 1992; Ahmadian et al. 2024).
   """
 
   def update(terms, batch):
     mask = loss_mask(terms, batch)
-    return _set_loss(terms, jnp.sum(terms.token_loss * mask) / jnp.maximum(seq_total(terms, batch), 1.0))
+    loss = jnp.sum(terms.token_loss * mask) / jnp.maximum(seq_total(terms, batch), 1.0)
+    return _set_loss(terms, loss)
 
   return stateless(update)
 

@@ -14,7 +14,8 @@ completion tokens and are meaningful only where `batch.mask` is 1.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -242,14 +243,14 @@ def loss_mask(terms: Terms, batch: Batch) -> Array:
 
 
 def token_total(terms: Terms, batch: Batch) -> Array:
-  """Aggregation normaliser: whole-batch loss-token count if given (micro-batches), else this one's."""
+  """Normaliser: the whole batch's loss-token count if given (micro-batches), else this batch's."""
   if batch.token_count is not None:
     return batch.token_count
   return jnp.sum(loss_mask(terms, batch))
 
 
 def seq_total(terms: Terms, batch: Batch) -> Array:
-  """Aggregation normaliser: whole-batch loss-sequence count if given (micro-batches), else this one's."""
+  """Normaliser: the whole batch's loss-sequence count if given (micro-batches), else this one's."""
   if batch.seq_count is not None:
     return batch.seq_count
   return count_seqs(loss_mask(terms, batch))

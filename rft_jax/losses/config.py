@@ -4,7 +4,8 @@ A config names the chain and the settings separately, so every knob can be overr
 command line:
 
     config.loss = ml_collections.ConfigDict(rl.recipe_config("grpo"))  # chain + every default
-    --config.loss.chain=group_mean,clipped_ratio,token_mean --config.loss.clipped_ratio.eps_high=0.28
+    --config.loss.chain=group_mean,clipped_ratio,token_mean
+    --config.loss.clipped_ratio.eps_high=0.28
 
 `from_config` reads `loss_config.chain` (comma-separated registry names) and `loss_config.<name>`
 (keyword arguments of that factory); settings of transforms that are not in the chain are ignored.
@@ -13,7 +14,8 @@ command line:
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from rft_jax.losses import advantages, aggregation, regularizers, reward_maps, surrogates
 from rft_jax.losses.base import LossTransform, named_chain
@@ -57,8 +59,8 @@ def factory_defaults(name: str) -> dict[str, Any]:
   for p in inspect.signature(REGISTRY[name]).parameters.values():
     if p.default is inspect.Parameter.empty or not isinstance(p.default, _PLAIN):
       raise TypeError(
-          f"loss transform {name!r}: kwarg {p.name!r} has default {p.default!r}; configs need a plain "
-          "bool/int/float/str default (use a sentinel such as -1 for 'unset')")
+          f"loss transform {name!r}: kwarg {p.name!r} has default {p.default!r}; configs need a "
+          "plain bool/int/float/str default (use a sentinel such as -1 for 'unset')")
     out[p.name] = p.default
   return out
 
@@ -100,7 +102,8 @@ def build(name: str, kwargs: Mapping[str, Any] | None = None) -> LossTransform:
   allowed = inspect.signature(REGISTRY[name]).parameters
   unknown = sorted(set(kwargs) - set(allowed))
   if unknown:
-    raise ValueError(f"loss transform {name!r} has no setting(s) {unknown}; it takes {sorted(allowed)}")
+    raise ValueError(
+        f"loss transform {name!r} has no setting(s) {unknown}; it takes {sorted(allowed)}")
   try:
     return REGISTRY[name](**kwargs)
   except (TypeError, ValueError) as e:

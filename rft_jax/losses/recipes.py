@@ -8,7 +8,8 @@ come both the ready chain (`grpo(...)` -> LossTransform) and the config form
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rft_jax.losses.base import LossTransform
 from rft_jax.losses.config import build_chain, default_settings
@@ -48,7 +49,7 @@ def reinforce() -> Spec:
 
 @_recipe
 def rloo() -> Spec:
-  """RLOO (Ahmadian et al. 2024, eq. 6): L = -(1/N) sum_i (R_i - mean_{j != i} R_j) log pi(o_i)."""
+  """RLOO (Ahmadian et al. 2024): L = -(1/N) sum_i (R_i - mean_{j != i} R_j) log pi(o_i)."""
   return [("leave_one_out", {}), ("policy_gradient", {}), ("seq_mean_token_sum", {})]
 
 
@@ -71,7 +72,7 @@ def grpo(eps: float = 0.2, kl_coef: float = 0.04, kl_estimator: str = "k3",
 
 @_recipe
 def dr_grpo(eps: float = 0.2, max_len: int = -1) -> Spec:
-  """Dr. GRPO (Liu et al. 2025, eq. 3): A_i = R_i - mean_g R (no std), clipped ratio, and
+  """Dr. GRPO (Liu et al. 2025): A_i = R_i - mean_g R (no std), clipped ratio, and
   L = -(1/(G L_max)) sum_i sum_t min(r A_i, clip(r) A_i); max_len = L_max (<= 0: padded T)."""
   return [("group_mean", {}),
           ("clipped_ratio", {"eps_low": eps, "eps_high": eps}),
@@ -80,7 +81,7 @@ def dr_grpo(eps: float = 0.2, max_len: int = -1) -> Spec:
 
 @_recipe
 def dapo(eps_low: float = 0.2, eps_high: float = 0.28, std_eps: float = 1e-6) -> Spec:
-  """DAPO (Yu et al. 2025, eq. 8): GRPO's advantage, clip-higher (0.2 / 0.28), token mean, no KL.
+  """DAPO (Yu et al. 2025): GRPO's advantage, clip-higher (0.2 / 0.28), token mean, no KL.
 
   Dynamic sampling (drop groups whose rewards are all equal) is a data-side filter:
   `rft_jax.losses.drop_zero_variance_groups(rewards, group_ids) -> keep`.
@@ -93,8 +94,8 @@ def dapo(eps_low: float = 0.2, eps_high: float = 0.28, std_eps: float = 1e-6) ->
 
 @_recipe
 def gspo(eps_low: float = 3e-4, eps_high: float = 4e-4, std_eps: float = 1e-6) -> Spec:
-  """GSPO (Zheng et al. 2025, eq. 5): group-normalised advantage, sequence-level clipped ratio
-  s_i = exp(mean_t log r_it), L = -(1/G) sum_i min(s_i A_i, clip(s_i, 1-eps_low, 1+eps_high) A_i)."""
+  """GSPO (Zheng et al. 2025): group-normalised advantage, sequence-level clipped ratio
+  s_i = exp(mean_t log r_it), L = -(1/G) sum_i min(s_i A_i, clip(s_i, 1-eps_lo, 1+eps_hi) A_i)."""
   return [("group_mean", {}),
           ("group_std", {"eps": std_eps}),
           ("sequence_ratio", {"eps_low": eps_low, "eps_high": eps_high}),

@@ -42,7 +42,8 @@ def entropy_bonus(coef: float = 0.001) -> LossTransform:
     if coef == 0:
       return terms
     if terms.entropy is None:
-      raise ValueError("entropy_bonus needs per-token entropy: pass compute_loss(..., entropy=[B, T])")
+      raise ValueError(
+          "entropy_bonus needs per-token entropy: pass compute_loss(..., entropy=[B, T])")
     mask = loss_mask(terms, batch)
     return terms.replace(token_loss=terms.token_loss - coef * terms.entropy * mask,
                          metrics=dict(terms.metrics, entropy=masked_mean(terms.entropy, mask)))

@@ -21,6 +21,10 @@ def _check_order(terms, who: str) -> None:
         "put it before the advantage transform (raw_reward, group_mean, ...)")
 
 
+def _set_rewards(terms, rewards):
+  return terms.replace(rewards=rewards, metrics=dict(terms.metrics, reward_mean=jnp.mean(rewards)))
+
+
 def affine_reward(scale: float = 1.0, shift: float = 0.0) -> LossTransform:
   """R' = scale * R + shift.
 
@@ -33,7 +37,7 @@ def affine_reward(scale: float = 1.0, shift: float = 0.0) -> LossTransform:
     if advantages_given(batch):
       return terms
     rewards = scale * terms.rewards + shift
-    return terms.replace(rewards=rewards, metrics=dict(terms.metrics, reward_mean=jnp.mean(rewards)))
+    return _set_rewards(terms, rewards)
 
   return stateless(update)
 
@@ -48,7 +52,7 @@ def clip_reward(low: float = -1.0, high: float = 1.0) -> LossTransform:
     if advantages_given(batch):
       return terms
     rewards = jnp.clip(terms.rewards, low, high)
-    return terms.replace(rewards=rewards, metrics=dict(terms.metrics, reward_mean=jnp.mean(rewards)))
+    return _set_rewards(terms, rewards)
 
   return stateless(update)
 

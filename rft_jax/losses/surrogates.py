@@ -60,9 +60,9 @@ def clipped_ratio(eps_low: float = 0.2, eps_high: float = -1.0) -> LossTransform
       r_t  = exp(log pi_theta(o_t) - log pi_old(o_t))
       l_t  = -min(r_t A, clip(r_t, 1 - eps_low, 1 + eps_high) A)
 
-  (Schulman et al. 2017, eq. 7; eps_high > eps_low is Yu et al. 2025, DAPO, eq. 10.) eps_high < 0
-  (default -1.0) means eps_high = eps_low. With one on-policy update r_t = 1, the clip never binds
-  and the gradient is -A grad log pi(o_t): REINFORCE.
+  (Schulman et al. 2017, eq. 7; eps_high > eps_low is DAPO's clip-higher, Yu et al. 2025.)
+  eps_high < 0 (default -1.0) means eps_high = eps_low. With one on-policy update r_t = 1, the
+  clip never binds and the gradient is -A grad log pi(o_t): REINFORCE.
   """
   eps_low, eps_high = _eps_pair("clipped_ratio", eps_low, eps_high)
 
@@ -85,9 +85,9 @@ def dual_clip(eps_low: float = 0.2, eps_high: float = -1.0, c: float = 3.0) -> L
       l_t = -o_t                 if A >= 0
       l_t = -max(o_t, c A)       if A < 0
 
-  (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL", eq. 5.) When r_t >> 1
-  on a negative advantage the plain clipped loss grows without bound; the second clip caps it at
-  -c A (and its gradient is then 0). c > 1; eps_high < 0 means eps_high = eps_low.
+  (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL", dual-clip PPO.)
+  When r_t >> 1 on a negative advantage the plain clipped loss grows without bound; the second
+  clip caps it at -c A (and its gradient is then 0). c > 1; eps_high < 0 means eps_high = eps_low.
   """
   eps_low, eps_high = _eps_pair("dual_clip", eps_low, eps_high)
   if c <= 1:
@@ -114,9 +114,9 @@ def sequence_ratio(eps_low: float = 3e-4, eps_high: float = 4e-4) -> LossTransfo
       s_i = exp( (1/|o_i|) sum_t (log pi_theta(o_it) - log pi_old(o_it)) )
       l_i = -min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i)
 
-  (Zheng et al. 2025, "Group Sequence Policy Optimization", eqs. 5 and 7; their eps are 3e-4 and
+  (Zheng et al. 2025, "Group Sequence Policy Optimization"; their eps are 3e-4 and
   4e-4.) l_i is written on every token of sequence i, so `seq_mean_token_mean` gives GSPO's
-  (1/G) sum_i l_i. With [B, T] advantages each token uses its own A_it (GSPO-token, eq. 13, with
+  (1/G) sum_i l_i. With [B, T] advantages each token uses its own A_it (GSPO-token, with
   equal values). |o_i| counts the loss tokens of the sequence.
   """
   eps_low, eps_high = _eps_pair("sequence_ratio", eps_low, eps_high)
@@ -129,7 +129,7 @@ def sequence_ratio(eps_low: float = 3e-4, eps_high: float = 4e-4) -> LossTransfo
     seq_ratio = jnp.exp(jnp.sum(log_ratio, axis=-1) / length)[:, None]
     objective, is_clipped = _clipped(seq_ratio, adv, eps_low, eps_high)
     return _add_loss(terms, -objective * mask,
-                     clip_frac=masked_mean(is_clipped.astype(mask.dtype) * jnp.ones_like(mask), mask),
+                     clip_frac=masked_mean(jnp.broadcast_to(is_clipped, mask.shape), mask),
                      seq_ratio_mean=jnp.mean(seq_ratio))
 
   return stateless(update)

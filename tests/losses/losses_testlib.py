@@ -9,7 +9,8 @@ import numpy as np
 
 import rft_jax.losses as rl
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
+AGGREGATIONS = (
+    "token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
 REWARD_MAPS = ("affine_reward", "clip_reward", "kl_reward")
 SCALINGS = ("group_std", "batch_std", "baseline_only")
 SURROGATES = ("policy_gradient", "clipped_ratio", "dual_clip", "sequence_ratio")

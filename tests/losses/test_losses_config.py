@@ -11,9 +11,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+from losses_testlib import random_batch
 
 import rft_jax.losses as rl
-from losses_testlib import random_batch
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -95,9 +95,11 @@ def test_command_line_overrides_reach_the_chain():
   config_flags.DEFINE_config_dict("config", config, flag_values=fv, sys_argv=argv)
   fv(argv)
   loss_config = fv.config.loss
-  assert loss_config.clipped_ratio.eps_high == 0.28 and loss_config.seq_mean_token_sum_norm.max_len == 512
+  assert loss_config.clipped_ratio.eps_high == 0.28
+  assert loss_config.seq_mean_token_sum_norm.max_len == 512
   built = rl.from_config(loss_config)
-  direct = rl.named_chain(("group_mean", rl.group_mean()), ("clipped_ratio", rl.clipped_ratio(0.2, 0.28)),
+  direct = rl.named_chain(("group_mean", rl.group_mean()),
+                          ("clipped_ratio", rl.clipped_ratio(0.2, 0.28)),
                           ("seq_mean_token_sum_norm", rl.seq_mean_token_sum_norm(512)))
   assert _loss(built) == _loss(direct)
   assert _loss(built) != _loss(rl.from_config({"chain": loss_config.chain}))  # the knobs mattered
@@ -111,7 +113,8 @@ def test_from_config_errors():
   with pytest.raises(ValueError, match=r"clipped_ratio' has no setting\(s\) \['eps'\]"):
     rl.from_config({"chain": "raw_reward,clipped_ratio,token_mean", "clipped_ratio": {"eps": 0.1}})
   with pytest.raises(ValueError, match="bad settings for loss transform 'kl_loss'"):
-    rl.from_config({"chain": "raw_reward,clipped_ratio,kl_loss,token_mean", "kl_loss": {"estimator": "k9"}})
+    rl.from_config({"chain": "raw_reward,clipped_ratio,kl_loss,token_mean",
+                    "kl_loss": {"estimator": "k9"}})
   with pytest.raises(ValueError, match="duplicate transform names"):
     rl.from_config({"chain": "raw_reward,clipped_ratio,clipped_ratio,token_mean"})
 
@@ -131,7 +134,9 @@ def test_import_is_light():
                        text=True, check=True)
   modules = set(json.loads(out.stdout.strip().splitlines()[-1]))
   assert "jax" in modules and "rft_jax.losses" in modules
-  for heavy in ("transformers", "orbax", "torch", "rft_jax.models", "optax", "ml_collections", "tensorflow"):
+  heavy_modules = ("transformers", "orbax", "torch", "rft_jax.models", "optax", "ml_collections",
+                   "tensorflow")
+  for heavy in heavy_modules:
     assert heavy not in modules, heavy
 
 

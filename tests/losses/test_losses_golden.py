@@ -13,20 +13,21 @@ ATOL = 1e-6
 
 
 def mk(rewards, mask=None, group_ids=None, behaviour=None, **kw):
-  """A batch from plain lists; missing per-token fields are zeros, group ids default to one group."""
+  """A batch from plain lists; missing per-token fields are zeros, all rows in one group."""
   rewards = jnp.asarray(rewards, jnp.float32)
   b = rewards.shape[0]
   mask = jnp.ones((b, 1)) if mask is None else jnp.asarray(mask, jnp.float32)
   behaviour = jnp.zeros_like(mask) if behaviour is None else jnp.asarray(behaviour, jnp.float32)
   group_ids = jnp.zeros((b,), jnp.int32) if group_ids is None else jnp.asarray(group_ids, jnp.int32)
-  kw = {k: (jnp.asarray(v, jnp.float32) if k in ("ref_logp", "sampler_logp", "grad_mask", "advantages")
+  floats = ("ref_logp", "sampler_logp", "grad_mask", "advantages")
+  kw = {k: (jnp.asarray(v, jnp.float32) if k in floats
             else jnp.asarray(v, jnp.int32) if k == "prompt_ids" else v) for k, v in kw.items()}
   return rl.Batch(tokens=jnp.zeros(mask.shape, jnp.int32), mask=mask, behaviour_logp=behaviour,
                   rewards=rewards, group_ids=group_ids, **kw)
 
 
 def run(transform, batch, logp=None, entropy=None, state=None):
-  """Runs the chain (jitted: one compile is faster than many eager ops) and returns (terms, state)."""
+  """Runs the chain (jitted: one compile beats many eager ops); returns (terms, state)."""
   logp = jnp.zeros_like(batch.mask) if logp is None else jnp.asarray(logp, jnp.float32)
   state = transform.init() if state is None else state
   return _run(transform, batch, logp, entropy, state)
@@ -73,7 +74,8 @@ def test_kl_reward(estimator, expected):
   batch = mk([1.0, 0.0], mask=[[1, 1], [1, 0]], behaviour=[[-1.0, -2.0], [-0.5, 9.0]],
              ref_logp=[[-1.5, -1.0], [-1.0, 0.0]])
   # logp differs from behaviour: the penalty must use behaviour_logp, not the current policy.
-  terms, _ = run(rl.chain(rl.kl_reward(0.1, estimator), rl.raw_reward()), batch, logp=[[-3.0, -3.0]] * 2)
+  transform = rl.chain(rl.kl_reward(0.1, estimator), rl.raw_reward())
+  terms, _ = run(transform, batch, logp=[[-3.0, -3.0]] * 2)
   np.testing.assert_allclose(terms.advantages, expected, atol=ATOL)
 
 
@@ -85,7 +87,7 @@ def test_kl_reward_zero_coef_needs_no_reference():
 # ---- baselines and scalings -------------------------------------------------------------------
 
 # Groups 7 = rows 0, 2, 3 with R = 1, 0, 0; group 3 = rows 1, 4 with R = 1, 0.
-GROUPED = dict(rewards=[1.0, 1.0, 0.0, 0.0, 0.0], group_ids=[7, 3, 7, 7, 3])
+GROUPED = {"rewards": [1.0, 1.0, 0.0, 0.0, 0.0], "group_ids": [7, 3, 7, 7, 3]}
 
 
 def test_raw_reward_and_precomputed_advantages():
@@ -108,11 +110,10 @@ def test_group_std_unbiased_and_population():
   # 1/sqrt(2): A = +-0.5 sqrt(2) = +-0.70710678.
   got = advantages_of(rl.chain(rl.group_mean(), rl.group_std(eps=0.0, ddof=1)), batch)
   s3 = math.sqrt(3)
-  np.testing.assert_allclose(got, [2 / 3 * s3, 0.5 * math.sqrt(2), -s3 / 3, -s3 / 3, -0.5 * math.sqrt(2)],
-                             atol=ATOL)
+  r2 = math.sqrt(2)
+  np.testing.assert_allclose(got, [2 / 3 * s3, 0.5 * r2, -s3 / 3, -s3 / 3, -0.5 * r2], atol=ATOL)
   # ddof=0: group 7 var 2/9, std sqrt(2)/3 -> [sqrt 2, -1/sqrt 2]; group 3 std 1/2 -> [1, -1].
   got = advantages_of(rl.chain(rl.group_mean(), rl.group_std(eps=0.0, ddof=0)), batch)
-  r2 = math.sqrt(2)
   np.testing.assert_allclose(got, [r2, 1.0, -1 / r2, -1 / r2, -1.0], atol=ATOL)
 
 
@@ -168,7 +169,7 @@ def test_history_baseline_over_rounds():
   np.testing.assert_allclose(terms.advantages, np.array([1, 2, 3, 4]) - 1 / 3, atol=ATOL)
   np.testing.assert_allclose(state["rewards"][1], [4.0, 2.0, 3.0])
   # Round 5: p1 baseline mean(4, 2, 3) = 3 -> A = -3.
-  terms, state2 = run(t, mk([0.0], prompt_ids=[1]), state=state)
+  terms, _ = run(t, mk([0.0], prompt_ids=[1]), state=state)
   np.testing.assert_allclose(terms.advantages, [-3.0], atol=ATOL)
   # With precomputed advantages the window is neither read nor written.
   terms, same = run(t, mk([0.0], prompt_ids=[1], advantages=[9.0]), state=state)
@@ -177,7 +178,7 @@ def test_history_baseline_over_rounds():
 
 
 def test_baseline_only_first_k_of_each_group():
-  # Groups by id: 0 = rows 0, 2; 1 = rows 1, 3; R = [1, 1, 0, 0] -> group_mean A = [.5, .5, -.5, -.5].
+  # Groups: 0 = rows 0, 2; 1 = rows 1, 3; R = [1, 1, 0, 0] -> group_mean A = [.5, .5, -.5, -.5].
   # num_grad=1 keeps rows 0 and 1 (first of each group): A = [.5, .5, 0, 0], rows 2, 3 unmasked.
   logp = [[-1.0, -2.0], [-3.0, -4.0], [-5.0, -6.0], [-7.0, -8.0]]
   batch = mk([1.0, 1.0, 0.0, 0.0], mask=[[1, 1], [1, 0], [1, 1], [1, 1]], group_ids=[0, 1, 0, 1])
@@ -201,8 +202,8 @@ def _ratios_batch(ratios, adv, mask=None):
   ratios = np.asarray(ratios, np.float64)
   behaviour = np.full(ratios.shape, -1.0)
   logp = behaviour + np.log(ratios)
-  batch = mk([0.0] * len(adv), mask=np.ones(ratios.shape) if mask is None else mask, behaviour=behaviour,
-             advantages=adv)
+  mask = np.ones(ratios.shape) if mask is None else mask
+  batch = mk([0.0] * len(adv), mask=mask, behaviour=behaviour, advantages=adv)
   return batch, jnp.asarray(logp, jnp.float32)
 
 
@@ -292,7 +293,8 @@ def test_truncated_is_weight_is_capped_and_stop_gradient():
     ("k1", [0.5, -1.0], [1.0, 1.0]),
     # k2 = d^2/2 = [0.125, 0.5], dk2/dlogp = d.
     ("k2", [0.125, 0.5], [0.5, -1.0]),
-    # k3 = exp(-d) - 1 + d = [0.10653066, 0.71828183], dk3/dlogp = 1 - exp(-d) = [0.39346934, -1.7182818].
+    # k3 = exp(-d) - 1 + d = [0.10653066, 0.71828183];
+    # dk3/dlogp = 1 - exp(-d) = [0.39346934, -1.7182818].
     ("k3", [0.10653066, 0.71828183], [0.39346934, -1.7182818]),
 ])
 def test_kl_loss(estimator, kl, dkl):
@@ -353,7 +355,8 @@ def test_aggregations(transform, expected):
     (rl.seq_mean_token_sum_norm(max_len=10), 7 / 40),
 ])
 def test_aggregations_use_whole_batch_counts(transform, expected):
-  got = _aggregate(transform, AGG_MASK, AGG_LOSS, token_count=jnp.float32(10), seq_count=jnp.float32(4))
+  got = _aggregate(transform, AGG_MASK, AGG_LOSS, token_count=jnp.float32(10),
+                   seq_count=jnp.float32(4))
   assert got == pytest.approx(expected, abs=ATOL)
 
 

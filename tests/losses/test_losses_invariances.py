@@ -5,9 +5,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from losses_testlib import (
+  SETTINGS,
+  bigram_logp,
+  bigram_params,
+  build,
+  pad_time,
+  random_batch,
+  recipe,
+)
 
 import rft_jax.losses as rl
-from losses_testlib import SETTINGS, bigram_logp, bigram_params, build, pad_time, random_batch, recipe
 
 # Chains that together use every registered transform (and every aggregation and baseline).
 COMBINED = {
@@ -76,7 +84,9 @@ def test_micro_batches_equal_whole_batch(kind, name):
   params = bigram_params()
   state = transform.init()
   if kind == "chain" and name == "seq_mean_token_sum_norm":  # a history with earlier rounds in it
-    state = jax.jit(lambda s: transform.update(rl.initial_terms(batch.behaviour_logp, batch), s, batch)[1])(state)
+    first_round = jax.jit(
+        lambda s: transform.update(rl.initial_terms(batch.behaviour_logp, batch), s, batch)[1])
+    state = first_round(state)
   loss_fn = _loss_fn(transform, state)
   # 4 micro-batches of 2 rows: every group (interleaved) is split across them. The token_mean
   # chain (with baseline_only, group stats, KL-in-reward) also runs with 2 and 8 micro-batches.
@@ -85,16 +95,17 @@ def test_micro_batches_equal_whole_batch(kind, name):
   @jax.jit
   def both(params, batch):
     whole = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-    return whole, [rl.accumulate_gradients(loss_fn, params, batch, m, transform=transform, state=state)
-                   for m in counts]
+    return whole, [rl.accumulate_gradients(loss_fn, params, batch, m, transform=transform,
+                                           state=state) for m in counts]
 
   ((loss, aux), grads), accumulated = both(params, batch)
   for aloss, agrads, aaux in accumulated:
     np.testing.assert_allclose(aloss, loss, rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(agrads["W"], grads["W"], rtol=2e-5, atol=1e-7)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), aaux["state"], aux["state"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                 aaux["state"], aux["state"])
     np.testing.assert_allclose(aaux["metrics"]["loss"], loss, rtol=2e-6, atol=1e-7)
-    for k in ("clip_frac", "kl", "entropy", "adv_mean"):  # token means and advantage stats are exact
+    for k in ("clip_frac", "kl", "entropy", "adv_mean"):  # token means, advantage stats: exact
       if k in aux["metrics"]:
         np.testing.assert_allclose(aaux["metrics"][k], aux["metrics"][k], rtol=1e-5, atol=1e-7)
   assert np.abs(grads["W"]).sum() > 0
@@ -111,7 +122,7 @@ def test_naive_micro_batches_differ():
   @jax.jit
   def naive_and_whole(params):
     micro = rl.split_batch(batch, 4)
-    naive = sum(loss_fn(params, jax.tree.map(lambda x: x[i], micro))[0] for i in range(4))
+    naive = sum(loss_fn(params, jax.tree.map(lambda x, i=i: x[i], micro))[0] for i in range(4))
     return naive, loss_fn(params, batch)[0]
 
   naive, loss = naive_and_whole(params)
@@ -143,11 +154,16 @@ def test_split_batch_errors_and_shapes():
   np.testing.assert_array_equal(micro.rewards[1], batch.rewards[2:4])
 
 
+def _minimal_loss(logp_of, w, batch):
+  transform = rl.minimal()
+  return rl.compute_loss(transform, logp_of(w), batch, transform.init())[0]
+
+
 def test_minimal_is_reinforce_with_one_on_policy_rollout():
   # Linear-softmax policy pi(v | x_t) = softmax(x_t W)_v. By hand, grad_W log pi(o_t) =
   # x_t (e_{o_t} - p_t)^T. The paper's claim: with one rollout and one on-policy update
-  # (behaviour = current policy, ratio 1), minimal's gradient ascends R (1/|o|) sum_t grad log pi(o_t),
-  # i.e. the loss gradient is its negative.
+  # (behaviour = current policy, ratio 1), minimal's gradient ascends
+  # R (1/|o|) sum_t grad log pi(o_t), i.e. the loss gradient is its negative.
   rng = np.random.default_rng(0)
   t, dim, vocab = 5, 3, 4
   x = rng.normal(size=(t, dim))
@@ -171,8 +187,7 @@ def test_minimal_is_reinforce_with_one_on_policy_rollout():
       batch = rl.Batch(tokens=jnp.asarray(tokens)[None], mask=jnp.asarray(mask)[None],
                        behaviour_logp=behaviour, rewards=jnp.array([reward]),
                        group_ids=jnp.array([0]))
-      transform = rl.minimal()
-      g = jax.jit(jax.grad(lambda w: rl.compute_loss(transform, logp_of(w), batch, transform.init())[0]))(
-          jnp.asarray(w))
+      grad_fn = jax.jit(jax.grad(_minimal_loss, argnums=1), static_argnums=0)
+      g = grad_fn(logp_of, jnp.asarray(w), batch)
       np.testing.assert_allclose(g, -reward * grad_logpi / length, atol=1e-12)
   assert np.abs(grad_logpi).sum() > 0.1

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from losses_testlib import build, context_chain, random_batch, recipe
 
 import rft_jax.losses as rl
-from losses_testlib import build, context_chain, random_batch, recipe
 
 CASES = [("transform", n) for n in rl.REGISTRY] + [("recipe", n) for n in rl.RECIPES]
 
@@ -29,14 +29,14 @@ def test_jit_finite_shapes_and_gradient_only_through_policy(kind, name):
   b, t = batch.mask.shape
   state = transform.init()
 
-  @jax.jit
-  def f(logp, entropy, behaviour, ref, sampler, rewards, state):
-    bt = batch.replace(behaviour_logp=behaviour, ref_logp=ref, sampler_logp=sampler, rewards=rewards)
-    loss, aux = rl.compute_loss(transform, logp, bt, state, entropy=entropy)
-    return loss, aux
+  def f(logp, entropy, behaviour, ref, sampler, rewards):
+    bt = batch.replace(behaviour_logp=behaviour, ref_logp=ref, sampler_logp=sampler,
+                       rewards=rewards)
+    return rl.compute_loss(transform, logp, bt, state, entropy=entropy)
 
+  # One compile: the loss, its aux, and the gradient with respect to every float input.
   args = (logp, entropy, batch.behaviour_logp, batch.ref_logp, batch.sampler_logp, batch.rewards)
-  loss, aux = f(*args, state)
+  (loss, aux), grads = jax.jit(jax.value_and_grad(f, argnums=tuple(range(6)), has_aux=True))(*args)
   assert loss.shape == () and np.isfinite(loss)
   terms = aux["terms"]
   assert terms.token_loss.shape == (b, t) and np.all(np.isfinite(terms.token_loss))
@@ -47,7 +47,6 @@ def test_jit_finite_shapes_and_gradient_only_through_policy(kind, name):
   assert float(aux["metrics"]["loss"]) == float(loss)
   assert jax.tree.structure(aux["state"]) == jax.tree.structure(state)
 
-  grads = jax.jit(jax.grad(lambda *a: f(*a, state)[0], argnums=tuple(range(6))))(*args)
   g_logp, g_ent, *g_batch = grads
   for g in g_batch:  # behaviour, ref, sampler log-probs and rewards: constants of the loss
     np.testing.assert_array_equal(g, 0.0)
@@ -83,7 +82,7 @@ def _loss(names, batch=None, entropy=None, settings=None):
     (["clipped_ratio", "token_mean"], "clipped_ratio needs advantages"),
     (["policy_gradient", "token_mean"], "policy_gradient needs advantages"),
     (["group_std", "token_mean"], "group_std needs advantages"),
-    (["raw_reward", "affine_reward", "policy_gradient", "token_mean"], "put it before the advantage"),
+    (["raw_reward", "affine_reward", "policy_gradient", "token_mean"], "before the advantage"),
     (["raw_reward", "kl_reward", "policy_gradient", "token_mean"], "put it before the advantage"),
     (["raw_reward", "policy_gradient"], "no aggregation transform"),
     (["raw_reward", "policy_gradient", "entropy_bonus", "token_mean"], "needs per-token entropy"),
@@ -98,7 +97,8 @@ def test_missing_batch_fields():
   with pytest.raises(ValueError, match="kl_loss needs batch.ref_logp"):
     _loss(["raw_reward", "policy_gradient", "kl_loss", "token_mean"], batch.replace(ref_logp=None))
   with pytest.raises(ValueError, match="kl_reward needs batch.ref_logp"):
-    _loss(["kl_reward", "raw_reward", "policy_gradient", "token_mean"], batch.replace(ref_logp=None))
+    _loss(["kl_reward", "raw_reward", "policy_gradient", "token_mean"],
+          batch.replace(ref_logp=None))
   with pytest.raises(ValueError, match="history_baseline needs batch.prompt_ids"):
     _loss(["history_baseline", "policy_gradient", "token_mean"], batch.replace(prompt_ids=None))
   # coef = 0 switches the KL terms off, and then no reference is needed.

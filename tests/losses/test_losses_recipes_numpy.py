@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from losses_testlib import random_batch
 
 import rft_jax.losses as rl
-from losses_testlib import random_batch
 
 
 def _groups(group_ids):
@@ -44,13 +44,13 @@ def ref_minimal(d, eps=0.2):
 
 
 def ref_reinforce(d):
-  """Williams 1992: grad J = E[R grad log pi(o)], log pi(o) = sum_t log pi(o_t); mean over samples."""
+  """Williams 1992: grad J = E[R grad log pi(o)], log pi(o) = sum_t log pi(o_t); sample mean."""
   n = len(d["R"])
   return -sum(d["R"][i] * sum(d["logp"][i, t] for t in _tokens(d["mask"], i)) for i in range(n)) / n
 
 
 def ref_rloo(d):
-  """Ahmadian et al. 2024, eq. 6: (1/k) sum_i [R_i - (1/(k-1)) sum_{j != i} R_j] grad log pi(y_i)."""
+  """Ahmadian et al. 2024: (1/k) sum_i [R_i - (1/(k-1)) sum_{j != i} R_j] grad log pi(y_i)."""
   n = len(d["R"])
   total = 0.0
   for members in _groups(d["gid"]).values():
@@ -89,7 +89,8 @@ def ref_grpo(d, eps=0.2, beta=0.04, eps_std=1e-6):
 
 
 def ref_dr_grpo(d, eps=0.2, max_len=16):
-  """Liu et al. 2025, eq. 3: A_i = R_i - mean R; J = (1/G) sum_i (1/L_max) sum_t min(r A, clip(r) A)."""
+  """Liu et al. 2025 (Dr. GRPO): A_i = R_i - mean R;
+  J = (1/G) sum_i (1/L_max) sum_t min(r A, clip(r) A)."""
   adv = _grpo_advantages(d, 0.0, use_std=False)
   total = 0.0
   for i in range(len(adv)):
@@ -100,7 +101,8 @@ def ref_dr_grpo(d, eps=0.2, max_len=16):
 
 
 def ref_dapo(d, eps_low=0.2, eps_high=0.28, eps_std=1e-6):
-  """Yu et al. 2025, eq. 8: J = 1/(sum_i |o_i|) sum_i sum_t min(r A, clip(r, 1-eps_low, 1+eps_high) A)."""
+  """Yu et al. 2025 (DAPO):
+  J = 1/(sum_i |o_i|) sum_i sum_t min(r A, clip(r, 1-eps_low, 1+eps_high) A)."""
   adv = _grpo_advantages(d, eps_std)
   total, count = 0.0, 0
   for i in range(len(adv)):
@@ -112,7 +114,7 @@ def ref_dapo(d, eps_low=0.2, eps_high=0.28, eps_std=1e-6):
 
 
 def ref_gspo(d, eps_low=3e-4, eps_high=4e-4, eps_std=1e-6):
-  """Zheng et al. 2025, eqs. 5 and 7: s_i = (pi(y_i)/pi_old(y_i))^(1/|y_i|);
+  """Zheng et al. 2025 (GSPO): s_i = (pi(y_i)/pi_old(y_i))^(1/|y_i|);
   J = (1/G) sum_i min(s_i A_i, clip(s_i, 1-eps_low, 1+eps_high) A_i)."""
   adv = _grpo_advantages(d, eps_std)
   total = 0.0
@@ -153,8 +155,9 @@ def test_recipe_matches_numpy_reference(name, seed):
   if "clip_frac" in metrics:  # both branches of the clip are exercised
     assert 0.05 < float(metrics["clip_frac"]) < 0.95, float(metrics["clip_frac"])
 
-  d = {k: np.asarray(v, np.float64) for k, v in dict(
-      logp=logp, old=batch.behaviour_logp, ref=batch.ref_logp, mask=batch.mask, R=batch.rewards).items()}
+  fields = {"logp": logp, "old": batch.behaviour_logp, "ref": batch.ref_logp, "mask": batch.mask,
+            "R": batch.rewards}
+  d = {k: np.asarray(v, np.float64) for k, v in fields.items()}
   d["gid"] = np.asarray(batch.group_ids)
   expected = reference(d)
   assert abs(expected) > 1e-6, "a vanishing reference loss would make the comparison weak"
