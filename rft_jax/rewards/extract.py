@@ -95,3 +95,15 @@ def find_hash_answer(text: str) -> Marker | None:
 def strip_trailing_punct(s: str) -> str:
   """'30^\\circ.' -> '30^\\circ', '\\text{(E)},' -> '\\text{(E)}': sentence punctuation, not answer."""
   return s.strip().rstrip(".,;: \t\n").strip()
+
+
+def brace_depth(s: str) -> int:
+  """Deepest nesting of structural braces in `s` ('\\frac{a}{\\sqrt{b}}' -> 2)."""
+  depth = deepest = 0
+  for m in _BRACE.finditer(s):
+    if m.group() == "{":
+      depth += 1
+      deepest = max(deepest, depth)
+    elif m.group() == "}":
+      depth = max(0, depth - 1)
+  return deepest

@@ -5,8 +5,9 @@ Order of decisions for one response (docs/tasks.md has the full rules and their 
      '</think>'. None (or only empty boxes) -> NO_ANSWER.
   2. Hedging: boxes are de-duplicated by normalized string; *every* distinct box must be
      equivalent to the gold, so the same value boxed twice (even in two spellings) is fine and two
-     different values score 0. More than MAX_BOXES distinct boxes, or a box longer than
-     MAX_ANSWER_CHARS, is WRONG without further work.
+     different values score 0. More than MAX_BOXES distinct boxes, a box longer than
+     MAX_ANSWER_CHARS or with braces nested deeper than MAX_BRACE_DEPTH is WRONG without further
+     work (math-verify's time grows steeply with nesting: 12 levels take a second, 16 hang).
   3. Fast path (in the calling process): normalized string equal to the normalized gold -> correct.
   4. Guards (in the calling process): base subscripts must match, interval brackets must match.
   5. math-verify (in a worker process with a hard timeout, rewards/pool.py): anything undecided.
@@ -25,11 +26,12 @@ from typing import Sequence
 
 from rft_jax.rewards import pool as pool_lib
 from rft_jax.rewards.base import Outcome
-from rft_jax.rewards.extract import final_part, find_boxes, strip_trailing_punct
+from rft_jax.rewards.extract import brace_depth, final_part, find_boxes, strip_trailing_punct
 from rft_jax.rewards.normalize import guard_verdict, normalize
 
 MAX_ANSWER_CHARS = 1000  # the longest gold in MATH is 159 characters
 MAX_BOXES = 8
+MAX_BRACE_DEPTH = 10  # golds in MATH nest at most 2 deep
 JOB_FN = "rft_jax.rewards.mv:job"
 WARM_UP_FN = "rft_jax.rewards.mv:warm_up"
 
@@ -89,7 +91,7 @@ def prepare(response: str, gold: str) -> Outcome | Pending:
   boxes = boxed_answers(response)
   if not boxes:
     return Outcome.NO_ANSWER
-  if any(len(b) > MAX_ANSWER_CHARS for b in boxes):
+  if any(len(b) > MAX_ANSWER_CHARS or brace_depth(b) > MAX_BRACE_DEPTH for b in boxes):
     return Outcome.WRONG
   gold_norm = normalize(gold)
   distinct: dict[str, str] = {}
