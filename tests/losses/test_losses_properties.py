@@ -67,7 +67,7 @@ def test_batch_fields_would_carry_gradient_without_compute_loss_stop_gradient():
     bt = batch.replace(behaviour_logp=behaviour)
     return transform.update(rl.initial_terms(logp, bt), transform.init(), bt)[0].loss
 
-  assert np.abs(jax.grad(raw)(batch.behaviour_logp)).sum() > 0
+  assert np.abs(jax.jit(jax.grad(raw))(batch.behaviour_logp)).sum() > 0
 
 
 # ---- errors a person can act on ---------------------------------------------------------------
