@@ -1,0 +1,90 @@
+"""Difficulty buckets, the table, and deterministic choice of the training example."""
+
+import numpy as np
+import pytest
+
+from rft_jax.data import selection
+from rft_jax.data.base import Example
+
+
+def make_examples(n):
+  return [Example(f"q{i}", f"question {i}", str(i), meta={"subject": "Algebra", "level": 1 + i % 5})
+          for i in range(n)]
+
+
+@pytest.mark.parametrize("p,bucket", [
+    (1.0, "easy"), (0.7, "easy"), (0.69, "medium"), (0.3, "medium"), (0.29, "hard"),
+    (1 / 16, "hard"), (0.0, "extremely_hard"),
+])
+def test_bucket_thresholds(p, bucket):
+  assert selection.bucket_of(p) == bucket
+
+
+def test_bucket_rejects_out_of_range():
+  with pytest.raises(ValueError, match="pass rate must be in"):
+    selection.bucket_of(1.5)
+
+
+def fake_sampler(correct_counts):
+  """sample_rewards returning exactly c_i correct samples (first c_i columns) per example."""
+  calls = []
+
+  def sample_rewards(examples, n):
+    calls.append(len(examples))
+    out = np.zeros((len(examples), n))
+    for row, ex in enumerate(examples):
+      out[row, :correct_counts[ex.id]] = 1
+    return out
+
+  return sample_rewards, calls
+
+
+def test_estimate_difficulty_table_and_save(tmp_path):
+  exs = make_examples(6)
+  counts = {"q0": 10, "q1": 7, "q2": 5, "q3": 3, "q4": 1, "q5": 0}
+  sampler, calls = fake_sampler(counts)
+  table = selection.estimate_difficulty(exs, sampler, n=10, chunk_size=4)
+  assert calls == [4, 2]
+  assert [row["bucket"] for row in table["rows"]] == [
+      "easy", "easy", "medium", "medium", "hard", "extremely_hard"]
+  assert [row["pass_rate"] for row in table["rows"]] == [1.0, 0.7, 0.5, 0.3, 0.1, 0.0]
+  assert table["counts"] == {"easy": 2, "medium": 2, "hard": 1, "extremely_hard": 1}
+  assert table["thresholds"] == {"easy_min": 0.7, "medium_min": 0.3}
+  path = tmp_path / "difficulty.json"
+  selection.save_table(path, table)
+  assert selection.load_table(path) == table
+
+
+def test_sampler_shape_is_checked():
+  with pytest.raises(ValueError, match=r"returned shape \(2, 3\), expected \(2, 4\)"):
+    selection.estimate_difficulty(make_examples(2), lambda exs, n: np.zeros((2, 3)), n=4)
+
+
+def test_select_is_deterministic_and_seeded():
+  exs = make_examples(40)
+  rewards = np.zeros((40, 4))
+  rewards[::2, :3] = 1  # even ids: pass rate 0.75 (easy); odd: 0 (extremely hard)
+  table = selection.difficulty_table(exs, rewards)
+  picks = {seed: selection.select(table, bucket="easy", seed=seed)["id"] for seed in range(10)}
+  assert all(int(i[1:]) % 2 == 0 for i in picks.values())
+  assert len(set(picks.values())) > 1  # the seed matters
+  # Same seed, shuffled row order: same choice.
+  shuffled = dict(table, rows=list(reversed(table["rows"])))
+  assert selection.select(shuffled, bucket="easy", seed=3)["id"] == picks[3]
+  ex = selection.select_example(exs, table, bucket="extremely_hard", seed=1)
+  assert int(ex.id[1:]) % 2 == 1 and ex in exs
+
+
+def test_select_by_id_and_errors():
+  exs = make_examples(3)
+  table = selection.difficulty_table(exs, np.ones((3, 2)))
+  assert selection.select(table, example_id="q2")["pass_rate"] == 1.0
+  assert selection.select_example(exs, example_id="q1") is exs[1]  # no table needed
+  with pytest.raises(ValueError, match="no example in bucket 'hard'"):
+    selection.select(table, bucket="hard")
+  with pytest.raises(KeyError, match="'q9'"):
+    selection.select(table, example_id="q9")
+  with pytest.raises(ValueError, match="exactly one of"):
+    selection.select(table, bucket="easy", example_id="q1")
+  with pytest.raises(ValueError, match="unknown bucket"):
+    selection.select(table, bucket="trivial")
