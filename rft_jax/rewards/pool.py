@@ -89,9 +89,10 @@ class _Worker:
       os.close(res_w)
     self.send_conn = Connection(job_w, readable=False)
     self.conn = Connection(res_r, writable=False)
-    self.ready = False
+    self.ready = False       # sent its 'ready' message
+    self.broken = False      # a send failed: it is dead, its EOF is pending
     self.started = time.monotonic()
-    self.job: int | None = None
+    self.inflight: collections.deque[int] = collections.deque()  # sent, not yet answered
     self.deadline = 0.0
 
   def kill(self) -> None:
@@ -116,6 +117,7 @@ class _Worker:
 
 class Pool:
   """`num_workers` processes running `job_fn` ('module:function', a picklable payload -> value).
+  Each worker has up to `prefetch` jobs queued in its pipe; the timeout applies to each job.
 
   `map(payloads, timeout_s)` returns one (JobStatus, value) per payload, in order; value is the
   job's return value for OK, else a short reason. Thread-safe (calls are serialized).
@@ -127,6 +129,7 @@ class Pool:
       num_workers: int | None = None,
       timeout_s: float = DEFAULT_TIMEOUT_S,
       warm_up_fn: str | None = None,
+      prefetch: int = 2,
   ):
     if num_workers is None:
       num_workers = max(1, min(os.cpu_count() or 1, 8))
@@ -136,6 +139,7 @@ class Pool:
     self.warm_up_fn = warm_up_fn
     self.num_workers = num_workers
     self.timeout_s = timeout_s
+    self.prefetch = max(1, prefetch)
     self._workers: list[_Worker] = []
     self._lock = threading.Lock()
     self._pid = os.getpid()
@@ -167,23 +171,39 @@ class Pool:
       return self._run(list(payloads), timeout_s)
 
   def _run(self, payloads: list, timeout_s: float) -> list[tuple[JobStatus, Any]]:
+    """Hand out jobs (up to `prefetch` queued per worker, so a worker never waits for the parent
+    between two jobs); the deadline of a worker is `timeout_s` after it started its current job,
+    i.e. after its previous answer. A killed or dead worker's current job gets TIMEOUT / ERROR
+    and the jobs queued behind it go back to the queue."""
     results: list[tuple[JobStatus, Any] | None] = [None] * len(payloads)
     todo = collections.deque(range(len(payloads)))
     remaining = len(payloads)
+
+    def fail_current(i: int, status: JobStatus, reason: str) -> None:
+      nonlocal remaining
+      w = self._workers[i]
+      results[w.inflight.popleft()] = (status, reason)
+      remaining -= 1
+      todo.extendleft(reversed(w.inflight))  # not started: retried on another worker
+      w.inflight.clear()
+      self._replace(i)
+
     while remaining:
       now = time.monotonic()
       for w in self._workers:  # hand out work
-        if w.ready and w.job is None and todo:
+        while w.ready and not w.broken and len(w.inflight) < self.prefetch and todo:
           job = todo.popleft()
           try:
             w.send_conn.send((job, payloads[job]))
-          except (OSError, ValueError):  # the worker died while idle: retry the job elsewhere
+          except (OSError, ValueError):  # the worker died while idle: its pipe reports EOF below
             todo.appendleft(job)
-            w.ready = False
-            w.proc.kill()  # its result pipe reports EOF below, and it is replaced
-            continue
-          w.job, w.deadline = job, now + timeout_s
-      deadlines = [w.deadline for w in self._workers if w.job is not None]
+            w.broken = True
+            w.proc.kill()
+            break
+          if not w.inflight:
+            w.deadline = now + timeout_s
+          w.inflight.append(job)
+      deadlines = [w.deadline for w in self._workers if w.inflight]
       deadlines += [w.started + STARTUP_TIMEOUT_S for w in self._workers if not w.ready]
       wait_s = max(0.0, min(deadlines) - now) if deadlines else None
       ready = wait([w.conn for w in self._workers], timeout=wait_s)
@@ -195,11 +215,11 @@ class Pool:
         except (EOFError, OSError):
           msg = None
         if msg is None:  # the worker died
-          if w.job is not None:
-            results[w.job] = (JobStatus.ERROR, "grading worker died")
-            remaining -= 1
+          if w.inflight:
             self.stats["errors"] += 1
-          elif not w.ready:
+            fail_current(i, JobStatus.ERROR, "grading worker died")
+            continue
+          if not w.ready and not w.broken:
             self._startup_failures += 1
             if self._startup_failures >= 3:
               self._replace(i)
@@ -214,19 +234,20 @@ class Pool:
           w.ready = True
           self._startup_failures = 0
           continue
+        assert w.inflight and w.inflight[0] == job_id, (job_id, list(w.inflight))
+        w.inflight.popleft()
         results[job_id] = (JobStatus(status), value)
         remaining -= 1
         self.stats["jobs"] += 1
         self.stats["errors"] += status == JobStatus.ERROR.value
-        w.job = None
+        if w.inflight:
+          w.deadline = time.monotonic() + timeout_s  # the next queued job starts now
       now = time.monotonic()
       for i, w in enumerate(self._workers):
-        if w.job is not None and now >= w.deadline:
-          results[w.job] = (JobStatus.TIMEOUT, f"no result within {timeout_s:g} s")
-          remaining -= 1
+        if w.inflight and now >= w.deadline:
           self.stats["timeouts"] += 1
           logger.warning("grading job timed out after %g s; restarting its worker", timeout_s)
-          self._replace(i)
+          fail_current(i, JobStatus.TIMEOUT, f"no result within {timeout_s:g} s")
         elif not w.ready and now - w.started > STARTUP_TIMEOUT_S:
           raise RuntimeError(
               f"a grading worker ({self.job_fn}) was not ready within {STARTUP_TIMEOUT_S:g} s"
