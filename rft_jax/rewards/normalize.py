@@ -57,11 +57,11 @@ def _strip_trailing_units(s: str) -> str:
 
 
 def _fix_shorthand(s: str) -> str:
-  """'\\frac12' -> '\\frac{1}{2}', '\\frac1{b}', '\\frac{a}2', '\\sqrt3' -> '\\sqrt{3}'."""
-  s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-  s = re.sub(r"\\frac(\d)(?=\{)", r"\\frac{\1}", s)
-  s = re.sub(r"\\frac(\{[^{}]*\})(\d)", r"\\frac\1{\2}", s)
-  s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
+  """'\\frac12' / '\\frac 12' -> '\\frac{1}{2}', '\\frac1{b}', '\\frac{a}2', '\\sqrt3' -> '\\sqrt{3}'."""
+  s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
+  s = re.sub(r"\\frac\s*(\d)\s*(?=\{)", r"\\frac{\1}", s)
+  s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\d)", r"\\frac\1{\2}", s)
+  s = re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", s)
   return s
 
 

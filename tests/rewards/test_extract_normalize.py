@@ -40,6 +40,8 @@ def test_brace_depth_and_trailing_punct():
     (r"\dfrac{3}{4}", r"\frac{3}{4}"),
     (r"\frac12", r"\frac{1}{2}"),
     (r"\sqrt3", r"\sqrt{3}"),
+    (r"\frac 59", r"\frac{5}{9}"),
+    (r"\frac{a}2", r"\frac{a}{2}"),
     (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\frac{\pi}{2})"),
     (r"90^\circ", "90"),
     (r"90^{\circ}", "90"),

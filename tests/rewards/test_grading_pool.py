@@ -48,6 +48,19 @@ def test_sympy_hang_times_out_and_the_batch_goes_on(pool):
   assert again == [Outcome.CORRECT, Outcome.CORRECT]
 
 
+def test_jobs_queued_behind_a_hang_are_retried():
+  """One worker with two jobs in its pipe: the hang is killed, the queued job is not lost."""
+  p = math_grader.make_pool(num_workers=1, timeout_s=TIMEOUT_S)
+  try:
+    assert p.prefetch == 2
+    results = p.map([("5", (r"9^{9^{9}}",)), ("4", (r"\sqrt{16}",)), ("4", ("5",))])
+    assert results[0][0] is JobStatus.TIMEOUT
+    assert results[1:] == [(JobStatus.OK, True), (JobStatus.OK, False)]
+    assert (p.stats["timeouts"], p.stats["restarts"]) == (1, 1)
+  finally:
+    p.close()
+
+
 def test_in_process_grading_times_out_on_the_main_thread():
   start = time.monotonic()
   outcomes = math_grader.grade_many([SYMPY_HANG, r"\boxed{0.5}"], ["5", r"\frac{1}{2}"],
