@@ -27,12 +27,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
-from rft_jax.data.math import load_math  # noqa: E402
-from rft_jax.rewards import math as math_grader  # noqa: E402
-from rft_jax.rewards.base import Outcome  # noqa: E402
-from rft_jax.rewards.extract import find_boxes  # noqa: E402
-from rft_jax.rewards.normalize import normalize  # noqa: E402
-
+from rft_jax.data.math import load_math
+from rft_jax.rewards import math as math_grader
+from rft_jax.rewards.base import Outcome
+from rft_jax.rewards.extract import find_boxes
+from rft_jax.rewards.normalize import normalize
 
 # A scalar expression (no tuples, sets, relations, units, text, base subscripts).
 _SCALAR = re.compile(r"^[-+0-9a-z.{}^ ]*(?:\\(?:sqrt|frac|dfrac|pi|cdot)[-+0-9a-z.{}^ ]*)*$")

@@ -50,7 +50,7 @@ MULTI_BOX_IDS = frozenset(
     for n in numbers
 )
 
-_LEVEL = re.compile(r"^\s*(?:level\s*)?(\d+)\s*$", re.I)
+_LEVEL = re.compile(r"^\s*(?:level\s*)?(\d+)\s*$", re.IGNORECASE)
 
 
 def parse_level(value, where: str) -> int | None:

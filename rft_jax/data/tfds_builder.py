@@ -20,7 +20,8 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from rft_jax.data.base import Example
 
@@ -30,7 +31,7 @@ INSTALL_HINT = "pip install 'rft_jax[tfds]'  (tensorflow-datasets and importlib_
 
 def _tfds():
   try:
-    import tensorflow_datasets as tfds  # noqa: PLC0415 - optional dependency
+    import tensorflow_datasets as tfds
   except ImportError as e:
     raise ImportError(f"rft_jax.data.tfds_builder needs tensorflow-datasets: {INSTALL_HINT}") from e
   return tfds
@@ -38,9 +39,9 @@ def _tfds():
 
 def _load(task: str, path: str, split: str, drop_bad: bool) -> list[Example]:
   if task == "gsm8k":
-    from rft_jax.data.gsm8k import load_gsm8k  # noqa: PLC0415
+    from rft_jax.data.gsm8k import load_gsm8k
     return load_gsm8k(path, split, drop_bad=drop_bad)
-  from rft_jax.data.math import load_math  # noqa: PLC0415
+  from rft_jax.data.math import load_math
   return load_math(path, split, drop_bad=drop_bad)
 
 
@@ -56,15 +57,16 @@ def _sha256(path: str) -> str:
 def builder_class():
   """The GeneratorBasedBuilder subclass (defined on first use, so TFDS stays optional)."""
   tfds = _tfds()
-  import numpy as np  # noqa: PLC0415
+  import numpy as np
 
   class RftJaxTasks(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """GSM8K or MATH from local JSON lines: one config per task; files given at construction."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Examples of rft_jax.data.gsm8k / rft_jax.data.math."}
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=t, description=f"{t} from local JSONL")
-                       for t in TASKS]
+    RELEASE_NOTES = {"1.0.0": "Examples of rft_jax.data.gsm8k / rft_jax.data.math."}  # noqa: RUF012
+    BUILDER_CONFIGS = [  # noqa: RUF012 - TFDS's own class attributes
+        tfds.core.BuilderConfig(name=t, description=f"{t} from local JSONL") for t in TASKS
+    ]
 
     def __init__(self, *, files: Mapping[str, str] | None = None, drop_bad: bool = True, **kwargs):
       self._files = {k: os.fspath(v) for k, v in (files or {}).items()}

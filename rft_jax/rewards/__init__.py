@@ -12,7 +12,7 @@ math-verify work of a batch runs in parallel across the pool. docs/tasks.md has 
 from __future__ import annotations
 
 import collections
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def grade_outcome(task: str, response: str, gold: str) -> Outcome:
   fn = _grader(task)
   try:
     return fn(response, gold)
-  except Exception:  # a malformed response must never stop training
+  except Exception:  # noqa: BLE001 - a malformed response must never stop training
     return Outcome.ERROR
 
 

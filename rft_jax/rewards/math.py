@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from rft_jax.rewards import pool as pool_lib
 from rft_jax.rewards.base import Outcome
@@ -120,7 +120,7 @@ class _Alarm(BaseException):
 def _run_in_process(jobs: list[Pending], timeout_s: float) -> list[tuple[pool_lib.JobStatus, object]]:
   """math-verify in this process: no pool. The timeout needs the main thread (signal.setitimer);
   elsewhere jobs run without one, which a pathological answer can hang: prefer the pool."""
-  from rft_jax.rewards import mv  # noqa: PLC0415 - math-verify is only imported where it runs
+  from rft_jax.rewards import mv  # math-verify is imported only where it runs
 
   use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
   results = []

@@ -20,7 +20,7 @@ import re
 # '\text{X}' and friends, innermost first (no braces inside).
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|mathit|operatorname)\s*\{([^{}]*)\}")
 # A whole-answer box inside a box: '\boxed{\boxed{5}}'.
-_WHOLE_BOX = re.compile(r"^\\(?:boxed|fbox)\s*\{(.*)\}$", re.S)
+_WHOLE_BOX = re.compile(r"^\\(?:boxed|fbox)\s*\{(.*)\}$", re.DOTALL)
 # Trailing '\text{ feet}' / '\mbox{ inches}^2' after something: unit words (letters, spaces, dots).
 _TRAILING_UNIT = re.compile(r"(?<=\S)\s*\\(?:text|mbox|textrm|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?\d\}?)?\s*$")
 _UNIT_WORDS_SKIP = {"and", "or", "to"}  # '2, 3, \text{ and } 4' is a list, not a unit

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from rft_jax.data import gsm8k, math as math_data, tfds_builder
+from rft_jax.data import gsm8k, tfds_builder
+from rft_jax.data import math as math_data
 
 
 def test_missing_tfds_names_the_extra(monkeypatch):
