@@ -17,10 +17,11 @@ def main() -> None:
   parser.add_argument("--send-fd", type=int, required=True)
   parser.add_argument("--job", required=True, help="job function, 'module:function'")
   parser.add_argument("--warm-up", default=None, help="called once before the first job")
+  parser.add_argument("--parent", type=int, required=True, help="the pool's process id")
   args = parser.parse_args()
   worker_main(
       Connection(args.recv_fd, writable=False), Connection(args.send_fd, readable=False),
-      args.job, args.warm_up,
+      args.job, args.warm_up, args.parent,
   )
 
 

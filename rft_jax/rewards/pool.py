@@ -24,11 +24,13 @@ import enum
 import importlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -49,8 +51,36 @@ def _resolve(path: str) -> Callable:
   return getattr(importlib.import_module(module), name)
 
 
-def worker_main(recv: Connection, send: Connection, job_fn: str, warm_up_fn: str | None) -> None:
+def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+  """End this worker when its parent is gone, even in the middle of a job (a SymPy hang would
+  otherwise outlive a parent that was killed). On Linux the kernel sends SIGKILL (prctl
+  PR_SET_PDEATHSIG; the pool starts workers from one long-lived thread, since the signal follows
+  the creating thread); elsewhere a daemon thread polls the parent id, which works as long as
+  the job releases the GIL (a long C-level integer power does not)."""
+  if sys.platform.startswith("linux"):
+    try:
+      import ctypes  # noqa: PLC0415
+
+      libc = ctypes.CDLL(None, use_errno=True)
+      libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+      pass
+  if os.getppid() != parent:  # the parent died before the line above
+    os._exit(0)
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(poll_s)
+    os._exit(0)
+
+  threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def worker_main(
+    recv: Connection, send: Connection, job_fn: str, warm_up_fn: str | None, parent: int
+) -> None:
   """Worker loop: receive (job_id, payload), send (job_id, status, value); None means exit."""
+  _exit_with_parent(parent)
   fn = _resolve(job_fn)
   if warm_up_fn:
     _resolve(warm_up_fn)()
@@ -69,6 +99,20 @@ def worker_main(recv: Connection, send: Connection, job_fn: str, warm_up_fn: str
       send.send((job_id, JobStatus.ERROR.value, f"{type(e).__name__}: {e}"[:500]))
 
 
+_SPAWNER: tuple[int, ThreadPoolExecutor] | None = None
+_SPAWNER_LOCK = threading.Lock()
+
+
+def _spawner() -> ThreadPoolExecutor:
+  """One long-lived thread that starts every worker (see _exit_with_parent: on Linux a worker
+  is killed when the thread that started it ends, so that must not be a short-lived caller)."""
+  global _SPAWNER
+  with _SPAWNER_LOCK:
+    if _SPAWNER is None or _SPAWNER[0] != os.getpid():
+      _SPAWNER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="grading-spawner"))
+    return _SPAWNER[1]
+
+
 class _Worker:
   """One worker interpreter and its two pipes (jobs in, results out; stdout is left alone so a
   stray print in a library cannot corrupt the protocol)."""
@@ -77,14 +121,16 @@ class _Worker:
     job_r, job_w = os.pipe()
     res_r, res_w = os.pipe()
     cmd = [sys.executable, "-m", "rft_jax.rewards._worker", "--recv-fd", str(job_r),
-           "--send-fd", str(res_w), "--job", job_fn]
+           "--send-fd", str(res_w), "--job", job_fn, "--parent", str(os.getpid())]
     if warm_up_fn:
       cmd += ["--warm-up", warm_up_fn]
     env = dict(os.environ)
     # The child sees the parent's import path (a checkout on sys.path via pytest's rootdir, say).
     env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
     try:
-      self.proc = subprocess.Popen(cmd, pass_fds=(job_r, res_w), env=env, stdin=subprocess.DEVNULL)
+      self.proc = _spawner().submit(
+          subprocess.Popen, cmd, pass_fds=(job_r, res_w), env=env, stdin=subprocess.DEVNULL
+      ).result()
     finally:
       os.close(job_r)
       os.close(res_w)
@@ -256,12 +302,20 @@ class Pool:
     return results  # type: ignore[return-value]
 
   def close(self) -> None:
-    """Stop every worker (asks first, then kills). The pool restarts on the next `map`."""
-    with self._lock:
+    """Stop every worker (asks first, then kills). The pool restarts on the next `map`.
+
+    Waits at most 5 s for a `map` running in another thread (at interpreter exit that thread
+    may never return); after that the workers are killed regardless.
+    """
+    locked = self._lock.acquire(timeout=5)
+    try:
       if os.getpid() == self._pid:
-        for w in self._workers:
+        for w in list(self._workers):
           w.stop()
       self._workers = []
+    finally:
+      if locked:
+        self._lock.release()
 
   def __enter__(self):
     return self

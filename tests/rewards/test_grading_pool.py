@@ -162,3 +162,28 @@ def _alive(pid: int) -> bool:
       return f.read().split()[2] != "Z"
   except OSError:
     return False
+
+
+def test_workers_exit_when_the_parent_is_killed():
+  """A worker busy in a SymPy hang still ends when its parent dies (no orphan left running)."""
+  script = textwrap.dedent(r"""
+      import sys, threading
+      from rft_jax.rewards import math as m
+      p = m.make_pool(num_workers=1, timeout_s=60)
+      p.map([("1", ("1",))])
+      print(p._workers[0].proc.pid, flush=True)
+      p.map([("5", (r"9^{9^{9}}",))])  # hangs; the test kills this process meanwhile
+  """)
+  proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                          text=True)
+  try:
+    worker_pid = int(proc.stdout.readline())
+    time.sleep(0.5)  # let the hang start
+    assert _alive(worker_pid)
+  finally:
+    proc.kill()
+    proc.wait(10)
+  deadline = time.monotonic() + 10
+  while _alive(worker_pid) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert not _alive(worker_pid)
