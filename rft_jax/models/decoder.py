@@ -1,0 +1,313 @@
+"""One decoder-only transformer for every supported family, used functionally.
+
+    logits, cache = Decoder(config).apply({"params": params}, tokens, positions, kv_valid,
+                                          cache=cache, cache_index=i)
+
+Shapes: B batch, T new tokens, S key slots, D model, H query heads, K kv heads, E head dim,
+F MLP width, V vocab, L layers.
+
+Variants (switches of `ModelConfig`, set by `models.hf` from a Hugging Face config):
+  llama  pre-norm RMSNorm, RoPE (optionally with the llama3 frequency scaling), grouped-query
+         attention, SwiGLU MLP; tied or untied embeddings.
+  qwen2  llama + bias on the q/k/v projections (`qkv_bias`).
+  olmo2  RMSNorm *after* the attention and MLP outputs instead of before (`post_norm`), and
+         RMSNorm over the whole q and k projections (`qk_norm`).
+
+Attention masking is the same function for training and decoding. Keys live in S slots: without
+a cache the slots are the T tokens themselves; with a cache, the T new tokens are written at
+slots [cache_index, cache_index + T) and attend to every valid slot up to their own. A query at
+slot q sees slot s iff kv_valid[b, s] and s <= q. Prompts are left-padded, so a batch shares
+slot numbers while RoPE positions (`positions`, = number of valid tokens before) stay exact.
+Because a full forward over [prompt | completion] and a prefill + token-by-token decode reduce
+over the same S slots, the trainer's log-probs equal the sampler's to float rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+VARIANTS = ("llama", "qwen2", "olmo2")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Static shape and variant switches of the decoder (hashable: a jit static argument).
+
+  rope_scaling: None, or ("llama3", factor, low_freq_factor, high_freq_factor,
+                original_max_position_embeddings).
+  dtype:        compute dtype ("float32" or "bfloat16"); params stay `param_dtype` masters and
+                logits are always float32.
+  remat:        recompute each layer's activations in the backward pass (memory for compute).
+  """
+
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  head_dim: int
+  d_ff: int
+  variant: str = "llama"
+  rope_theta: float = 10000.0
+  rope_scaling: tuple | None = None
+  norm_eps: float = 1e-6
+  qkv_bias: bool = False
+  qk_norm: bool = False
+  post_norm: bool = False
+  tie_embeddings: bool = False
+  max_position_embeddings: int = 2048
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: bool = False
+
+  def __post_init__(self):
+    if self.variant not in VARIANTS:
+      raise ValueError(f"unknown model variant {self.variant!r}; supported: {VARIANTS}")
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+
+  @classmethod
+  def from_dict(cls, d) -> ModelConfig:
+    d = dict(d)
+    if d.get("rope_scaling") is not None:
+      d["rope_scaling"] = tuple(d["rope_scaling"])
+    return cls(**d)
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    if d["rope_scaling"] is not None:
+      d["rope_scaling"] = list(d["rope_scaling"])
+    return d
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Per-layer keys and values of S slots: k, v [L, B, S, K, E]."""
+
+  k: Array
+  v: Array
+
+  @classmethod
+  def zeros(cls, config: ModelConfig, batch: int, slots: int) -> KVCache:
+    shape = (config.n_layers, batch, slots, config.n_kv_heads, config.head_dim)
+    dtype = jnp.dtype(config.dtype)
+    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+  @property
+  def slots(self) -> int:
+    return self.k.shape[2]
+
+  def repeat(self, n: int) -> KVCache:
+    """Each row repeated n times along the batch (G rollouts sharing one prefill)."""
+    return KVCache(k=jnp.repeat(self.k, n, axis=1), v=jnp.repeat(self.v, n, axis=1))
+
+
+def rope_inv_freq(config: ModelConfig) -> Array:
+  """[E/2] inverse frequencies theta^(-2i/E), with the llama3 scaling when configured.
+
+  llama3 (Meta, Llama 3.1): wavelengths longer than original_max / low_freq_factor are divided
+  by `factor`, shorter than original_max / high_freq_factor are kept, and the band between is
+  interpolated linearly in original_max / wavelength.
+  """
+  e = config.head_dim
+  inv = 1.0 / (config.rope_theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))
+  if config.rope_scaling is None:
+    return inv
+  kind, factor, low, high, original = config.rope_scaling
+  if kind != "llama3":
+    raise ValueError(f"unsupported rope scaling {kind!r}; supported: llama3")
+  wavelen = 2 * math.pi / inv
+  low_wavelen, high_wavelen = original / low, original / high
+  scaled = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+  smooth = (original / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+  """Rotates x [B, T, N, E] by angle position * inv_freq, halves layout (x1, x2) -> rotate."""
+  angles = positions[:, :, None].astype(jnp.float32) * inv_freq  # [B, T, E/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def _param(module, name, init, shape, axes, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class RMSNorm(nn.Module):
+  """y = x / sqrt(mean(x^2) + eps) * w, computed in float32."""
+
+  eps: float
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    w = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("norm",), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * w.astype(jnp.float32)).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, kv_valid, inv_freq, cache, layer, cache_index):
+    c = self.config
+    dt, pdt = jnp.dtype(c.dtype), c.param_dtype
+    init = nn.initializers.normal(stddev=c.d_model ** -0.5)
+    h, k_heads, e = c.n_heads, c.n_kv_heads, c.head_dim
+    wq = _param(self, "q", init, (c.d_model, h, e), ("embed", "heads", "head_dim"), pdt)
+    wk = _param(self, "k", init, (c.d_model, k_heads, e), ("embed", "kv_heads", "head_dim"), pdt)
+    wv = _param(self, "v", init, (c.d_model, k_heads, e), ("embed", "kv_heads", "head_dim"), pdt)
+    wo = _param(self, "o", nn.initializers.normal(stddev=(h * e) ** -0.5), (h, e, c.d_model),
+                ("heads", "head_dim", "embed"), pdt)
+    q = jnp.einsum("btd,dhe->bthe", x, wq.astype(dt))
+    k = jnp.einsum("btd,dke->btke", x, wk.astype(dt))
+    v = jnp.einsum("btd,dke->btke", x, wv.astype(dt))
+    if c.qkv_bias:
+      zeros = nn.initializers.zeros
+      q = q + _param(self, "q_bias", zeros, (h, e), ("heads", "head_dim"), pdt).astype(dt)
+      k = k + _param(self, "k_bias", zeros, (k_heads, e), ("kv_heads", "head_dim"), pdt).astype(dt)
+      v = v + _param(self, "v_bias", zeros, (k_heads, e), ("kv_heads", "head_dim"), pdt).astype(dt)
+    if c.qk_norm:  # OLMo 2 normalizes the whole projection, across heads
+      b, t = q.shape[:2]
+      q = RMSNorm(c.norm_eps, pdt, name="q_norm")(q.reshape(b, t, h * e)).reshape(q.shape)
+      k = RMSNorm(c.norm_eps, pdt, name="k_norm")(k.reshape(b, t, k_heads * e)).reshape(k.shape)
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)
+
+    t = x.shape[1]
+    if cache is None:
+      keys, values, q_slots = k, v, jnp.arange(t)
+    else:
+      # Write the new slots into the stacked [L, ...] buffer in place (no per-step copy of the
+      # whole cache when the decode loop carries it), then read this layer's keys back.
+      at = (layer, 0, cache_index, 0, 0)
+      cache = KVCache(k=jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), at),
+                      v=jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), at))
+      keys, values = cache.k[layer], cache.v[layer]
+      q_slots = cache_index + jnp.arange(t)
+    s = keys.shape[1]
+    visible = kv_valid[:, None, :].astype(bool) & (jnp.arange(s)[None, None, :]
+                                                   <= q_slots[None, :, None])  # [B, T, S]
+
+    qg = q.reshape(q.shape[0], t, k_heads, h // k_heads, e)  # query heads grouped by kv head
+    scores = jnp.einsum("btkge,bske->bkgts", qg, keys.astype(dt)).astype(jnp.float32)
+    scores = scores * (e ** -0.5)
+    # A finite floor, not -inf: a padding query with no visible key gives a harmless uniform row.
+    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bkgts,bske->btkge", probs, values.astype(dt)).reshape(q.shape)
+    out = jnp.einsum("bthe,hed->btd", out, wo.astype(dt))
+    return out, cache
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    dt, pdt = jnp.dtype(c.dtype), c.param_dtype
+    init = nn.initializers.normal(stddev=c.d_model ** -0.5)
+    gate = _param(self, "gate", init, (c.d_model, c.d_ff), ("embed", "mlp"), pdt)
+    up = _param(self, "up", init, (c.d_model, c.d_ff), ("embed", "mlp"), pdt)
+    down = _param(self, "down", nn.initializers.normal(stddev=c.d_ff ** -0.5),
+                  (c.d_ff, c.d_model), ("mlp", "embed"), pdt)
+    hidden = nn.silu(x @ gate.astype(dt)) * (x @ up.astype(dt))
+    return hidden @ down.astype(dt)
+
+
+class Block(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, kv_valid, inv_freq, cache, layer, cache_index):
+    c = self.config
+    norm = lambda name: RMSNorm(c.norm_eps, c.param_dtype, name=name)
+    attn = Attention(c, name="attn")
+    if c.post_norm:  # OLMo 2: x + norm(f(x))
+      a, cache = attn(x, positions, kv_valid, inv_freq, cache, layer, cache_index)
+      x = x + norm("post_attn_norm")(a)
+      return x + norm("post_mlp_norm")(MLP(c, name="mlp")(x)), cache
+    a, cache = attn(norm("attn_norm")(x), positions, kv_valid, inv_freq, cache, layer,
+                    cache_index)
+    x = x + a
+    return x + MLP(c, name="mlp")(norm("mlp_norm")(x)), cache
+
+
+class Decoder(nn.Module):
+  """tokens [B, T], positions [B, T], kv_valid [B, S] -> (logits [B, T', V] float32, cache).
+
+  T' = T - logits_from (a static int): logits of the last T' positions only.
+
+  kv_valid marks the key slots holding real tokens: [B, T] without a cache (the attention mask of
+  the batch), [B, S] with one (slots beyond cache_index + T are ignored by causality).
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, positions, kv_valid, cache: KVCache | None = None,
+               cache_index: Array | int = 0, logits_from: int = 0):
+    c = self.config
+    dt = jnp.dtype(c.dtype)
+    embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
+                       (c.vocab_size, c.d_model), ("vocab", "embed"), c.param_dtype)
+    x = jnp.take(embedding, tokens, axis=0).astype(dt)
+    inv_freq = rope_inv_freq(c)
+    # `layer` (argument 6, counting self) is a Python int: static under remat.
+    block_cls = nn.remat(Block, static_argnums=(6,)) if c.remat else Block
+    for i in range(c.n_layers):
+      x, cache = block_cls(c, name=f"layer_{i}")(x, positions, kv_valid, inv_freq, cache, i,
+                                                 cache_index)
+    # Only the positions whose logits are wanted go through the (large) head: the trainer asks
+    # for the completion slots alone, which keeps [B, T, V] float32 off real vocabularies.
+    x = RMSNorm(c.norm_eps, c.param_dtype, name="final_norm")(x[:, logits_from:])
+    if c.tie_embeddings:
+      logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dt))
+    else:
+      head = _param(self, "lm_head", nn.initializers.normal(stddev=c.d_model ** -0.5),
+                    (c.d_model, c.vocab_size), ("embed", "vocab"), c.param_dtype)
+      logits = x @ head.astype(dt)
+    return logits.astype(jnp.float32), cache
+
+
+def positions_from_mask(mask: Array) -> Array:
+  """[B, T] RoPE positions of left-padded rows: the count of valid tokens before each one."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def init_params(config: ModelConfig, rng: Array) -> dict:
+  """Random params (boxed with logical axis names stripped)."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  variables = Decoder(config).init(rng, tokens, tokens, jnp.ones((1, 1), bool))
+  return nn.unbox(variables["params"])
+
+
+def abstract_params(config: ModelConfig):
+  """Boxed ShapeDtypeStructs (nn.LogicallyPartitioned leaves) for building shardings."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return jax.eval_shape(
+      lambda: Decoder(config).init(jax.random.key(0), tokens, tokens, jnp.ones((1, 1), bool))
+  )["params"]
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
