@@ -1,0 +1,151 @@
+"""Training metrics to `<workdir>/metrics.jsonl` and TensorBoard, and a progress bar.
+
+metrics.jsonl holds one JSON object per line, `{"step": step, name: value, ...}`. JSON has no
+NaN or infinity, so non-finite values are written as `null` (what JavaScript's JSON.stringify
+does, and what pandas reads back as NaN); TensorBoard still gets the raw non-finite value.
+
+Each line goes out in one write and is flushed at once, so a crashed run loses nothing it had
+already reported. On resume, rows past the checkpoint's step are dropped (and TensorBoard is
+told to purge them), so a resumed run's metrics equal those of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Self
+
+import jax
+import numpy as np
+import tqdm
+from tensorboardX import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+
+
+def _to_python(key: str, value: Any) -> Any:
+  """Python / numpy / jax scalars -> bool, int, float or str (NaN and inf stay floats here)."""
+  if value is None or isinstance(value, bool | int | float | str):
+    return value
+  arr = np.asarray(value)  # numpy scalars, 0-d / size-1 numpy and jax arrays
+  if arr.size != 1 or arr.dtype.kind not in "biuf":
+    raise TypeError(f"metric {key!r} must be a scalar number, got {type(value).__name__} "
+                    f"with shape {arr.shape} and dtype {arr.dtype}")
+  return arr.reshape(()).item()
+
+
+def _json_value(v: Any) -> Any:
+  return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _read_lines(path: str) -> list[tuple[str, dict]]:
+  """(raw line, row) pairs; a torn last line (the run died mid-write) is left out."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = f.read().split("\n")
+  out = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      out.append((line, json.loads(line)))
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:  # no newline after it: torn by a crash
+        break
+      raise ValueError(f"{path}:{i + 1}: malformed metrics line ({e}): {line[:200]!r}") from e
+  return out
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """Rows of `<workdir>/metrics.jsonl` in file order (non-finite values read back as None)."""
+  return [row for _, row in _read_lines(os.path.join(workdir, METRICS_FILE))]
+
+
+def _rewrite_atomic(path: str, lines: list[str]) -> None:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".jsonl")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write("".join(line + "\n" for line in lines))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+class MetricWriter:
+  """Appends metric rows to `<workdir>/metrics.jsonl` and scalars to `<workdir>/tb`.
+
+  `resume_step`: the step of the checkpoint being resumed; rows with a larger step (written
+  after that checkpoint by the run that died) are dropped. Pass -1 when starting from scratch
+  in a workdir that may hold rows of a run that never saved a checkpoint; None keeps all rows.
+  Only process 0 writes (one file per run, not per host).
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None):
+    self.path = os.path.join(os.fspath(workdir), METRICS_FILE)
+    self._file = self._tb = None
+    if jax.process_index() != 0:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        raw = f.read()
+      kept = [line for line, row in _read_lines(self.path)
+              if resume_step is None or row.get("step", -math.inf) <= resume_step]
+      if raw != "".join(line + "\n" for line in kept):  # torn tail or rows to drop
+        _rewrite_atomic(self.path, kept)
+    self._file = open(self.path, "a")  # noqa: SIM115 (held open for the run; closed in close())
+    # purge_step makes TensorBoard discard the dead run's events from that step on.
+    purge = None if resume_step is None else resume_step + 1
+    # tensorboardX names event files by the second and opens them "wb": a writer reopened within
+    # the same second would wipe the earlier file. The ns suffix keeps them apart, in order.
+    self._tb = SummaryWriter(os.path.join(workdir, TB_DIR), purge_step=purge,
+                             filename_suffix=f".{time.time_ns()}")
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    """One row: JSON line (flushed) + one TensorBoard scalar per numeric metric."""
+    if self._file is None:
+      return
+    if "step" in metrics:
+      raise ValueError("'step' is reserved for the row's step; rename the metric")
+    step = int(step)
+    values = {k: _to_python(k, v) for k, v in metrics.items()}
+    row = {"step": step} | {k: _json_value(v) for k, v in values.items()}
+    self._file.write(json.dumps(row, allow_nan=False) + "\n")
+    self._file.flush()
+    for k, v in values.items():
+      if isinstance(v, int | float):  # bools included; strings and None are jsonl-only
+        self._tb.add_scalar(k, v, global_step=step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._tb.close()
+      self._file = self._tb = None
+
+  def __enter__(self) -> Self:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def progress(total: int, initial: int = 0, desc: str | None = None, **kwargs) -> tqdm.tqdm:
+  """A tqdm bar on stderr, shown only on a TTY unless RFT_PROGRESS=1 (RFT_PROGRESS=0 hides it).
+
+  Use `bar.update(n)` and `bar.set_postfix(loss=..., pass1=...)` for live metrics; both are
+  no-ops when the bar is hidden, so callers need no branches.
+  """
+  env = os.environ.get("RFT_PROGRESS", "")
+  show = sys.stderr.isatty() if env == "" else env != "0"
+  return tqdm.tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, disable=not show,
+                   dynamic_ncols=True, **kwargs)
