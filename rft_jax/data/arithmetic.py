@@ -1,0 +1,156 @@
+"""The embedded default task: procedurally generated two-step arithmetic, no files.
+
+Each problem is two operations over small integers, evaluated left to right, asked either in
+symbol form ('What is 23 + 45 - 17?') or as a short word problem ('Ann has 23 pens, buys 45 and
+loses 17. How many pens now?'). The reference solution is one worked step per line, then the
+answer line the 'arithmetic' grader reads:
+
+    23 + 45 = 68
+    68 - 17 = 51
+    #### 51
+
+A multiplication, when drawn, is always the first operation (a one-digit factor times a small
+number), so left-to-right order is also the usual precedence. Symbol problems may go negative;
+word problems never do (a count of pens is never below zero).
+
+The task stands in for a pretrained model's maths: a ~1M-parameter decoder trained for a few
+hundred supervised steps on these solutions gets a middling test pass rate, leaving room for RL.
+Generation uses numpy Generators seeded from (seed, split) only, so the same seed gives the same
+task in every process (no Python hash() randomness anywhere).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Collection
+
+import numpy as np
+
+from rft_jax.data.base import Example, Task
+
+# The prompt is the question and a newline; the completion (the solution) starts right after it
+# with the first step, so prompt + completion concatenate with no joining space. No 'Question:' /
+# 'Answer:' framing: it would cost 4 of the ~48 tokens a whole sequence gets.
+TEMPLATE = "{question}\n"
+
+_NAMES = ("Ann", "Ben", "Eva", "Lily", "Max", "Mia", "Sam", "Tom")
+_ITEMS = ("apples", "pens", "cards", "coins", "books", "eggs", "stamps", "shells")
+# Verb phrases of an addition and a subtraction step, '{n}' being the operand.
+_GAIN = ("buys {n}", "finds {n}", "gets {n}")
+_LOSE = ("sells {n}", "loses {n}", "gives away {n}")
+_SYMBOL_FORMS = ("What is {expr}?", "Compute {expr}.", "Find {expr}.")
+
+_OPS = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y}
+
+
+# Word problems: `a op1 b op2 c` with op1 in '+-', or `a * b op2 c` (bags of b items). Terse, to
+# keep a prompt under ~24 tokens.
+_WORD_ADD = "{name} has {a} {item}, {verb1} and {verb2}. How many {item} now?"
+_WORD_MUL = "{name} has {a} bags of {b} {item} and {verb2}. How many {item} now?"
+
+
+def vocabulary() -> list[str]:
+  """Every word the templates can produce (sorted), so a tokenizer can cover them exactly."""
+  fixed = [TEMPLATE, _WORD_ADD, _WORD_MUL, *_NAMES, *_ITEMS, *_GAIN, *_LOSE, *_SYMBOL_FORMS]
+  words = set()
+  for text in fixed:
+    words.update(re.findall(r"[A-Za-z]+", re.sub(r"{\w+}", " ", text)))  # fields are not words
+  return sorted(words)
+
+
+def _word_question(rng: np.random.Generator, a: int, op1: str, b: int, op2: str, c: int) -> str:
+  name = _NAMES[int(rng.integers(len(_NAMES)))]
+  item = _ITEMS[int(rng.integers(len(_ITEMS)))]
+
+  def verb(op, n):
+    options = _GAIN if op == "+" else _LOSE
+    return options[int(rng.integers(len(options)))].format(n=n)
+
+  template = _WORD_MUL if op1 == "*" else _WORD_ADD
+  verb1 = "" if op1 == "*" else verb(op1, b)
+  return template.format(name=name, item=item, a=a, b=b, verb1=verb1, verb2=verb(op2, c))
+
+
+def _solution(a: int, op1: str, b: int, op2: str, c: int) -> tuple[str, int]:
+  """(worked solution ending in '#### <answer>', answer)."""
+  mid = _OPS[op1](a, b)
+  ans = _OPS[op2](mid, c)
+  return f"{a} {op1} {b} = {mid}\n{mid} {op2} {c} = {ans}\n#### {ans}", ans
+
+
+def _split_rng(seed: int, split: str) -> np.random.Generator:
+  # crc32, not hash(): stable across processes and Python versions.
+  return np.random.default_rng([int(seed), zlib.crc32(split.encode())])
+
+
+def generate(
+    seed: int,
+    n: int,
+    *,
+    split: str = "train",
+    exclude: Collection[str] = (),
+    max_operand: int = 99,
+    max_factor: int = 9,
+    mul_prob: float = 0.2,
+    word_prob: float = 0.4,
+) -> list[Example]:
+  """`n` distinct problems drawn from a Generator seeded by (seed, split).
+
+  Ids are 'arith/<split>/<i>'. Problems are distinct by expression (meta['expression'], e.g.
+  '23 + 45 - 17'): a word problem and a symbol problem with the same numbers count as one, and
+  no expression in `exclude` is drawn (that keeps a test set out of a training pool).
+  Operands are in [1, max_operand]; a multiplication (probability `mul_prob`) is a factor in
+  [2, max_factor] times an operand. `word_prob` of the problems are word problems.
+  """
+  if max_operand < 2 or max_factor < 2:
+    raise ValueError(f"max_operand={max_operand} and max_factor={max_factor} must be >= 2")
+  rng = _split_rng(seed, split)
+  seen = set(exclude)
+  examples: list[Example] = []
+  misses = 0  # consecutive rejected draws: many in a row means the ranges are too small for n
+  while len(examples) < n and misses < 10_000:
+    misses += 1
+    word = bool(rng.random() < word_prob)
+    if rng.random() < mul_prob:
+      op1 = "*"
+      a = int(rng.integers(2, max_factor + 1))
+    else:
+      op1 = "+" if rng.random() < 0.5 else "-"
+      a = int(rng.integers(1, max_operand + 1))
+    op2 = "+" if rng.random() < 0.5 else "-"
+    b, c = (int(x) for x in rng.integers(1, max_operand + 1, size=2))
+    if word and (_OPS[op1](a, b) < 0 or _OPS[op2](_OPS[op1](a, b), c) < 0):
+      continue  # no negative counts in a story
+    expr = f"{a} {op1} {b} {op2} {c}"
+    if expr in seen:
+      continue
+    seen.add(expr)
+    misses = 0
+    if word:
+      question = _word_question(rng, a, op1, b, op2, c)
+    else:
+      question = _SYMBOL_FORMS[int(rng.integers(len(_SYMBOL_FORMS)))].format(expr=expr)
+    solution, answer = _solution(a, op1, b, op2, c)
+    examples.append(Example(
+        id=f"arith/{split}/{len(examples)}", question=question, answer=str(answer),
+        solution=solution, meta={"expression": expr, "form": "word" if word else "symbol"}))
+  if len(examples) < n:
+    raise ValueError(f"only {len(examples)} distinct problems found for n={n}: widen the ranges")
+  return examples
+
+
+def arithmetic_task(seed: int = 0, n_train: int = 2000, n_test: int = 500) -> Task:
+  """The embedded task: a training pool and a held-out test set with no expression in common.
+
+  The test set depends on (seed, n_test) only, so changing n_train never moves it.
+  """
+  test = generate(seed, n_test, split="test")
+  train = generate(seed, n_train, split="train", exclude={e.meta["expression"] for e in test})
+  return Task(name="arithmetic", grader="arithmetic", train=train, test=test, template=TEMPLATE)
+
+
+def sft_text(example: Example) -> tuple[str, str]:
+  """(prompt, completion) of the supervised warm start: prompt + completion is the full text,
+  and the completion is the reference solution exactly as the grader should see it."""
+  return TEMPLATE.format(question=example.question), example.solution
