@@ -102,7 +102,7 @@ class MetricWriter:
               if resume_step is None or row.get("step", -math.inf) <= resume_step]
       if raw != "".join(line + "\n" for line in kept):  # torn tail or rows to drop
         _rewrite_atomic(self.path, kept)
-    self._file = open(self.path, "a")  # noqa: SIM115 (held open for the run; closed in close())
+    self._file = open(self.path, "a")
     # purge_step makes TensorBoard discard the dead run's events from that step on.
     purge = None if resume_step is None else resume_step + 1
     # tensorboardX names event files by the second and opens them "wb": a writer reopened within

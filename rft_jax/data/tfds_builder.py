@@ -63,8 +63,8 @@ def builder_class():
     """GSM8K or MATH from local JSON lines: one config per task; files given at construction."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Examples of rft_jax.data.gsm8k / rft_jax.data.math."}  # noqa: RUF012
-    BUILDER_CONFIGS = [  # noqa: RUF012 - TFDS's own class attributes
+    RELEASE_NOTES = {"1.0.0": "Examples of rft_jax.data.gsm8k / rft_jax.data.math."}
+    BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name=t, description=f"{t} from local JSONL") for t in TASKS
     ]
 

@@ -83,7 +83,7 @@ def find_boxes(text: str) -> list[Marker]:
 def find_hash_answer(text: str) -> Marker | None:
   """The last '#### ...' marker: the rest of its line (GSM8K's final-answer format)."""
   last = None
-  for last in _HASHES.finditer(text):
+  for last in _HASHES.finditer(text):  # noqa: B007 (keeps the last match)
     pass
   if last is None:
     return None

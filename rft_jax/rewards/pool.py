@@ -59,7 +59,7 @@ def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
   the job releases the GIL (a long C-level integer power does not)."""
   if sys.platform.startswith("linux"):
     try:
-      import ctypes  # noqa: PLC0415
+      import ctypes
 
       libc = ctypes.CDLL(None, use_errno=True)
       libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
@@ -95,7 +95,7 @@ def worker_main(
     job_id, payload = msg
     try:
       send.send((job_id, JobStatus.OK.value, fn(payload)))
-    except Exception as e:  # noqa: BLE001 - reported to the parent, never fatal to the worker
+    except Exception as e:
       send.send((job_id, JobStatus.ERROR.value, f"{type(e).__name__}: {e}"[:500]))
 
 

@@ -5,8 +5,7 @@ import re
 
 import pytest
 
-from rft_jax.data import gsm8k, prompts_text
-from rft_jax.data import math as math_data
+from rft_jax.data import gsm8k, math as math_data, prompts_text
 from rft_jax.data.jsonl import DataError, read_jsonl
 
 

@@ -5,8 +5,7 @@ import re
 import time
 
 from rft_jax import rewards
-from rft_jax.data import gsm8k
-from rft_jax.data import math as math_data
+from rft_jax.data import gsm8k, math as math_data
 
 
 def test_counts_and_filters(shared_data):

@@ -5,8 +5,7 @@ import sys
 
 import pytest
 
-from rft_jax.data import gsm8k, tfds_builder
-from rft_jax.data import math as math_data
+from rft_jax.data import gsm8k, math as math_data, tfds_builder
 
 
 def test_missing_tfds_names_the_extra(monkeypatch):

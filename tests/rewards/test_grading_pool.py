@@ -11,8 +11,7 @@ import time
 import pytest
 
 from rft_jax import rewards
-from rft_jax.rewards import Outcome
-from rft_jax.rewards import math as math_grader
+from rft_jax.rewards import Outcome, math as math_grader
 from rft_jax.rewards.pool import JobStatus
 
 TIMEOUT_S = 2.0

@@ -1,0 +1,82 @@
+"""Settings shared by every pipeline layer: the embedded default task and model, and the loop.
+
+Each layer's config file calls `base_config(arg)` and then changes only its own fields. `arg` is
+a comma-separated list of `key=value` words (big_vision style), e.g. `--config=l0.py:runlocal`:
+
+  runlocal   a tiny, fast variant for tests and smoke runs (seconds, not minutes).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from rft_jax.losses import recipe_config
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'runlocal,g=8' -> ConfigDict(runlocal=True, g=8) over `defaults` (types follow defaults)."""
+  out = dict(runlocal=False, **defaults)
+  for word in filter(None, (arg or "").split(",")):
+    key, _, value = word.partition("=")
+    if key not in out:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(out)}")
+    if not value:
+      out[key] = True
+    else:
+      kind = type(out[key])
+      out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+  return ml_collections.ConfigDict(out)
+
+
+def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The embedded default with the L0 loss; layers override what they change."""
+  args = parse_arg(arg)
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # rollouts and evaluation samples; the base policy and the example are fixed
+
+  # The embedded arithmetic task (rft_jax.data.arithmetic); gsm8k / math read train/test paths.
+  c.task = dict(name="arithmetic", seed=0, n_train=2000, n_test=500, train_path="",
+                test_path="", template="")
+
+  # Empty checkpoint = the embedded decoder below, warm-started; else a Hugging Face directory.
+  c.model = dict(checkpoint="", dtype="float32", d_model=128, n_layers=2, n_heads=4,
+                 n_kv_heads=2, head_dim=32, d_ff=384, rope_theta=10000.0)
+
+  # Supervised warm start of the embedded model, stopped at a middling test Pass@1.
+  c.warm_start = dict(dir="", seed=0, corpus_size=20000, batch_size=64, learning_rate=3e-3,
+                      warmup_steps=20, max_steps=1500, eval_every=25, probe_size=200,
+                      target_pass1=0.35)
+
+  # The training question(s): a difficulty bucket of the base policy (data.selection), an id,
+  # or an index into the training pool; num_examples > 1 draws that many from the bucket.
+  c.example = dict(selection="medium", example_id="", index=0, num_examples=1, candidates=64,
+                   samples=16, seed=0)
+
+  # Rollouts per round: prompts_per_round questions x num_samples (G) samples each.
+  c.rollout = dict(num_samples=1, prompts_per_round=1, max_new_tokens=32, temperature=1.0,
+                   top_k=0, top_p=1.0, prompt_bucket=16)
+
+  c.loss = recipe_config("minimal")
+
+  c.optimizer = dict(learning_rate=1e-3, warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
+                     weight_decay=0.0, clip_norm=1.0)
+
+  # epochs x mini_batches optimizer updates per round on the round's rollouts (1 x 1 = on-policy).
+  c.train = dict(rounds=150, epochs=1, mini_batches=1, eval_every=25, checkpoint_every=25)
+
+  # Training Pass@1 = mean of train_samples samples of the training question(s); test Pass@1 =
+  # one sample per test question (test_size 0 = all); greedy accuracy on the test set too.
+  c.eval = dict(train_samples=64, test_size=0, batch_size=256, greedy=True, temperature=1.0)
+
+  # Device mesh; -1 fills with the remaining devices.
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+
+  if args.runlocal:
+    c.task.n_train, c.task.n_test = 200, 32
+    c.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, d_ff=64)
+    c.warm_start.update(corpus_size=512, max_steps=6, eval_every=3, probe_size=16,
+                        batch_size=16)
+    c.example.update(selection="index", candidates=8, samples=4)
+    c.train.update(rounds=4, eval_every=2, checkpoint_every=2)
+    c.eval.update(train_samples=8, batch_size=32)
+  return c

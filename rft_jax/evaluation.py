@@ -1,0 +1,109 @@
+"""Evaluation through the sampler: training and test Pass@1, greedy accuracy, Pass@k.
+
+  training Pass@1 = mean reward of k temperature-tau samples of each training question
+  test Pass@1     = mean reward of one temperature-tau sample per test question (the paper's)
+  greedy          = mean reward of the greedy completion of each test question
+
+Prompts are processed in fixed-size batches (the last one padded with repeats and the padding
+dropped), and prompt lengths are bucketed, so evaluation compiles once per length bucket.
+The counting maths lives in evaluation_math (pure NumPy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from rft_jax import evaluation_math, metrics as metrics_lib, sampling, sharding
+from rft_jax.data.base import Example, Task
+from rft_jax.models.policy import Policy
+
+
+def generate_texts(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Array, *,
+                   num_samples: int = 1, max_new_tokens: int, temperature: float = 1.0,
+                   top_k: int = 0, top_p: float = 1.0, batch_size: int = 64,
+                   prompt_bucket: int = 16, mesh=None, desc: str | None = None,
+                   ) -> list[list[str]]:
+  """num_samples completions (decoded text) of each prompt: a list per prompt."""
+  n = len(prompts)
+  if n == 0:
+    return []
+  if mesh is not None:  # rows must split evenly over the batch axes of the mesh
+    unit = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+    batch_size = max(unit, -(-batch_size // unit) * unit)
+  batch_size = min(batch_size, n) if mesh is None else batch_size
+  length = sampling.bucket_length(max(len(p) for p in prompts), prompt_bucket)
+  out: list[list[str]] = []
+  steps = -(-n // batch_size)
+  bar = metrics_lib.progress(steps, desc=desc) if desc and steps > 1 else None
+  for i in range(steps):
+    chunk = list(prompts[i * batch_size:(i + 1) * batch_size])
+    real = len(chunk)
+    chunk += [chunk[0]] * (batch_size - real)
+    tokens, mask = sampling.left_pad(chunk, policy.pad_id, length=length)
+    if mesh is not None:
+      tokens, mask = sharding.shard_batch((tokens, mask), mesh)
+    rollout = policy.generate(tokens, max_new_tokens, temperature=temperature, top_k=top_k,
+                              top_p=top_p, prompt_mask=mask, num_samples=num_samples,
+                              rng=jax.random.fold_in(rng, i))
+    toks, msk = jax.device_get((rollout.tokens, rollout.mask))
+    for b in range(real):
+      rows = range(b * num_samples, (b + 1) * num_samples)
+      out.append([policy.decode_completion(toks[r], msk[r]) for r in rows])
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  return out
+
+
+def sample_rewards(policy: Policy, task: Task, examples: Sequence[Example], rng: jax.Array, *,
+                   num_samples: int, **kwargs) -> np.ndarray:
+  """[Q, num_samples] rewards of sampled completions of each question."""
+  prompts = [policy.encode_prompt(task.prompt_text(e)) for e in examples]
+  texts = generate_texts(policy, prompts, rng, num_samples=num_samples, **kwargs)
+  flat = [t for per in texts for t in per]
+  golds = [e for e in examples for _ in range(num_samples)]
+  rewards, _ = task.grade_batch(flat, golds)
+  return np.asarray(rewards, np.float32).reshape(len(examples), num_samples)
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+  """Wilson score interval of a binomial proportion (95% at z = 1.96)."""
+  if n == 0:
+    return 0.0, 1.0
+  p = successes / n
+  denom = 1 + z * z / n
+  centre = (p + z * z / (2 * n)) / denom
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def evaluate(policy: Policy, task: Task, train_examples: Sequence[Example],
+             test_examples: Sequence[Example], rng: jax.Array, *, train_samples: int,
+             temperature: float = 1.0, greedy: bool = True, pass_k: Sequence[int] = (),
+             **kwargs) -> dict[str, Any]:
+  """Training Pass@1 (k samples each, Wilson 95% interval), test Pass@1, greedy, Pass@k."""
+  train_rng, test_rng = jax.random.split(rng)
+  out: dict[str, Any] = {}
+  if train_examples:
+    r = sample_rewards(policy, task, train_examples, train_rng, num_samples=train_samples,
+                       temperature=temperature, **kwargs)
+    out["train_pass1"] = evaluation_math.pass_at_1(r)
+    out["train_pass1_low"], out["train_pass1_high"] = wilson_interval(float(r.sum()), r.size)
+    for k in pass_k:
+      if k <= train_samples:
+        out[f"train_pass{k}"] = evaluation_math.pass_at_k(r, k)
+  if test_examples:
+    r = sample_rewards(policy, task, test_examples, test_rng, num_samples=1,
+                       temperature=temperature, desc="test", **kwargs)
+    out["test_pass1"] = evaluation_math.pass_at_1(r)
+    if greedy:
+      r = sample_rewards(policy, task, test_examples, test_rng, num_samples=1, temperature=0.0,
+                         desc="greedy", **kwargs)
+      out["test_greedy"] = evaluation_math.pass_at_1(r)
+  return out

@@ -1,0 +1,381 @@
+"""The RFT loop: sample rollouts, grade, one jitted train step per round, evaluate, checkpoint.
+
+    summary = run(config, workdir)
+
+One round (DESIGN.md, "Data flow of one round"):
+  1. the round's questions (prompts_per_round of the training set) x G rollouts, sampled by the
+     jitted sampler from the current params (rng = fold_in(seed, round): resumable bit for bit);
+  2. the grader turns each completion into a reward;
+  3. `train_step`: the loss chain (config.loss) over the policy's log-probs of the rollouts,
+     AdamW, `epochs x mini_batches` updates on the round's rollouts (1 x 1 = on-policy);
+  4. every eval_every rounds: training Pass@1 (k samples of the training questions) and test
+     Pass@1 (one sample per test question) plus greedy accuracy; metrics.jsonl and TensorBoard;
+     an orbax checkpoint every checkpoint_every rounds. A restart in the same workdir resumes.
+
+A non-finite loss stops the run before anything is saved, so the last good checkpoint stays.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rft_jax import (
+  checkpoint as checkpoint_lib,
+  evaluation,
+  logprobs,
+  losses,
+  metrics as metrics_lib,
+  sampling,
+  sharding,
+  warm_start,
+)
+from rft_jax.data import selection
+from rft_jax.data.base import Example, Task
+from rft_jax.models.policy import Policy
+
+# Settings that may change between a run and its resumption (they do not change what a round
+# computes); everything else of the config enters the checkpoint's fingerprint.
+RESUMABLE_KEYS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
+                  "eval.batch_size", "warm_start.dir")
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+@flax.struct.dataclass
+class TrainState:
+  round: jax.Array  # [] int32, rounds completed
+  params: Any
+  opt_state: Any
+  loss_state: Any
+
+
+@flax.struct.dataclass
+class RolloutBatch:
+  """What the train step sees: the prompts (for the forward pass) and the loss chain's Batch."""
+
+  prompt_tokens: jax.Array  # [B, P]
+  prompt_mask: jax.Array    # [B, P]
+  loss: losses.Batch        # completion tokens [B, N], behaviour logp, rewards, group ids, ...
+
+
+# -- task and training questions -------------------------------------------------------------
+
+
+def build_task(task_cfg) -> Task:
+  if task_cfg.name == "arithmetic":
+    from rft_jax.data import arithmetic
+
+    task = arithmetic.arithmetic_task(task_cfg.seed, task_cfg.n_train, task_cfg.n_test)
+  elif task_cfg.name == "gsm8k":
+    from rft_jax.data import gsm8k
+
+    task = gsm8k.gsm8k_task(train_path=task_cfg.train_path, test_path=task_cfg.test_path)
+  elif task_cfg.name == "math":
+    from rft_jax.data import math as math_data
+
+    task = math_data.math_task(train_path=task_cfg.train_path, test_path=task_cfg.test_path)
+  else:
+    raise ValueError(f"unknown task {task_cfg.name!r}; known: arithmetic, gsm8k, math")
+  if task_cfg.template:
+    from rft_jax.data import prompts_text
+
+    task.template = prompts_text.template(task_cfg.template)
+  return task
+
+
+def training_examples(config, task: Task, policy: Policy, workdir: str, mesh,
+                      log=print) -> list[Example]:
+  """The training question(s): by id, by index, or drawn from a difficulty bucket of the base.
+
+  The difficulty table (base policy's pass rate on `candidates` questions from `samples`
+  samples each) is saved as <workdir>/difficulty.json and reused on resume.
+  """
+  ex = config.example
+  pool = list(task.train)
+  if ex.selection == "id":
+    return [selection.select_example(pool, example_id=ex.example_id)]
+  if ex.selection == "index":
+    return [pool[i] for i in range(ex.index, ex.index + ex.num_examples)]
+  if ex.selection not in selection.BUCKETS:
+    raise ValueError(f"example.selection={ex.selection!r}; use id, index or a bucket "
+                     f"{selection.BUCKETS}")
+  path = os.path.join(workdir, "difficulty.json")
+  if os.path.exists(path):
+    table = selection.load_table(path)
+  else:
+    candidates = pool[:ex.candidates]
+
+    def sample(chunk, n):
+      return evaluation.sample_rewards(
+          policy, task, chunk, jax.random.PRNGKey(ex.seed), num_samples=n,
+          temperature=config.rollout.temperature, **_gen_kwargs(config, mesh))
+
+    table = selection.estimate_difficulty(candidates, sample, ex.samples)
+    selection.save_table(path, table)
+    log(f"difficulty of {len(candidates)} candidate questions: {table['counts']}")
+  ids = sorted(row["id"] for row in table["rows"] if row["bucket"] == ex.selection)
+  if len(ids) < ex.num_examples:
+    raise ValueError(f"bucket {ex.selection!r} holds {len(ids)} of the {len(table['rows'])} "
+                     f"candidates, fewer than example.num_examples={ex.num_examples}; raise "
+                     "example.candidates or pick another bucket")
+  chosen = np.random.default_rng(ex.seed).choice(len(ids), ex.num_examples, replace=False)
+  by_id = {e.id: e for e in pool}
+  return [by_id[ids[i]] for i in sorted(chosen)]
+
+
+def _gen_kwargs(config, mesh) -> dict:
+  return dict(max_new_tokens=config.rollout.max_new_tokens, top_k=config.rollout.top_k,
+              top_p=config.rollout.top_p, batch_size=config.eval.batch_size,
+              prompt_bucket=config.rollout.prompt_bucket, mesh=mesh)
+
+
+# -- the train step ---------------------------------------------------------------------------
+
+
+def make_optimizer(opt_cfg) -> optax.GradientTransformation:
+  lr = opt_cfg.learning_rate
+  schedule = optax.linear_schedule(0.0, lr, opt_cfg.warmup_steps) if opt_cfg.warmup_steps else lr
+  return optax.chain(
+      optax.clip_by_global_norm(opt_cfg.clip_norm) if opt_cfg.clip_norm > 0 else optax.identity(),
+      optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+                  weight_decay=opt_cfg.weight_decay))
+
+
+def _split_rows(tree, parts: int):
+  rows = tree.prompt_tokens.shape[0]
+  if rows % parts:
+    raise ValueError(f"{rows} rollouts do not split into train.mini_batches={parts}")
+  return jax.tree.map(lambda x: x if jnp.ndim(x) == 0 else
+                      x.reshape(parts, rows // parts, *x.shape[1:]), tree)
+
+
+@functools.partial(jax.jit, static_argnames=("decoder", "transform", "optimizer", "epochs",
+                                             "mini_batches"), donate_argnums=(0,))
+def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array, *, decoder,
+               transform: losses.LossTransform, optimizer: optax.GradientTransformation,
+               epochs: int = 1, mini_batches: int = 1) -> tuple[TrainState, dict]:
+  """epochs x mini_batches AdamW updates on one round's rollouts; returns (state, metrics).
+
+  The chain's advantage stage runs once over the whole round (losses.prepare_batch), so
+  baselines see every rollout and stateful transforms update once per round; each update then
+  differentiates the chain's loss stage over its mini-batch (normalized by its own tokens).
+  """
+  prepared, loss_state, pre_metrics = losses.prepare_batch(transform, batch.loss,
+                                                           state.loss_state)
+  if mini_batches > 1:  # each mini-batch normalizes by its own token / sequence counts
+    prepared = prepared.replace(token_count=None, seq_count=None)
+  full = batch.replace(loss=prepared)
+
+  def loss_fn(params, mb: RolloutBatch):
+    logp, ent = logprobs.completion_logprobs(decoder, params, mb.prompt_tokens, mb.prompt_mask,
+                                             mb.loss.tokens, mb.loss.mask, temperature,
+                                             with_entropy=True)
+    loss, aux = losses.compute_loss(transform, logp, mb.loss, loss_state, entropy=ent)
+    mask = mb.loss.mask
+    aux["metrics"]["entropy"] = jnp.sum(ent * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return loss, aux["metrics"]
+
+  def update(carry, mb):
+    params, opt_state = carry
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    return (optax.apply_updates(params, updates), opt_state), metrics
+
+  if epochs * mini_batches == 1:
+    (params, opt_state), metrics = update((state.params, state.opt_state), full)
+  else:
+    pieces = _split_rows(full, mini_batches)
+    schedule = jax.tree.map(lambda x: jnp.concatenate([x] * epochs) if jnp.ndim(x) else x,
+                            pieces)
+    (params, opt_state), metrics = jax.lax.scan(update, (state.params, state.opt_state),
+                                                schedule)
+    last = {k: v[-1] for k, v in metrics.items()}  # loss / grad norm of the final update
+    metrics = {**{k: jnp.mean(v) for k, v in metrics.items()}, "loss": last["loss"],
+               "grad_norm_last": last["grad_norm"]}
+
+  # Bandit diagnostics: how much of the round carries a learning signal.
+  adv = prepared.advantages if prepared.advantages.ndim == 1 else jnp.max(
+      jnp.abs(prepared.advantages) * batch.loss.mask, axis=-1)
+  rows = (jnp.sum(batch.loss.mask, axis=-1) > 0).astype(jnp.float32)
+  metrics = {**{k: v for k, v in pre_metrics.items() if k not in metrics}, **metrics,
+             "signal_frac": jnp.sum((jnp.abs(adv) > 0) * rows) / jnp.maximum(jnp.sum(rows), 1)}
+  return TrainState(round=state.round + 1, params=params, opt_state=opt_state,
+                    loss_state=loss_state), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("decoder",))
+def _reference_logp(decoder, params, prompt_tokens, prompt_mask, tokens, mask, temperature):
+  return logprobs.completion_logprobs(decoder, params, prompt_tokens, prompt_mask, tokens, mask,
+                                      temperature)
+
+
+def _uses_reference(transform_chain: str) -> bool:
+  return any(name.strip() in ("kl_loss", "kl_reward") for name in transform_chain.split(","))
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+def fingerprint(config) -> dict:
+  """The config minus the settings a resumed run may change (RESUMABLE_KEYS)."""
+  d = json.loads(config.to_json())
+  for key in RESUMABLE_KEYS:
+    section, name = key.split(".")
+    d.get(section, {}).pop(name, None)
+  return d
+
+
+def _write_json_atomic(path: str, obj) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _round_questions(train_examples, round_index: int, seed: int, per_round: int):
+  """The round's questions: all of them when they fit, else a seeded draw without replacement."""
+  if per_round >= len(train_examples):
+    return list(range(len(train_examples)))
+  rng = np.random.default_rng([seed, round_index])
+  return sorted(rng.choice(len(train_examples), per_round, replace=False).tolist())
+
+
+def run(config, workdir: str, log=print) -> dict:
+  """Runs (or resumes) one pipeline layer in `workdir`; returns and writes summary.json."""
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.build_mesh(**config.mesh)
+  task = build_task(config.task)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                     fingerprint=fingerprint(config))
+  policy, base_info = warm_start.base_policy(config, task, workdir, mesh, log=log)
+  train_examples = training_examples(config, task, policy, workdir, mesh, log=log)
+  log("training question(s): " + "; ".join(f"{e.id}: {e.question!r} (answer {e.answer})"
+                                           for e in train_examples))
+  test_examples = list(task.test[:config.eval.test_size] if config.eval.test_size else task.test)
+  ro = config.rollout
+  prompts = [policy.encode_prompt(task.prompt_text(e)) for e in train_examples]
+  prompt_len = sampling.bucket_length(max(map(len, prompts)), ro.prompt_bucket)
+  transform = losses.from_config(config.loss)
+  optimizer = make_optimizer(config.optimizer)
+  decoder = policy.decoder
+  ref_params = policy.params if _uses_reference(config.loss.chain) else None
+  eos_ids = np.asarray(policy.eos_ids, np.int32)
+  temperature = jnp.float32(ro.temperature)
+
+  state = TrainState(round=jnp.zeros((), jnp.int32), params=policy.params,
+                     opt_state=jax.jit(optimizer.init)(policy.params),
+                     loss_state=transform.init())
+  start = 0
+  base_path = os.path.join(workdir, "base_eval.json")
+  if ckpt.latest_step() is not None:
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                          if isinstance(x, jax.Array) else x, state)
+    state, _ = ckpt.restore(target)
+    start = int(state.round)
+    log(f"resumed from round {start} in {workdir}")
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start if start else -1)
+
+  def evaluate(params, round_index: int) -> dict:
+    return evaluation.evaluate(
+        policy.replace(params=params), task, train_examples, test_examples,
+        jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), round_index),
+        train_samples=config.eval.train_samples, temperature=config.eval.temperature,
+        greedy=config.eval.greedy, **_gen_kwargs(config, mesh))
+
+  if start == 0 or not os.path.exists(base_path):
+    base = evaluate(state.params, 0)
+    _write_json_atomic(base_path, base)
+    writer.write(0, base)
+  with open(base_path) as f:
+    base = json.load(f)
+  log(f"base policy: training Pass@1 {base['train_pass1']:.3f}, test Pass@1 "
+      f"{base['test_pass1']:.3f}")
+
+  rounds = config.train.rounds
+  last_eval = dict(base) if start == 0 else {}
+  bar = metrics_lib.progress(rounds, initial=start, desc="rounds")
+  try:
+    for r in range(start, rounds):
+      rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), r)
+      questions = _round_questions(train_examples, r, config.seed, ro.prompts_per_round)
+      p_tokens, p_mask = sampling.left_pad([prompts[i] for i in questions], policy.pad_id,
+                                           length=prompt_len)
+      p_tokens, p_mask = sharding.shard_batch((p_tokens, p_mask), mesh)
+      rollout = sampling.sample(decoder, state.params, p_tokens, p_mask, rng,
+                                max_new_tokens=ro.max_new_tokens, num_samples=ro.num_samples,
+                                temperature=temperature, top_k=jnp.int32(ro.top_k),
+                                top_p=jnp.float32(ro.top_p), eos_ids=eos_ids,
+                                pad_id=policy.pad_id)
+      tokens, mask = jax.device_get((rollout.tokens, rollout.mask))
+      texts = [policy.decode_completion(t, m) for t, m in zip(tokens, mask)]
+      golds = [train_examples[i] for i in questions for _ in range(ro.num_samples)]
+      rewards, outcomes = task.grade_batch(texts, golds)
+      group_ids = np.repeat(np.arange(len(questions)), ro.num_samples).astype(np.int32)
+      ref_logp = None
+      if ref_params is not None:
+        ref_logp = _reference_logp(decoder, ref_params, rollout.prompt_tokens,
+                                   rollout.prompt_mask, rollout.tokens, rollout.mask, temperature)
+      loss_batch = losses.Batch(
+          tokens=rollout.tokens, mask=rollout.mask, behaviour_logp=rollout.logp,
+          rewards=sharding.shard_batch(np.asarray(rewards, np.float32), mesh),
+          group_ids=sharding.shard_batch(group_ids, mesh), ref_logp=ref_logp,
+          prompt_ids=sharding.shard_batch(np.repeat(np.asarray(questions, np.int32),
+                                                    ro.num_samples), mesh),
+          sampler_logp=rollout.sampler_logp)
+      batch = RolloutBatch(prompt_tokens=rollout.prompt_tokens,
+                           prompt_mask=rollout.prompt_mask, loss=loss_batch)
+      state, step_metrics = train_step(state, batch, temperature, decoder=decoder,
+                                       transform=transform, optimizer=optimizer,
+                                       epochs=config.train.epochs,
+                                       mini_batches=config.train.mini_batches)
+      row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      row.update(reward=float(np.mean(rewards)), length=float(mask.sum(-1).mean()),
+                 **{f"outcome_{k}": v for k, v in outcomes.items()})
+      if not math.isfinite(row["loss"]):
+        writer.write(r + 1, row)
+        raise NonFiniteLossError(
+            f"non-finite loss {row['loss']} at round {r + 1}; stopped without saving, the last "
+            f"good checkpoint (round {ckpt.latest_step()}) in {ckpt.directory} is intact")
+      done = r + 1
+      if done % config.train.eval_every == 0 or done == rounds:
+        last_eval = evaluate(state.params, done)
+        row.update(last_eval)
+        bar.set_postfix(train=f"{last_eval['train_pass1']:.2f}",
+                        test=f"{last_eval['test_pass1']:.2f}")
+      writer.write(done, row)
+      if done % config.train.checkpoint_every == 0 or done == rounds:
+        ckpt.save(done, state, extra={"round": done})
+      bar.update(1)
+  finally:
+    bar.close()
+    writer.close()
+    ckpt.close()
+
+  if not last_eval or "train_pass1" not in last_eval:  # resumed after the final round
+    last_eval = evaluate(state.params, int(state.round))
+  summary = {
+      "base_train_pass1": base["train_pass1"], "base_test_pass1": base["test_pass1"],
+      "final_train_pass1": last_eval["train_pass1"], "final_test_pass1": last_eval["test_pass1"],
+      "base_test_greedy": base.get("test_greedy"), "final_test_greedy": last_eval.get(
+          "test_greedy"),
+      "rounds": int(state.round), "wall_s": time.time() - t0,
+      "training_questions": [e.id for e in train_examples],
+      "base_policy": {k: v for k, v in base_info.items() if k != "fingerprint"},
+  }
+  _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  return summary
