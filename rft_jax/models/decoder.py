@@ -143,6 +143,13 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
   return out.astype(x.dtype)
 
 
+def _dense(x: Array, w: Array) -> Array:
+  """x [B, T, D] times w [D, ...] as one 2-D matmul: XLA:CPU runs a rank-2 dot (and its
+  gradients) about twice as fast as the same contraction with batch dimensions."""
+  out = x.reshape(-1, x.shape[-1]) @ w.reshape(w.shape[0], -1)
+  return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
 def _param(module, name, init, shape, axes, dtype):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
@@ -175,9 +182,9 @@ class Attention(nn.Module):
     wv = _param(self, "v", init, (c.d_model, k_heads, e), ("embed", "kv_heads", "head_dim"), pdt)
     wo = _param(self, "o", nn.initializers.normal(stddev=(h * e) ** -0.5), (h, e, c.d_model),
                 ("heads", "head_dim", "embed"), pdt)
-    q = jnp.einsum("btd,dhe->bthe", x, wq.astype(dt))
-    k = jnp.einsum("btd,dke->btke", x, wk.astype(dt))
-    v = jnp.einsum("btd,dke->btke", x, wv.astype(dt))
+    q = _dense(x, wq.astype(dt)).reshape(*x.shape[:2], h, e)
+    k = _dense(x, wk.astype(dt)).reshape(*x.shape[:2], k_heads, e)
+    v = _dense(x, wv.astype(dt)).reshape(*x.shape[:2], k_heads, e)
     if c.qkv_bias:
       zeros = nn.initializers.zeros
       q = q + _param(self, "q_bias", zeros, (h, e), ("heads", "head_dim"), pdt).astype(dt)
@@ -212,7 +219,7 @@ class Attention(nn.Module):
     scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     out = jnp.einsum("bkgts,bske->btkge", probs, values.astype(dt)).reshape(q.shape)
-    out = jnp.einsum("bthe,hed->btd", out, wo.astype(dt))
+    out = _dense(out.reshape(*out.shape[:2], h * e), wo.astype(dt).reshape(h * e, c.d_model))
     return out, cache
 
 
@@ -230,8 +237,8 @@ class MLP(nn.Module):
     up = _param(self, "up", init, (c.d_model, c.d_ff), ("embed", "mlp"), pdt)
     down = _param(self, "down", nn.initializers.normal(stddev=c.d_ff ** -0.5),
                   (c.d_ff, c.d_model), ("mlp", "embed"), pdt)
-    hidden = nn.silu(x @ gate.astype(dt)) * (x @ up.astype(dt))
-    return hidden @ down.astype(dt)
+    hidden = nn.silu(_dense(x, gate.astype(dt))) * _dense(x, up.astype(dt))
+    return _dense(hidden, down.astype(dt))
 
 
 class Block(nn.Module):
@@ -281,11 +288,11 @@ class Decoder(nn.Module):
     # for the completion slots alone, which keeps [B, T, V] float32 off real vocabularies.
     x = RMSNorm(c.norm_eps, c.param_dtype, name="final_norm")(x[:, logits_from:])
     if c.tie_embeddings:
-      logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dt))
+      logits = _dense(x, embedding.astype(dt).T)
     else:
       head = _param(self, "lm_head", nn.initializers.normal(stddev=c.d_model ** -0.5),
                     (c.d_model, c.vocab_size), ("embed", "vocab"), c.param_dtype)
-      logits = x @ head.astype(dt)
+      logits = _dense(x, head.astype(dt))
     return logits.astype(jnp.float32), cache
 
 

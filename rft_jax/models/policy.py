@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rft_jax import sampling
 from rft_jax.models.decoder import Decoder, ModelConfig, positions_from_mask
 
 
@@ -79,8 +78,10 @@ class Policy:
 
   def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, prompt_mask=None, num_samples: int = 1,
-               rng: jax.Array | None = None) -> sampling.Rollout:
+               rng: jax.Array | None = None):
     """Completions of left-padded prompts [B, P] (temperature 0 = greedy) via the sampler."""
+    from rft_jax import sampling  # sampling imports the decoder: import at call time
+
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_mask is None:
       prompt_mask = prompt_tokens != self.pad_id

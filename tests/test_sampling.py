@@ -1,0 +1,170 @@
+"""Sampler: cached decoding equals a full forward, log-probs equal the trainer's, masking, knobs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rft_jax import logprobs, sampling
+from rft_jax.models import Decoder, KVCache, ModelConfig, init_params, positions_from_mask
+
+CONFIG = ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                     head_dim=8, d_ff=64)
+EOS = 3
+
+
+@pytest.fixture(scope="module")
+def model():
+  return Decoder(CONFIG), init_params(CONFIG, jax.random.PRNGKey(0))
+
+
+def prompts():
+  return sampling.left_pad([[1, 5, 6], [1, 7, 8, 9, 10, 11], [1, 12]], pad_id=0, bucket=8)
+
+
+def run(model, **kw):
+  decoder, params = model
+  tokens, mask = prompts()
+  args = dict(max_new_tokens=12, num_samples=2, temperature=1.0, top_k=0, top_p=1.0,
+              eos_ids=np.array([EOS]), pad_id=0)
+  args.update(kw)
+  return sampling.sample(decoder, params, tokens, mask, jax.random.PRNGKey(1), **args)
+
+
+def test_left_pad_and_buckets():
+  tokens, mask = sampling.left_pad([[4, 5], [6, 7, 8]], pad_id=0, bucket=4)
+  np.testing.assert_array_equal(tokens, [[0, 0, 4, 5], [0, 6, 7, 8]])
+  np.testing.assert_array_equal(mask, [[0, 0, 1, 1], [0, 1, 1, 1]])
+  assert sampling.bucket_length(17, 16) == 32 and sampling.bucket_length(1, 16) == 16
+  with pytest.raises(ValueError, match="does not fit"):
+    sampling.left_pad([[1] * 9], 0, length=8)
+  with pytest.raises(ValueError, match="empty"):
+    sampling.left_pad([[]], 0)
+
+
+def test_cached_decode_equals_full_forward(model):
+  """Prefill + one-token decode steps give the logits of one forward over the whole sequence."""
+  decoder, params = model
+  tokens, mask = prompts()
+  b, p = tokens.shape
+  extra = np.array(jax.random.randint(jax.random.PRNGKey(2), (b, 5), 4, 40))
+  full_tokens = np.concatenate([tokens, extra], 1)
+  full_mask = np.concatenate([mask, np.ones_like(extra, bool)], 1)
+  want, _ = decoder.apply({"params": params}, full_tokens, positions_from_mask(full_mask),
+                          full_mask)
+  kv_valid = np.concatenate([mask, np.ones((b, 5), bool)], 1)
+  cache = KVCache.zeros(CONFIG, b, p + 5)
+  got, cache = decoder.apply({"params": params}, tokens, positions_from_mask(mask), kv_valid,
+                             cache=cache, cache_index=0)
+  np.testing.assert_allclose(got[mask], want[:, :p][mask], atol=1e-5)
+  for t in range(5):
+    pos = mask.sum(1) + t
+    step, cache = decoder.apply({"params": params}, extra[:, t:t + 1], pos[:, None], kv_valid,
+                                cache=cache, cache_index=p + t)
+    np.testing.assert_allclose(step[:, 0], want[:, p + t], atol=1e-5)
+
+
+def test_left_padding_does_not_change_logits(model):
+  """A row's logits do not depend on how much left padding the batch gives it."""
+  decoder, params = model
+  row = [1, 7, 8, 9]
+  a, ma = sampling.left_pad([row], 0, length=4)
+  b, mb = sampling.left_pad([row], 0, length=9)
+  la, _ = decoder.apply({"params": params}, a, positions_from_mask(ma), ma)
+  lb, _ = decoder.apply({"params": params}, b, positions_from_mask(mb), mb)
+  np.testing.assert_allclose(la[0], lb[0, 5:], atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(temperature=0.7, top_k=5, top_p=0.9),
+                                dict(temperature=0.0)])
+def test_sampler_logp_equals_trainer_logp(model, kw):
+  decoder, params = model
+  r = run(model, **kw)
+  want = logprobs.completion_logprobs(decoder, params, r.prompt_tokens, r.prompt_mask, r.tokens,
+                                      r.mask, kw.get("temperature", 1.0))
+  assert float(jnp.sum(r.mask)) > 6  # something was generated
+  assert float(jnp.max(jnp.abs((want - r.logp) * r.mask))) <= 1e-5
+
+
+def test_mask_stops_after_eos_and_pads(model):
+  r = run(model, max_new_tokens=24, temperature=1.5)
+  tokens, mask, logp = map(np.asarray, (r.tokens, r.mask, r.logp))
+  ended = 0
+  for row_t, row_m, row_l in zip(tokens, mask, logp):
+    n = int(row_m.sum())
+    assert np.all(row_m[:n] == 1) and np.all(row_m[n:] == 0)  # a prefix
+    assert np.all(row_t[n:] == 0) and np.all(row_l[n:] == 0)
+    assert EOS not in row_t[:max(n - 1, 0)]  # no EOS before the last kept token
+    if n < 24:
+      assert row_t[n - 1] == EOS
+      ended += 1
+  assert ended > 0  # the test exercised an EOS
+
+
+def test_greedy_is_argmax_of_full_forward(model):
+  decoder, params = model
+  r = run(model, temperature=0.0)
+  tokens = jnp.concatenate([r.prompt_tokens, r.tokens], 1)
+  mask = jnp.concatenate([r.prompt_mask, r.mask > 0], 1)
+  logits, _ = decoder.apply({"params": params}, tokens, positions_from_mask(mask), mask)
+  p = r.prompt_tokens.shape[1]
+  argmax = jnp.argmax(logits[:, p - 1:-1], -1)
+  np.testing.assert_array_equal(np.where(r.mask > 0, argmax, 0), np.where(r.mask > 0, r.tokens, 0))
+  # all G rollouts of a prompt are identical under greedy decoding
+  np.testing.assert_array_equal(r.tokens[0::2], r.tokens[1::2])
+
+
+def test_deterministic_given_rng_and_groups_differ(model):
+  a, b = run(model), run(model)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.logp, b.logp)
+  assert not np.array_equal(a.tokens[0::2], a.tokens[1::2])  # G samples of a prompt differ
+
+
+def test_truncate_logits_top_k_top_p():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  keep = lambda k, p: np.isfinite(sampling.truncate_logits(logits, jnp.int32(k), jnp.float32(p)))
+  np.testing.assert_array_equal(keep(2, 1.0), [[1, 1, 0, 0]])
+  np.testing.assert_array_equal(keep(0, 0.8), [[1, 1, 0, 0]])   # 0.5 + 0.3 reaches 0.8
+  np.testing.assert_array_equal(keep(0, 0.81), [[1, 1, 1, 0]])
+  np.testing.assert_array_equal(keep(0, 0.1), [[1, 0, 0, 0]])   # the top token always stays
+  np.testing.assert_array_equal(keep(3, 0.6), [[1, 1, 0, 0]])   # both apply
+  np.testing.assert_array_equal(keep(0, 1.0), [[1, 1, 1, 1]])
+
+
+def test_top_k_one_is_greedy_and_sampler_logp(model):
+  r = run(model, top_k=1)
+  g = run(model, temperature=0.0)
+  np.testing.assert_array_equal(r.tokens, g.tokens)
+  # sampling from a one-token distribution: log-prob 0 under the truncated distribution
+  np.testing.assert_allclose(np.asarray(r.sampler_logp) * np.asarray(r.mask), 0.0, atol=1e-6)
+
+
+def test_sampling_settings_do_not_recompile(model):
+  decoder, params = model
+  tokens, mask = prompts()
+  before = sampling.sample._cache_size()
+  for temp, k, p in ((1.0, 0, 1.0), (0.5, 3, 0.9), (0.0, 0, 1.0)):
+    sampling.sample(decoder, params, tokens, mask, jax.random.PRNGKey(0), max_new_tokens=12,
+                    num_samples=2, temperature=jnp.float32(temp), top_k=jnp.int32(k),
+                    top_p=jnp.float32(p), eos_ids=np.array([EOS]), pad_id=0)
+  assert sampling.sample._cache_size() - before <= 1
+
+
+def test_rope_llama3_scaling_bands():
+  """llama3 scaling: high frequencies kept, low divided by factor, the band between blended."""
+  from rft_jax.models.decoder import rope_inv_freq
+  base = ModelConfig(vocab_size=8, d_model=64, n_layers=1, n_heads=1, n_kv_heads=1,
+                     head_dim=64, d_ff=8, rope_theta=500000.0)
+  scaled = ModelConfig(**{**base.__dict__, "rope_scaling": ("llama3", 8.0, 1.0, 4.0, 8192)})
+  inv, inv_s = np.asarray(rope_inv_freq(base)), np.asarray(rope_inv_freq(scaled))
+  wavelen = 2 * np.pi / inv
+  high = wavelen < 8192 / 4.0
+  low = wavelen > 8192 / 1.0
+  np.testing.assert_allclose(inv_s[high], inv[high], rtol=1e-6)
+  np.testing.assert_allclose(inv_s[low], inv[low] / 8.0, rtol=1e-6)
+  mid = ~high & ~low
+  assert mid.any()
+  smooth = (8192 / wavelen[mid] - 1.0) / (4.0 - 1.0)
+  np.testing.assert_allclose(inv_s[mid], (1 - smooth) * inv[mid] / 8.0 + smooth * inv[mid],
+                             rtol=1e-5)
