@@ -13,3 +13,8 @@ from rft_jax.models.policy import Policy
 
 __all__ = ["Decoder", "KVCache", "ModelConfig", "Policy", "abstract_params", "count_params",
            "init_params", "positions_from_mask"]
+
+# Hugging Face checkpoints: load(path, dtype) -> Policy, save(policy, out_dir).
+from rft_jax.models.hf import SUPPORTED_MODEL_TYPES, load, save
+
+__all__ += ["SUPPORTED_MODEL_TYPES", "load", "save"]
