@@ -10,8 +10,8 @@ answer line the 'arithmetic' grader reads:
     #### 51
 
 A multiplication, when drawn, is always the first operation (a one-digit factor times a small
-number), so left-to-right order is also the usual precedence. Symbol problems may go negative;
-word problems never do (a count of pens is never below zero).
+number), so left-to-right order is also the usual precedence. No intermediate result or answer
+is negative unless `allow_negative` (symbol problems only: a count of pens is never below zero).
 
 The task stands in for a pretrained model's maths: a ~1M-parameter decoder trained for a few
 hundred supervised steps on these solutions gets a middling test pass rate, leaving room for RL.
@@ -94,6 +94,7 @@ def generate(
     max_factor: int = 9,
     mul_prob: float = 0.2,
     word_prob: float = 0.4,
+    allow_negative: bool = False,
 ) -> list[Example]:
   """`n` distinct problems drawn from a Generator seeded by (seed, split).
 
@@ -120,7 +121,7 @@ def generate(
       a = int(rng.integers(1, max_operand + 1))
     op2 = "+" if rng.random() < 0.5 else "-"
     b, c = (int(x) for x in rng.integers(1, max_operand + 1, size=2))
-    if word and (_OPS[op1](a, b) < 0 or _OPS[op2](_OPS[op1](a, b), c) < 0):
+    if (word or not allow_negative) and min(_OPS[op1](a, b), _OPS[op2](_OPS[op1](a, b), c)) < 0:
       continue  # no negative counts in a story
     expr = f"{a} {op1} {b} {op2} {c}"
     if expr in seen:
@@ -140,13 +141,16 @@ def generate(
   return examples
 
 
-def arithmetic_task(seed: int = 0, n_train: int = 2000, n_test: int = 500) -> Task:
+def arithmetic_task(seed: int = 0, n_train: int = 2000, n_test: int = 500,
+                    **ranges) -> Task:
   """The embedded task: a training pool and a held-out test set with no expression in common.
 
-  The test set depends on (seed, n_test) only, so changing n_train never moves it.
+  The test set depends on (seed, n_test, ranges) only, so changing n_train never moves it.
+  `ranges` (max_operand, max_factor, mul_prob, word_prob) go to `generate`.
   """
-  test = generate(seed, n_test, split="test")
-  train = generate(seed, n_train, split="train", exclude={e.meta["expression"] for e in test})
+  test = generate(seed, n_test, split="test", **ranges)
+  train = generate(seed, n_train, split="train", exclude={e.meta["expression"] for e in test},
+                   **ranges)
   return Task(name="arithmetic", grader="arithmetic", train=train, test=test, template=TEMPLATE)
 
 

@@ -12,6 +12,7 @@ from rft_jax.data import arithmetic
 from rft_jax.data.base import Task
 
 _STEP = re.compile(r"^(-?\d+) ([-+*]) (\d+) = (-?\d+)$")
+_NEGATIVE = re.compile(r"(^|[= ])-\d", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +98,14 @@ def test_question_states_the_operands(task):
   for e in task.train[:300]:
     numbers = re.findall(r"\d+", e.question)
     assert numbers == re.findall(r"\d+", e.meta["expression"]), e
-    if e.meta["form"] == "word":
-      assert not re.search(r"(^|[= ])-\d", e.solution), e  # no negative counts in a story
+    assert not _NEGATIVE.search(e.solution), e  # negatives only when asked for
+
+
+def test_allow_negative():
+  ex = arithmetic.generate(0, 500, allow_negative=True)
+  assert any(_NEGATIVE.search(e.solution) for e in ex)
+  assert not any(_NEGATIVE.search(e.solution) for e in ex if e.meta["form"] == "word")
+  assert all(rewards.grade("arithmetic", e.solution, e.answer) == 1.0 for e in ex)
 
 
 def test_generate_options():
