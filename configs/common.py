@@ -35,17 +35,18 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0  # rollouts and evaluation samples; the base policy and the example are fixed
 
   # The embedded arithmetic task (rft_jax.data.arithmetic); gsm8k / math read train/test paths.
-  c.task = dict(name="arithmetic", seed=0, n_train=2000, n_test=500, train_path="",
-                test_path="", template="")
+  # Operands of the arithmetic problems are in [1, max_operand].
+  c.task = dict(name="arithmetic", seed=0, n_train=2000, n_test=500, max_operand=20,
+                train_path="", test_path="", template="")
 
   # Empty checkpoint = the embedded decoder below, warm-started; else a Hugging Face directory.
   c.model = dict(checkpoint="", dtype="float32", d_model=128, n_layers=2, n_heads=4,
                  n_kv_heads=2, head_dim=32, d_ff=384, rope_theta=10000.0)
 
   # Supervised warm start of the embedded model, stopped at a middling test Pass@1.
-  c.warm_start = dict(dir="", seed=0, corpus_size=20000, batch_size=64, learning_rate=3e-3,
+  c.warm_start = dict(dir="", seed=0, corpus_size=10000, batch_size=64, learning_rate=3e-3,
                       warmup_steps=20, max_steps=1500, eval_every=25, probe_size=200,
-                      target_pass1=0.35)
+                      target_pass1=0.25)
 
   # The training question(s): a difficulty bucket of the base policy (data.selection), an id,
   # or an index into the training pool; num_examples > 1 draws that many from the bucket.
@@ -54,7 +55,7 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Rollouts per round: prompts_per_round questions x num_samples (G) samples each.
   c.rollout = dict(num_samples=1, prompts_per_round=1, max_new_tokens=32, temperature=1.0,
-                   top_k=0, top_p=1.0, prompt_bucket=16)
+                   top_k=0, top_p=1.0, prompt_bucket=8)
 
   c.loss = recipe_config("minimal")
 

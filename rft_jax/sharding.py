@@ -104,3 +104,17 @@ def shard_batch(tree, mesh: Mesh):
       return jax.device_put(x, replicated(mesh))
     return jax.device_put(x, batch_sharding(mesh, x.shape))
   return jax.tree.map(put, tree)
+
+
+def on_mesh(tree, mesh: Mesh):
+  """Every array of `tree` on a NamedSharding of `mesh` (replicated unless it already is one).
+
+  A jitted step returns NamedShardings; feeding it state that is still on a single device the
+  first time would compile it twice (the input shardings are part of the cache key).
+  """
+  def put(x):
+    if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and \
+        x.sharding.mesh == mesh:
+      return x
+    return jax.device_put(x, replicated(mesh))
+  return jax.tree.map(put, tree)

@@ -78,7 +78,8 @@ def build_task(task_cfg) -> Task:
   if task_cfg.name == "arithmetic":
     from rft_jax.data import arithmetic
 
-    task = arithmetic.arithmetic_task(task_cfg.seed, task_cfg.n_train, task_cfg.n_test)
+    task = arithmetic.arithmetic_task(task_cfg.seed, task_cfg.n_train, task_cfg.n_test,
+                                      max_operand=task_cfg.max_operand)
   elif task_cfg.name == "gsm8k":
     from rft_jax.data import gsm8k
 
@@ -280,6 +281,7 @@ def run(config, workdir: str, log=print) -> dict:
   state = TrainState(round=jnp.zeros((), jnp.int32), params=policy.params,
                      opt_state=jax.jit(optimizer.init)(policy.params),
                      loss_state=transform.init())
+  state = sharding.on_mesh(state, mesh)
   start = 0
   base_path = os.path.join(workdir, "base_eval.json")
   if ckpt.latest_step() is not None:

@@ -81,7 +81,9 @@ def base_policy(config, task: Task, workdir: str, mesh=None, log=print) -> tuple
     log(f"base policy: reused {directory} (test Pass@1 {info['test_pass1']:.3f} after "
         f"{info['steps']} supervised steps)")
     return _place(_embedded_policy(tok, model_config, params), mesh), info
-  return _warm_start(config, task, directory, fingerprint, mesh, log)
+  _warm_start(config, task, directory, fingerprint, mesh, log)
+  # Every run, the one that trained the base included, takes it from disk: one code path.
+  return base_policy(config, task, workdir, mesh, log)
 
 
 def _place(policy: Policy, mesh) -> Policy:
@@ -128,7 +130,7 @@ def _sft_arrays(policy: Policy, examples, cfg, bucket: int):
   return p_tokens, p_mask, c_tokens, c_mask
 
 
-def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log):
+def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log) -> None:
   ws = config.warm_start
   if task.name != "arithmetic":
     raise ValueError("the supervised warm start exists for the embedded arithmetic task only; "
@@ -141,7 +143,8 @@ def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log
     params = decoder_lib.init_params(model_config, jax.random.PRNGKey(ws.seed))
     policy = _place(_embedded_policy(tok, model_config, params), mesh)
     test_expr = {e.meta["expression"] for e in task.test}
-    corpus = arithmetic.generate(ws.seed, ws.corpus_size, split="sft", exclude=test_expr)
+    corpus = arithmetic.generate(ws.seed, ws.corpus_size, split="sft", exclude=test_expr,
+                                 max_operand=config.task.max_operand)
     arrays = _sft_arrays(policy, corpus, config, config.rollout.prompt_bucket)
     probe = list(task.test[:ws.probe_size])
     warmup = min(ws.warmup_steps, ws.max_steps // 2)
@@ -151,6 +154,8 @@ def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log
                                                                         weight_decay=0.0))
     params = policy.params
     opt_state = optimizer.init(params)
+    if mesh is not None:
+      params, opt_state = sharding.on_mesh((params, opt_state), mesh)
     rng = np.random.default_rng(ws.seed)
     bar = metrics_lib.progress(ws.max_steps, desc="warm start")
     pass1, step = 0.0, 0
@@ -188,7 +193,3 @@ def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log
     raise
   log(f"base policy: {info['params']:,} params, {step} supervised steps in {info['wall_s']:.0f}s, "
       f"probe test Pass@1 {pass1:.3f} -> {directory}")
-  policy = policy.replace(params=params,
-                          tokenizer=tokenizer_lib.load_tokenizer(os.path.join(directory,
-                                                                              "tokenizer")))
-  return policy, info
