@@ -467,11 +467,13 @@ def load(path: str | os.PathLike, dtype: str = "float32", *,
   for name, t in expected.items():
     x = _to_ours(jax.device_put(_read_tensor(entries[name])), transpose=t.transpose,
                  shape=t.shape, dtype=config.param_dtype)
+    # One tensor in flight: async dispatch would otherwise let reads run ahead of conversions
+    # and pile up raw buffers.
+    x.block_until_ready()
     node = params
     for key in t.path[:-1]:
       node = node.setdefault(key, {})
     node[t.path[-1]] = x
-  jax.block_until_ready(params)
   return Policy(config=config, params=params, tokenizer=tokenizer, eos_ids=eos_ids,
                 pad_id=int(pad_id), chat=bool(getattr(tokenizer, "chat_template", None)))
 
