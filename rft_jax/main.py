@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -29,6 +30,30 @@ def format_summary(summary: dict) -> str:
           f"rounds {summary['rounds']}, wall time {summary['wall_s']:.0f} s")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a one-line error for an override of a key the config lacks.
+
+  ml_collections reports `--config.train.roundz=3` as a KeyError / AttributeError (a stack dump),
+  not a flags error; name the flag and the key instead, and exit before anything is written.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    err = e
+    while err.args and isinstance(err.args[0], BaseException):  # AttributeError(KeyError(...))
+      err = err.args[0]
+    lines = str(err.args[0] if err.args else err).splitlines() or [""]
+    key = lines[0].strip("'\"")
+    names = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    bad = [n for n in names if key in n.split(".")[1:]]
+    if not key or not bad:
+      raise
+    hint = " ".join(line.strip() for line in lines[1:])
+    sys.stderr.write(f"FATAL Flags parsing error: --{bad[0]}: the config has no key {key!r}"
+                     f"{'. ' + hint if hint else ''}\n")
+    sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -43,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
