@@ -320,3 +320,15 @@ def test_bfloat16(tmp_path):
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
   assert reloaded.dtype == torch.bfloat16
   np.testing.assert_array_equal(reloaded.model.embed_tokens.weight.detach().float().numpy(), embed)
+
+
+def test_save_gathers_sharded_params(checkpoints, tmp_path):
+  """Params spread over the 8 test devices (as after training on a mesh) export the same."""
+  policy = models.load(checkpoints["qwen2_tied"][0])
+  mesh = jax.make_mesh((8,), ("fsdp",))
+  place = lambda x: jax.device_put(x, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec("fsdp" if x.shape[0] % 8 == 0 else None)))
+  sharded = policy.replace(params=jax.tree.map(place, policy.params))
+  assert len(sharded.params["embedding"].sharding.device_set) == 8
+  again = models.load(models.save(sharded, tmp_path / "out"))
+  jax.tree.map(np.testing.assert_array_equal, again.params, policy.params)
