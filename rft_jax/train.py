@@ -83,11 +83,13 @@ def build_task(task_cfg) -> Task:
   elif task_cfg.name == "gsm8k":
     from rft_jax.data import gsm8k
 
-    task = gsm8k.gsm8k_task(train_path=task_cfg.train_path, test_path=task_cfg.test_path)
+    task = gsm8k.gsm8k_task(train_path=task_cfg.train_path or None,
+                            test_path=task_cfg.test_path or None)
   elif task_cfg.name == "math":
     from rft_jax.data import math as math_data
 
-    task = math_data.math_task(train_path=task_cfg.train_path, test_path=task_cfg.test_path)
+    task = math_data.math_task(train_path=task_cfg.train_path or None,
+                               test_path=task_cfg.test_path or None)
   else:
     raise ValueError(f"unknown task {task_cfg.name!r}; known: arithmetic, gsm8k, math")
   if task_cfg.template:

@@ -1,0 +1,95 @@
+"""Evaluation through the sampler on GSM8K / MATH test items, and the Wilson interval."""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from rft_jax import evaluation, evaluation_math
+from rft_jax.data import gsm8k, math as math_data
+from rft_jax.models import ModelConfig, Policy, init_params
+
+
+def char_tokenizer(texts):
+  """One token per character of `texts` (+ specials): enough to drive a random model."""
+  chars = sorted({c for t in texts for c in t})
+  vocab = {s: i for i, s in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *chars])}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+  tok.decoder = decoders.Fuse()
+  return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
+                                 eos_token="<eos>", unk_token="<unk>")
+
+
+def tiny_policy(task, n):
+  texts = [task.prompt_text(e) for e in task.test[:n]] + [e.solution for e in task.test[:n]]
+  tok = char_tokenizer(texts)
+  config = ModelConfig(vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                       head_dim=16, d_ff=64, max_position_embeddings=4096)
+  return Policy(config=config, params=init_params(config, jax.random.PRNGKey(0)), tokenizer=tok,
+                eos_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id)
+
+
+@pytest.fixture(scope="module")
+def tasks():
+  data = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+  if not data.is_dir():
+    pytest.skip(f"shared data not found at {data} (it sits beside the repository in CI)")
+  out = {"gsm8k": gsm8k.gsm8k_task(None, data / "gsm8k" / "test.jsonl"),
+         "math": math_data.math_task(None, data / "math" / "test.jsonl")}
+  for task in out.values():  # the 8 shortest questions keep the char-level sequences short
+    task.test = sorted(task.test, key=lambda e: len(e.question))[:8]
+  return out
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "math"])
+def test_tiny_model_evaluates_end_to_end(tasks, name):
+  task = tasks[name]
+  items = list(task.test[:8])
+  policy = tiny_policy(task, 8)
+  out = evaluation.evaluate(policy, task, items[:2], items, jax.random.PRNGKey(0),
+                            train_samples=4, max_new_tokens=4, batch_size=8,
+                            prompt_bucket=64, pass_k=(1, 2, 4))
+  for key in ("train_pass1", "train_pass1_low", "train_pass1_high", "test_pass1", "test_greedy",
+              "train_pass2", "train_pass4"):
+    assert 0.0 <= out[key] <= 1.0, key
+  assert out["train_pass1_low"] <= out["train_pass1"] <= out["train_pass1_high"]
+  # A random 8-token answer is never right; what matters is that the whole path ran.
+  assert out["test_pass1"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "math"])
+def test_reference_solutions_score_one_through_evaluate(tasks, name, monkeypatch):
+  """With the sampler replaced by the reference solutions, every metric is exactly 1."""
+  task = tasks[name]
+  items = list(task.test[:8])
+  policy = tiny_policy(task, 8)
+  by_prompt = {tuple(policy.encode_prompt(task.prompt_text(e))): e.solution for e in items}
+
+  def fake_generate(policy_, prompts, rng, *, num_samples=1, **kwargs):
+    return [[by_prompt[tuple(p)]] * num_samples for p in prompts]
+
+  monkeypatch.setattr(evaluation, "generate_texts", fake_generate)
+  out = evaluation.evaluate(policy, task, items[:3], items, jax.random.PRNGKey(0),
+                            train_samples=2, max_new_tokens=8)
+  assert out["train_pass1"] == out["test_pass1"] == out["test_greedy"] == 1.0
+  if name == "math":
+    rewards = evaluation.sample_rewards(policy, task, items, jax.random.PRNGKey(0),
+                                        num_samples=1, max_new_tokens=8)
+    table = evaluation_math.breakdown(rewards, items, ("subject", "level"))
+    assert len(table["subject"]) > 1
+    assert all(row["pass@1"] == 1.0 for rows in table.values() for row in rows.values())
+
+
+def test_wilson_interval_against_known_values():
+  # p = 0.5, n = 100, z = 1.96: centre 0.5, half-width 1.96*sqrt(0.25/100 + 1.96^2/40000)/(1.038416)
+  low, high = evaluation.wilson_interval(50, 100)
+  half = 1.96 * np.sqrt(0.25 / 100 + 1.96 ** 2 / 40000) / (1 + 1.96 ** 2 / 100)
+  np.testing.assert_allclose([low, high], [0.5 - half, 0.5 + half], rtol=1e-12)
+  np.testing.assert_allclose([low, high], [0.4038, 0.5962], atol=1e-4)  # textbook value
+  low, high = evaluation.wilson_interval(0, 10)
+  assert low == 0.0 and 0.27 < high < 0.28  # 3.84 / 13.84 = 0.2775
+  assert evaluation.wilson_interval(0, 0) == (0.0, 1.0)
