@@ -47,8 +47,9 @@ class Layer:
 
   @property
   def title(self) -> str:
-    """The first line of the config file's docstring."""
-    return (self.load().__doc__ or self.name).strip().splitlines()[0]
+    """The config file's docstring up to its first sentence's end."""
+    para = " ".join((self.load().__doc__ or self.name).strip().split("\n\n")[0].split())
+    return para.split(". ")[0].rstrip(".")
 
 
 _CHAIN = ("loss.chain",)

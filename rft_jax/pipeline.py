@@ -1,0 +1,667 @@
+"""The bottom-up pipeline: run layers x seeds, then write a report (table and plots).
+
+    python -m rft_jax.pipeline --layers=quick --seeds=2 --quick --parallel=2
+    python -m rft_jax.pipeline --layers=l0,l1:g=4,l2,l3:neg=m10 --seeds=3 --root=runs/pipeline
+    python -m rft_jax.pipeline --report_only --root=runs/pipeline
+
+Layers come from configs/layers.py (a name, `name:arg` with the layer's config argument, or a
+preset: quick = l0..l4, paper, beyond). Each run has its own workdir <root>/<layer>/seed<k> with
+config.seed = k; every run whose base policy is the embedded warm start shares one base
+directory <root>/base/<hash of the base's settings>, made once before the runs, so all layers
+and seeds start from one policy (L5's fallback base has other settings, hence its own). The
+training question depends on the base and on example.* only, not on the seed.
+
+Resumable: a run whose summary.json exists is skipped; an unfinished one resumes from its last
+checkpoint when the pipeline runs again. Each workdir keeps the config it was made with
+(config.json); asking for the same run with other settings stops with a message, so one report
+never mixes settings. A run that fails writes error.txt and the others go on.
+
+The report, <root>/report.md: one summary table (a row per layer: base and final training and
+test Pass@1 as mean ± std over seeds, rounds to training Pass@1 >= 0.9, stability), then per
+layer its lineage, changed fields, a table per seed and plots in <root>/plots/: Pass@1 curves
+(mean line, min-max band over seeds, thin seed lines) and bandit diagnostics per round (reward,
+signal_frac = fraction of rollouts with a non-zero advantage, policy entropy).
+
+--quick budget (the issue's target: L0..L4 x 2 seeds in 30 minutes on a 2-core CPU): see QUICK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# --quick: fewer rounds, coarser and smaller evaluations; the base (warm start) and the training
+# question are those of the full setting, so a quick report previews the full one. Budget on the
+# 2-core CPU, measured with l0 (one run after the shared warm start):
+#   warm start ~150 s once; per run ~XX s (compile ~25 s, difficulty table ~10 s, 60 rounds,
+#   5 evaluations of 32 + 200 + 200 samples); 10 runs (L0..L4 x 2 seeds) with --parallel=2.
+QUICK = {
+    "train.rounds": 60,
+    "train.eval_every": 15,
+    "train.checkpoint_every": 30,
+    "eval.test_size": 200,
+    "eval.train_samples": 32,
+}
+# How --parallel starts one run (a test swaps in a stand-in).
+RUN_ONE_COMMAND = (sys.executable, "-m", "rft_jax.pipeline", "--run_one")
+THRESHOLD = 0.9  # training Pass@1 that counts as "learned the optimal arm"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  spec: str     # layer spec, "l3:neg=m10"
+  seed: int
+  workdir: str
+
+  @property
+  def label(self) -> str:
+    return f"{spec_dir(self.spec)}/seed{self.seed}"
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+
+def _layers_module():
+  if str(REPO_ROOT) not in sys.path and (REPO_ROOT / "configs").is_dir():
+    sys.path.insert(0, str(REPO_ROOT))
+  from configs import layers
+
+  return layers
+
+
+def parse_layers(text: str) -> list[str]:
+  """'quick,l3:neg=m10,g=4,l4' -> ['l0', ..., 'l4', 'l3:neg=m10,g=4', 'l4'] (order kept,
+  duplicates dropped). A word that is neither a layer nor a preset continues the previous
+  layer's argument, so layer arguments may hold commas."""
+  layers = _layers_module()
+  specs: list[str] = []
+  for word in filter(None, (w.strip() for w in text.split(","))):
+    name = word.partition(":")[0]
+    if word in layers.PRESETS:
+      specs.extend(layers.PRESETS[word])
+    elif name in layers.LAYERS:
+      specs.append(word)
+    elif "=" in word or word == "runlocal":
+      if not specs:
+        raise ValueError(f"--layers: argument {word!r} before any layer")
+      specs[-1] += ("," if ":" in specs[-1] else ":") + word
+    else:
+      raise ValueError(f"--layers: unknown layer or preset {word!r}; layers: "
+                       f"{', '.join(layers.LAYERS)}; presets: {', '.join(layers.PRESETS)}")
+  out = []
+  for s in specs:
+    if s not in out:
+      out.append(s)
+  return out
+
+
+def spec_dir(spec: str) -> str:
+  """'l3:neg=m10,g=4' -> 'l3_neg-m10_g-4' (a directory name)."""
+  name, _, arg = spec.partition(":")
+  return "_".join([name] + [w.replace("=", "-").replace("/", "-")
+                            for w in arg.split(",") if w])
+
+
+def _cast(old, text: str):
+  if isinstance(old, bool):
+    return text.lower() in ("1", "true", "yes")
+  return type(old)(text) if old is not None else text
+
+
+def apply_overrides(config, overrides: dict) -> None:
+  """{'train.rounds': 60, 'eval.test_size': '100'} onto config (strings take the field's type)."""
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    if leaf not in node:
+      raise ValueError(f"override {key}: no such config field")
+    node[leaf] = _cast(node[leaf], value) if isinstance(value, str) else value
+
+
+def layer_config(spec: str, *, runlocal: bool = False, quick: bool = False,
+                 overrides: dict | None = None):
+  """The layer's config with the pipeline's settings (not yet the seed or the directories)."""
+  layers = _layers_module()
+  name, _, arg = spec.partition(":")
+  if runlocal:
+    arg = ",".join(filter(None, [arg, "runlocal"]))
+  config = layers.get(name).get_config(arg)
+  if quick:
+    apply_overrides(config, QUICK)
+  apply_overrides(config, overrides or {})
+  return config
+
+
+def base_dir(root: str, config) -> str:
+  """<root>/base/<hash>: one embedded base per distinct task/model/warm-start settings."""
+  from rft_jax import warm_start
+
+  text = json.dumps(warm_start.base_fingerprint(config), sort_keys=True)
+  return os.path.join(root, "base", hashlib.sha256(text.encode()).hexdigest()[:10])
+
+
+def _comparable(config_json: dict) -> dict:
+  d = json.loads(json.dumps(config_json))
+  d.get("warm_start", {}).pop("dir", None)  # the same root may be named by another path
+  return d
+
+
+def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
+         quick: bool = False, overrides: dict | None = None) -> list[tuple[Run, object]]:
+  """[(run, its config)], each config with its seed and the shared base directory set."""
+  out = []
+  for spec in specs:
+    for seed in range(seeds):
+      config = layer_config(spec, runlocal=runlocal, quick=quick, overrides=overrides)
+      config.seed = seed
+      if not config.model.checkpoint:
+        config.warm_start.dir = base_dir(root, config)
+      out.append((Run(spec, seed, os.path.join(root, spec_dir(spec), f"seed{seed}")), config))
+  return out
+
+
+def _write_config(run: Run, config) -> None:
+  """Records the run's config; stops if the workdir holds a run made with other settings."""
+  path = os.path.join(run.workdir, "config.json")
+  new = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    a, b = _flat(_comparable(old)), _flat(_comparable(new))
+    if a != b:
+      diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+      raise ValueError(f"{run.workdir} holds a run made with other settings ({', '.join(diff)}); "
+                       "use another --root, or delete that directory to redo it")
+    if old == new:
+      return
+  os.makedirs(run.workdir, exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(new, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def is_done(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, "summary.json"))
+
+
+def _logger(workdir: str, label: str):
+  path = os.path.join(workdir, "log.txt")
+
+  def log(msg: str) -> None:
+    with open(path, "a") as f:
+      f.write(msg + "\n")
+    print(f"[{label}] {msg}", flush=True)
+
+  return log
+
+
+def run_one(workdir: str, label: str | None = None) -> bool:
+  """Runs (or resumes) the run in workdir from its config.json; False (and error.txt) if it
+  failed. The subprocess entry point of --parallel, and the in-process one otherwise."""
+  import ml_collections
+
+  from rft_jax import train
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  error = os.path.join(workdir, "error.txt")
+  if os.path.exists(error):
+    os.remove(error)
+  log = _logger(workdir, label or workdir)
+  try:
+    train.run(config, workdir, log=log)
+    return True
+  except Exception as e:  # recorded; the other runs go on
+    with open(error, "w") as f:
+      f.write(traceback.format_exc())
+    log(f"FAILED: {type(e).__name__}: {e}")
+    return False
+
+
+def prepare_bases(planned: Sequence[tuple[Run, object]], log=print) -> None:
+  """Makes each shared embedded base once, before runs that would otherwise race to make it."""
+  from rft_jax import sharding, train, warm_start
+
+  made = set()
+  for run, config in planned:
+    directory = config.warm_start.dir
+    if config.model.checkpoint or directory in made or is_done(run.workdir):
+      continue
+    made.add(directory)
+    if os.path.exists(os.path.join(directory, warm_start.INFO_FILE)):
+      continue
+    log(f"warm start of the shared base policy -> {directory}")
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    warm_start.base_policy(config, train.build_task(config.task), directory,
+                           sharding.build_mesh(**config.mesh), log=log)
+
+
+def execute(runs: Sequence[Run], parallel: int = 1, log=print) -> dict[str, bool]:
+  """Runs each run (in-process one after another, or `parallel` subprocesses at once)."""
+  results = {}
+  if parallel <= 1:
+    for i, run in enumerate(runs):
+      log(f"run {i + 1}/{len(runs)}: {run.label}")
+      results[run.label] = run_one(run.workdir, run.label)
+    return results
+  pending, active = list(runs), {}
+  while pending or active:
+    while pending and len(active) < parallel:
+      run = pending.pop(0)
+      out = open(os.path.join(run.workdir, "log.txt"), "a")
+      cmd = [*RUN_ONE_COMMAND, run.workdir]
+      log(f"start {run.label}: {shlex.join(cmd)}")
+      env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+          filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])))
+      active[run.label] = (subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env),
+                           out, run)
+    time.sleep(0.5)
+    for label, (proc, out, run) in list(active.items()):
+      if proc.poll() is None:
+        continue
+      out.close()
+      del active[label]
+      results[label] = proc.returncode == 0 and is_done(run.workdir)
+      log(f"{'done' if results[label] else 'FAILED'} {label} (rc {proc.returncode}; "
+          f"log {os.path.join(run.workdir, 'log.txt')})")
+  return results
+
+
+def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipeline", *,
+                 quick: bool = False, runlocal: bool = False, parallel: int = 1,
+                 overrides: dict | None = None, command: str | None = None,
+                 log=print) -> str:
+  """Plans, runs what is not done yet, writes the report; returns the report's path."""
+  specs = parse_layers(specs if isinstance(specs, str) else ",".join(specs))
+  planned = plan(specs, seeds, root, runlocal=runlocal, quick=quick, overrides=overrides)
+  for run, config in planned:
+    _write_config(run, config)
+  todo = [run for run, _ in planned if not is_done(run.workdir)]
+  log(f"{len(planned)} runs, {len(planned) - len(todo)} already complete, {len(todo)} to run")
+  t0 = time.time()
+  if todo:
+    prepare_bases([(r, c) for r, c in planned if r in todo], log=log)
+    execute(todo, parallel=parallel, log=log)
+  settings = {"layers": specs, "seeds": seeds, "quick": quick, "runlocal": runlocal,
+              "overrides": overrides or {}, "parallel": parallel,
+              "command": command or "", "wall_s_this_invocation": time.time() - t0}
+  with open(os.path.join(root, "pipeline.json"), "w") as f:
+    json.dump(settings, f, indent=1)
+  return write_report(root, specs, seeds, settings=settings)
+
+
+# -- aggregation --------------------------------------------------------------------------------
+
+
+def _dedupe(rows: Sequence[dict]) -> list[dict]:
+  by_step = {}
+  for row in rows:
+    by_step[row["step"]] = {**by_step.get(row["step"], {}), **row}
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def eval_curve(rows: Sequence[dict], key: str) -> list[tuple[int, float]]:
+  """[(step, value)] of the evaluation rows holding `key` (step 0 = the base policy)."""
+  return [(r["step"], r[key]) for r in _dedupe(rows) if r.get(key) is not None]
+
+
+def round_curve(rows: Sequence[dict], key: str) -> list[tuple[int, float]]:
+  """[(round, value)] of a per-round metric (rows with step >= 1)."""
+  return [(r["step"], r[key]) for r in _dedupe(rows) if r["step"] >= 1 and r.get(key) is not None]
+
+
+def rounds_to(rows: Sequence[dict], threshold: float = THRESHOLD) -> int | None:
+  """The first evaluated round with training Pass@1 >= threshold (0: the base already is);
+  None if no evaluation reached it. Resolution: train.eval_every."""
+  for step, value in eval_curve(rows, "train_pass1"):
+    if value >= threshold:
+      return step
+  return None
+
+
+def mean_abs_change(values: Sequence[float]) -> float | None:
+  """Mean |v_i - v_{i-1}| over consecutive evaluations; None with fewer than two."""
+  v = np.asarray(values, float)
+  return float(np.mean(np.abs(np.diff(v)))) if v.size > 1 else None
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+  """(mean, sample std (ddof 1; None for one value), n) of the values that are not None."""
+  v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
+  if v.size == 0:
+    return None, None, 0
+  return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None), int(v.size)
+
+
+def seed_result(workdir: str) -> dict:
+  """One run's numbers from summary.json and metrics.jsonl (partial runs: what exists)."""
+  from rft_jax.metrics import read_metrics
+
+  out = {"workdir": workdir, "status": "missing"}
+  rows = read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
+  train, test = eval_curve(rows, "train_pass1"), eval_curve(rows, "test_pass1")
+  if rows:
+    out["status"] = "partial"
+  if os.path.exists(os.path.join(workdir, "error.txt")):
+    with open(os.path.join(workdir, "error.txt")) as f:
+      lines = [line for line in f.read().strip().splitlines() if line.strip()]
+    out["status"] = "failed"
+    out["error"] = lines[-1] if lines else "unknown error"
+  summary_path = os.path.join(workdir, "summary.json")
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      summary = json.load(f)
+    out.update(status="done", wall_s=summary.get("wall_s"), rounds=summary.get("rounds"),
+               questions=summary.get("training_questions"))
+  out.update(
+      base_train=train[0][1] if train and train[0][0] == 0 else None,
+      base_test=test[0][1] if test and test[0][0] == 0 else None,
+      final_train=train[-1][1] if train else None, final_test=test[-1][1] if test else None,
+      last_round=train[-1][0] if train else None,
+      rounds_to=rounds_to(rows), test_change=mean_abs_change([v for _, v in test]),
+      rows=rows)
+  return out
+
+
+def layer_result(results: Sequence[dict]) -> dict:
+  """Mean ± std over seeds and the stability measures of one layer. Base values come from every
+  run that evaluated its base; the rest from complete runs only (a failed or unfinished run is
+  counted in the report's runs column, not averaged in with a shorter curve)."""
+  done = [r for r in results if r["status"] == "done"]
+  agg = {key: mean_std([r.get(key) for r in results]) for key in ("base_train", "base_test")}
+  agg.update({key: mean_std([r.get(key) for r in done])
+              for key in ("final_train", "final_test", "test_change")})
+  reached = [r["rounds_to"] for r in done if r.get("rounds_to") is not None]
+  agg["rounds_to"] = mean_std(reached)
+  agg["reached"] = (len(reached), len(done))
+  return agg
+
+
+def _fmt(ms: tuple, digits: int = 3) -> str:
+  mean, std, n = ms
+  if mean is None:
+    return "–"
+  return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _fmt_rounds(agg: dict) -> str:
+  k, n = agg["reached"]
+  if not k:
+    return f"never (0/{n})"
+  mean, std, _ = agg["rounds_to"]
+  return f"{mean:.0f}" + (f" ± {std:.0f}" if std is not None else "") + f" ({k}/{n})"
+
+
+def _num(x, digits: int = 3) -> str:
+  return "–" if x is None else f"{x:.{digits}f}"
+
+
+# -- plots --------------------------------------------------------------------------------------
+
+
+def _stack(curves: Sequence[list[tuple[int, float]]]):
+  """Curves on the union of their steps -> (steps [S], values [n, S] with NaN where missing)."""
+  steps = sorted({s for c in curves for s, _ in c})
+  index = {s: i for i, s in enumerate(steps)}
+  values = np.full((len(curves), len(steps)), np.nan)
+  for i, c in enumerate(curves):
+    for s, v in c:
+      values[i, index[s]] = v
+  return np.asarray(steps), values
+
+
+def _smooth(curve: list[tuple[int, float]], window: int) -> list[tuple[int, float]]:
+  if window <= 1 or len(curve) < window:
+    return curve
+  v = np.convolve([x for _, x in curve], np.ones(window) / window, mode="valid")
+  return [(s, float(x)) for (s, _), x in zip(curve[window - 1:], v)]
+
+
+def _band(ax, curves, label=None, color=None, seeds=True):
+  curves = [c for c in curves if c]
+  if not curves:
+    return
+  steps, values = _stack(curves)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns of partial runs
+    mean, lo, hi = np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
+  (line,) = ax.plot(steps, mean, label=label, color=color, lw=1.8)
+  ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+  if seeds and len(curves) > 1:
+    for row in values:
+      ok = ~np.isnan(row)
+      ax.plot(steps[ok], row[ok], color=line.get_color(), lw=0.6, alpha=0.5)
+
+
+def plot_layer(results: Sequence[dict], title: str, path_prefix: str) -> list[str]:
+  """<prefix>_pass1.png (training and test Pass@1) and <prefix>_diagnostics.png."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = [r["rows"] for r in results if r["rows"]]
+  paths = []
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+  for ax, key, name in ((axes[0], "train_pass1", "training Pass@1"),
+                        (axes[1], "test_pass1", "test Pass@1")):
+    _band(ax, [eval_curve(r, key) for r in rows])
+    ax.set(title=name, xlabel="round", ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+  axes[0].axhline(THRESHOLD, color="gray", ls=":", lw=1)
+  fig.suptitle(f"{title} (mean, min-max over {len(rows)} seeds)", fontsize=9)
+  fig.tight_layout()
+  paths.append(f"{path_prefix}_pass1.png")
+  fig.savefig(paths[-1], dpi=110)
+  plt.close(fig)
+
+  window = 5
+  fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+  for ax, key, name in ((axes[0], "reward", "mean reward of the round's rollouts"),
+                        (axes[1], "signal_frac", "signal_frac (non-zero advantage)"),
+                        (axes[2], "entropy", "policy entropy (nats/token)")):
+    _band(ax, [_smooth(round_curve(r, key), window) for r in rows], seeds=False)
+    ax.set(title=name, xlabel="round")
+    ax.grid(alpha=0.3)
+  fig.suptitle(f"{title}: bandit diagnostics per round ({window}-round moving average)",
+               fontsize=9)
+  fig.tight_layout()
+  paths.append(f"{path_prefix}_diagnostics.png")
+  fig.savefig(paths[-1], dpi=110)
+  plt.close(fig)
+  return paths
+
+
+def plot_overview(per_layer: dict[str, list[dict]], path: str) -> str:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+  for spec, results in per_layer.items():
+    rows = [r["rows"] for r in results if r["rows"]]
+    for ax, key in ((axes[0], "train_pass1"), (axes[1], "test_pass1")):
+      _band(ax, [eval_curve(r, key) for r in rows], label=spec, seeds=False)
+  for ax, name in ((axes[0], "training Pass@1"), (axes[1], "test Pass@1")):
+    ax.set(title=f"{name} (mean, min-max over seeds)", xlabel="round", ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+  axes[1].legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def _changes(spec: str) -> tuple[str, list[str]]:
+  """(parent spec, ['field: parent value -> value', ...]) of a layer spec."""
+  layers = _layers_module()
+  name, _, arg = spec.partition(":")
+  layer = layers.get(name)
+  if layer.parent is None:
+    return "", []
+  parent_arg = layers.parent_arg(name, arg)
+  a = _flat(json.loads(layers.get(layer.parent).get_config(parent_arg).to_json()))
+  b = _flat(json.loads(layer.get_config(arg).to_json()))
+  lines = [f"`{k}`: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+           if a.get(k) != b.get(k)]
+  return layer.parent + (f":{parent_arg}" if parent_arg else ""), lines
+
+
+def write_report(root: str, specs: Sequence[str], seeds: int, *,
+                 settings: dict | None = None) -> str:
+  """<root>/report.md and <root>/plots/*.png from whatever runs exist; returns the path."""
+  layers = _layers_module()
+  plots = os.path.join(root, "plots")
+  os.makedirs(plots, exist_ok=True)
+  per_layer = {spec: [seed_result(os.path.join(root, spec_dir(spec), f"seed{k}"))
+                      for k in range(seeds)] for spec in specs}
+  settings = settings or {}
+  out = ["# Pipeline report", ""]
+  if settings.get("command"):
+    out += ["Command:", "", f"    {settings['command']}", ""]
+  walls = [r.get("wall_s") for rs in per_layer.values() for r in rs if r.get("wall_s")]
+  out += [f"Written {datetime.datetime.now().isoformat(timespec='seconds')}; "
+          f"{seeds} seed(s) per layer; quick={settings.get('quick', False)}, "
+          f"runlocal={settings.get('runlocal', False)}"
+          + (f", overrides {settings['overrides']}" if settings.get("overrides") else "")
+          + f"; total run time {sum(walls) / 60:.1f} min.", ""]
+  out += [
+      "Pass@1 = mean reward of temperature-1 samples: training Pass@1 on the training "
+      "question(s), test Pass@1 one sample per test question. Values are mean ± std over seeds "
+      "(std with ddof 1). *rounds to 0.9*: first evaluated round with training Pass@1 >= 0.9, "
+      "mean over the seeds that reached it (k/n). *seed spread*: std over seeds of the final "
+      "test Pass@1. *mean |Δ test|*: mean absolute change of test Pass@1 between consecutive "
+      "evaluations (base included), averaged over seeds.", "",
+      "| layer | base train | final train | base test | final test | rounds to 0.9 "
+      "| seed spread | mean \\|Δ test\\| | runs |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for spec, results in per_layer.items():
+    agg = layer_result(results)
+    done = sum(r["status"] == "done" for r in results)
+    failed = sum(r["status"] == "failed" for r in results)
+    spread = agg["final_test"][1]
+    out.append(f"| {spec} | {_fmt(agg['base_train'])} | {_fmt(agg['final_train'])} "
+               f"| {_fmt(agg['base_test'])} | {_fmt(agg['final_test'])} | {_fmt_rounds(agg)} "
+               f"| {_num(spread)} | {_fmt(agg['test_change'])} "
+               f"| {done}/{len(results)} done" + (f", {failed} failed" if failed else "") + " |")
+  if any(r["rows"] for rs in per_layer.values() for r in rs):
+    overview = plot_overview(per_layer, os.path.join(plots, "overview.png"))
+    out += ["", f"![overview]({os.path.relpath(overview, root)})"]
+
+  for spec, results in per_layer.items():
+    name = spec.partition(":")[0]
+    parent, changes = _changes(spec)
+    out += ["", f"## {spec}: {layers.get(name).title}", ""]
+    out.append(f"Lineage: {' → '.join(layers.lineage(name))}" + (
+        f"; changes over {parent}: " + "; ".join(changes) if parent else "") + ".")
+    questions = {q for r in results for q in (r.get("questions") or [])}
+    if questions:
+      out.append(f"Training question(s): {', '.join(sorted(questions))}.")
+    out += ["", "| seed | base train | final train | base test | final test | rounds to 0.9 "
+            "| mean \\|Δ test\\| | rounds | wall s | status |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for k, r in enumerate(results):
+      status = r["status"] + (f": {r['error']}" if r.get("error") else "")
+      rt = r["rounds_to"]
+      out.append(f"| {k} | {_num(r['base_train'])} | {_num(r['final_train'])} "
+                 f"| {_num(r['base_test'])} | {_num(r['final_test'])} "
+                 f"| {'never' if rt is None else rt} | {_num(r['test_change'])} "
+                 f"| {_num(r['last_round'], 0)} | {_num(r.get('wall_s'), 0)} "
+                 f"| {status.replace('|', '/')} |")
+    if any(r["rows"] for r in results):
+      for path in plot_layer(results, spec, os.path.join(plots, spec_dir(spec))):
+        out += ["", f"![{os.path.basename(path)}]({os.path.relpath(path, root)})"]
+  path = os.path.join(root, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(out) + "\n")
+  return path
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m rft_jax.pipeline", description=__doc__.split(
+      "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--layers", default="quick",
+                 help="layers, name[:arg] or presets (quick, paper, beyond), comma-separated")
+  p.add_argument("--seeds", type=int, default=3, help="seeds per layer (0 .. seeds-1)")
+  p.add_argument("--root", default=None,
+                 help="output root (default runs/pipeline, runs/pipeline_quick with --quick)")
+  p.add_argument("--quick", action="store_true", help=f"short setting: {QUICK}")
+  p.add_argument("--runlocal", action="store_true", help="tiny configs (tests, smoke runs)")
+  p.add_argument("--parallel", type=int, default=1, help="runs at once (subprocesses)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override for every run, e.g. --set train.rounds=100")
+  p.add_argument("--report_only", action="store_true", help="only (re)write the report")
+  p.add_argument("--dry_run", action="store_true", help="print the plan and stop")
+  p.add_argument("--run_one", metavar="WORKDIR", help=argparse.SUPPRESS)
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+  if args.run_one:
+    return 0 if run_one(args.run_one, os.path.relpath(args.run_one)) else 1
+  root = args.root or ("runs/pipeline_quick" if args.quick else "runs/pipeline")
+  overrides = dict(kv.split("=", 1) for kv in args.set)
+  specs = parse_layers(args.layers)
+  os.makedirs(root, exist_ok=True)
+  if args.report_only:
+    print(write_report(root, specs, args.seeds))
+    return 0
+  if args.dry_run:
+    for run, config in plan(specs, args.seeds, root, runlocal=args.runlocal, quick=args.quick,
+                            overrides=overrides):
+      state = "done" if is_done(run.workdir) else "to run"
+      print(f"{run.workdir}: {run.spec} seed {run.seed}, {config.train.rounds} rounds, "
+            f"base {config.warm_start.dir or config.model.checkpoint} ({state})")
+    return 0
+  command = "python -m rft_jax.pipeline " + shlex.join(
+      list(argv) if argv is not None else sys.argv[1:])
+  path = run_pipeline(specs, args.seeds, root, quick=args.quick, runlocal=args.runlocal,
+                      parallel=args.parallel, overrides=overrides, command=command)
+  print(f"report: {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

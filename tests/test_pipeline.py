@@ -1,0 +1,178 @@
+"""The pipeline runner and its report: aggregation math on hand-written runs, one tiny real run."""
+
+import json
+import os
+
+import pytest
+
+from rft_jax import pipeline
+
+
+def write_run(workdir, evals, rounds=(), summary=True, error=None):
+  """A fake run: eval rows [(step, train, test)], per-round rows [(step, reward, signal, ent)]."""
+  os.makedirs(workdir, exist_ok=True)
+  rows = {}
+  for step, reward, signal, entropy in rounds:
+    rows[step] = {"step": step, "reward": reward, "signal_frac": signal, "entropy": entropy}
+  for step, train, test in evals:
+    rows.setdefault(step, {"step": step}).update(train_pass1=train, test_pass1=test)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(rows[s]) + "\n" for s in sorted(rows))
+  if summary:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump({"wall_s": 10.0, "rounds": max(rows), "training_questions": ["q7"]}, f)
+  if error:
+    with open(os.path.join(workdir, "error.txt"), "w") as f:
+      f.write(f"Traceback (most recent call last):\n  ...\n{error}\n")
+
+
+def test_rounds_to_threshold_and_mean_abs_change():
+  rows = [{"step": 0, "train_pass1": 0.5, "test_pass1": 0.3},
+          {"step": 1, "reward": 1.0},
+          {"step": 10, "train_pass1": 0.85, "test_pass1": 0.5},
+          {"step": 20, "train_pass1": 0.92, "test_pass1": 0.4},
+          {"step": 30, "train_pass1": 0.8, "test_pass1": 0.4}]
+  assert pipeline.rounds_to(rows) == 20  # the first evaluation at >= 0.9, even if it falls later
+  assert pipeline.rounds_to(rows, 0.5) == 0  # the base already is
+  assert pipeline.rounds_to(rows, 0.95) is None
+  # |0.5 - 0.3| + |0.4 - 0.5| + |0.4 - 0.4| over 3 intervals
+  assert pipeline.mean_abs_change([v for _, v in pipeline.eval_curve(rows, "test_pass1")]) == (
+      pytest.approx(0.1))
+  assert pipeline.mean_abs_change([0.3]) is None
+  assert pipeline.round_curve(rows, "reward") == [(1, 1.0)]
+
+
+def test_mean_std_uses_sample_std_and_skips_missing():
+  mean, std, n = pipeline.mean_std([0.2, 0.4, None])
+  assert (mean, n) == (pytest.approx(0.3), 2)
+  assert std == pytest.approx(0.02 ** 0.5)  # sqrt(((0.1)^2 + (0.1)^2) / (2 - 1))
+  assert pipeline.mean_std([0.5]) == (0.5, None, 1)
+  assert pipeline.mean_std([]) == (None, None, 0)
+
+
+def test_report_from_hand_written_runs(tmp_path):
+  root = str(tmp_path)
+  # l0: seed 0 reaches 0.9 at round 20, seed 1 at round 10; final test 0.4 and 0.6.
+  write_run(f"{root}/l0/seed0", [(0, 0.5, 0.3), (10, 0.7, 0.5), (20, 0.95, 0.4)],
+            rounds=[(r, r % 2, 0.5, 2.0 - r / 20) for r in range(1, 21)])
+  write_run(f"{root}/l0/seed1", [(0, 0.5, 0.3), (10, 0.9, 0.3), (20, 1.0, 0.6)],
+            rounds=[(r, 1.0, 1.0, 1.0) for r in range(1, 21)])
+  # l3:neg=m10: never learns; seed 1 failed after its base evaluation.
+  write_run(f"{root}/l3_neg-m10/seed0", [(0, 0.5, 0.3), (10, 0.2, 0.2), (20, 0.0, 0.1)])
+  write_run(f"{root}/l3_neg-m10/seed1", [(0, 0.5, 0.3)], summary=False,
+            error="NonFiniteLossError: non-finite loss nan at round 3")
+  results = [pipeline.seed_result(f"{root}/l0/seed{k}") for k in range(2)]
+  agg = pipeline.layer_result(results)
+  assert agg["final_test"][:2] == (pytest.approx(0.5), pytest.approx(0.02 ** 0.5))
+  assert agg["rounds_to"][:2] == (pytest.approx(15.0), pytest.approx(50 ** 0.5))
+  assert agg["reached"] == (2, 2)
+  # seed 0: (0.2 + 0.1) / 2, seed 1: (0 + 0.3) / 2 -> mean 0.15
+  assert agg["test_change"][0] == pytest.approx(0.15)
+
+  path = pipeline.write_report(root, ["l0", "l3:neg=m10"], seeds=2)
+  text = open(path).read()
+  l0_row = next(line for line in text.splitlines() if line.startswith("| l0 |"))
+  assert "| 0.500 ± 0.000 | 0.975 ± 0.035 | 0.300 ± 0.000 | 0.500 ± 0.141 |" in l0_row
+  assert "| 15 ± 7 (2/2) | 0.141 | 0.150 ± 0.000 | 2/2 done |" in l0_row
+  l3_row = next(line for line in text.splitlines() if line.startswith("| l3:neg=m10 |"))
+  assert "never (0/1)" in l3_row and "1/2 done, 1 failed" in l3_row  # averages: done runs
+  assert "NonFiniteLossError: non-finite loss nan at round 3" in text
+  assert "`loss.affine_reward.shift`: 0.0 → -1.0" in text  # what the layer changes
+  assert "Training question(s): q7." in text
+  for name in ("overview", "l0_pass1", "l0_diagnostics", "l3_neg-m10_pass1"):
+    assert os.path.getsize(f"{root}/plots/{name}.png") > 1000, name
+
+
+def test_layer_specs_and_directories():
+  assert pipeline.parse_layers("quick") == ["l0", "l1", "l2", "l3", "l4"]
+  assert pipeline.parse_layers("l0,l3:neg=m10,g=4,l1,g=16,l0") == [
+      "l0", "l3:neg=m10,g=4", "l1:g=16"]
+  assert pipeline.spec_dir("l3:neg=m10,g=4") == "l3_neg-m10_g-4"
+  with pytest.raises(ValueError, match="unknown layer"):
+    pipeline.parse_layers("l9")
+  with pytest.raises(ValueError, match="before any layer"):
+    pipeline.parse_layers("g=4,l1")
+
+
+def test_plan_shares_one_base_and_fixes_seeds(tmp_path):
+  planned = pipeline.plan(["l0", "l2", "l5"], 2, str(tmp_path), quick=True,
+                          overrides={"train.rounds": "40"})
+  assert [(r.spec, r.seed) for r, _ in planned] == [
+      (s, k) for s in ("l0", "l2", "l5") for k in range(2)]
+  bases = {c.warm_start.dir for r, c in planned if r.spec != "l5"}
+  assert len(bases) == 1 and bases.pop().startswith(f"{tmp_path}/base/")
+  assert planned[-1][1].warm_start.dir not in {c.warm_start.dir for _, c in planned[:4]}
+  assert [c.seed for _, c in planned[:2]] == [0, 1]
+  assert all(c.train.rounds == 40 and c.eval.test_size == pipeline.QUICK["eval.test_size"]
+             for _, c in planned)
+  with pytest.raises(ValueError, match="no such config field"):
+    pipeline.plan(["l0"], 1, str(tmp_path), overrides={"train.roundz": "4"})
+  # A workdir remembers its settings: the same run with others stops.
+  run, config = planned[0]
+  pipeline._write_config(run, config)
+  config.train.epochs = 3
+  with pytest.raises(ValueError, match="train.epochs"):
+    pipeline._write_config(run, config)
+
+
+def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch):
+  """Two tiny layers x 1 seed, one after another in-process; then again: nothing reruns."""
+  root = str(tmp_path / "pipe")
+  argv = ["--layers=l1,l2", "--seeds=1", "--runlocal", f"--root={root}",
+          "--set", "train.rounds=2", "--set", "eval.greedy=false"]
+  assert pipeline.main(argv) == 0
+  for layer in ("l1", "l2"):
+    with open(f"{root}/{layer}/seed0/summary.json") as f:
+      assert json.load(f)["rounds"] == 2
+  report = open(f"{root}/report.md").read()
+  assert "| l1 |" in report and "| l2 |" in report and "1/1 done" in report
+  assert "python -m rft_jax.pipeline --layers=l1,l2" in report
+  for name in ("overview", "l1_pass1", "l2_diagnostics"):
+    assert os.path.exists(f"{root}/plots/{name}.png")
+  stamp = os.path.getmtime(f"{root}/l1/seed0/summary.json")
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("a complete run was started again")
+
+  monkeypatch.setattr(pipeline, "execute", must_not_run)
+  monkeypatch.setattr(pipeline, "prepare_bases", must_not_run)
+  assert pipeline.main(argv + ["--parallel=2"]) == 0
+  assert os.path.getmtime(f"{root}/l1/seed0/summary.json") == stamp
+  # Other settings in the same root stop with a message instead of mixing reports.
+  with pytest.raises(ValueError, match="train.rounds"):
+    pipeline.main([a.replace("rounds=2", "rounds=3") for a in argv])
+
+
+STAND_IN = """
+import json, os, sys, time
+workdir = sys.argv[1]
+stamp = lambda name: open(os.path.join(workdir, name), "w").write(repr(time.time()))
+stamp("started")
+if workdir.endswith("seed0"):  # runs beside seed1: waits until seed1 has started
+  other = os.path.join(os.path.dirname(workdir), "seed1", "started")
+  deadline = time.time() + 60
+  while not os.path.exists(other) and time.time() < deadline:
+    time.sleep(0.05)
+  assert os.path.exists(other), "seed1 never ran beside seed0"
+stamp("ended")
+if workdir.endswith("seed1"):
+  sys.exit(3)
+json.dump({"rounds": 1}, open(os.path.join(workdir, "summary.json"), "w"))
+print("stand-in done")
+"""
+
+
+def test_parallel_runs_as_subprocesses(tmp_path, monkeypatch):
+  """--parallel=N keeps N subprocesses going, logs each, and reports failures by exit code."""
+  script = tmp_path / "stand_in.py"
+  script.write_text(STAND_IN)
+  monkeypatch.setattr(pipeline, "RUN_ONE_COMMAND", (pipeline.sys.executable, str(script)))
+  runs = [pipeline.Run("l0", k, str(tmp_path / f"seed{k}")) for k in range(3)]
+  for run in runs:
+    os.makedirs(run.workdir)
+  results = pipeline.execute(runs, parallel=2, log=lambda msg: None)
+  # seed0 finished only because seed1 ran at the same time; seed1 exited 3.
+  assert results == {"l0/seed0": True, "l0/seed1": False, "l0/seed2": True}
+  stamp = lambda k, name: float(open(f"{runs[k].workdir}/{name}").read())
+  assert stamp(2, "started") >= min(stamp(0, "ended"), stamp(1, "ended"))  # never 3 at once
+  assert "stand-in done" in open(f"{runs[0].workdir}/log.txt").read()
