@@ -59,11 +59,11 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.loss = recipe_config("minimal")
 
-  c.optimizer = dict(learning_rate=1e-3, warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
+  c.optimizer = dict(learning_rate=3e-5, warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
                      weight_decay=0.0, clip_norm=1.0)
 
   # epochs x mini_batches optimizer updates per round on the round's rollouts (1 x 1 = on-policy).
-  c.train = dict(rounds=150, epochs=1, mini_batches=1, eval_every=25, checkpoint_every=25)
+  c.train = dict(rounds=100, epochs=1, mini_batches=1, eval_every=10, checkpoint_every=20)
 
   # Training Pass@1 = mean of train_samples samples of the training question(s); test Pass@1 =
   # one sample per test question (test_size 0 = all); greedy accuracy on the test set too.
