@@ -450,7 +450,7 @@ def _smooth(curve: list[tuple[int, float]], window: int) -> list[tuple[int, floa
   return [(s, float(x)) for (s, _), x in zip(curve[window - 1:], v)]
 
 
-def _band(ax, curves, label=None, color=None, seeds=True):
+def _band(ax, curves, label=None, color=None, seeds=True, marker=None):
   curves = [c for c in curves if c]
   if not curves:
     return
@@ -458,7 +458,7 @@ def _band(ax, curves, label=None, color=None, seeds=True):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns of partial runs
     mean, lo, hi = np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
-  (line,) = ax.plot(steps, mean, label=label, color=color, lw=1.8)
+  (line,) = ax.plot(steps, mean, label=label, color=color, lw=1.8, marker=marker, ms=3)
   ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
   if seeds and len(curves) > 1:
     for row in values:
@@ -478,7 +478,7 @@ def plot_layer(results: Sequence[dict], title: str, path_prefix: str) -> list[st
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
   for ax, key, name in ((axes[0], "train_pass1", "training Pass@1"),
                         (axes[1], "test_pass1", "test Pass@1")):
-    _band(ax, [eval_curve(r, key) for r in rows])
+    _band(ax, [eval_curve(r, key) for r in rows], marker="o")
     ax.set(title=name, xlabel="round", ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
   axes[0].axhline(THRESHOLD, color="gray", ls=":", lw=1)
@@ -515,7 +515,7 @@ def plot_overview(per_layer: dict[str, list[dict]], path: str) -> str:
   for spec, results in per_layer.items():
     rows = [r["rows"] for r in results if r["rows"]]
     for ax, key in ((axes[0], "train_pass1"), (axes[1], "test_pass1")):
-      _band(ax, [eval_curve(r, key) for r in rows], label=spec, seeds=False)
+      _band(ax, [eval_curve(r, key) for r in rows], label=spec, seeds=False, marker="o")
   for ax, name in ((axes[0], "training Pass@1"), (axes[1], "test Pass@1")):
     ax.set(title=f"{name} (mean, min-max over seeds)", xlabel="round", ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
@@ -591,9 +591,9 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
     out += ["", f"## {spec}: {layers.get(name).title}", ""]
     out.append(f"Lineage: {' → '.join(layers.lineage(name))}" + (
         f"; changes over {parent}: " + "; ".join(changes) if parent else "") + ".")
-    questions = {q for r in results for q in (r.get("questions") or [])}
+    questions = list(dict.fromkeys(q for r in results for q in (r.get("questions") or [])))
     if questions:
-      out.append(f"Training question(s): {', '.join(sorted(questions))}.")
+      out.append(f"Training question(s): {', '.join(questions)}.")
     out += ["", "| seed | base train | final train | base test | final test | rounds to 0.9 "
             "| mean \\|Δ test\\| | rounds | wall s | status |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
