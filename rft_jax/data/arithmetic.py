@@ -90,7 +90,7 @@ def generate(
     *,
     split: str = "train",
     exclude: Collection[str] = (),
-    max_operand: int = 99,
+    max_operand: int = 20,
     max_factor: int = 9,
     mul_prob: float = 0.2,
     word_prob: float = 0.4,
@@ -141,12 +141,12 @@ def generate(
   return examples
 
 
-def arithmetic_task(seed: int = 0, n_train: int = 2000, n_test: int = 500,
-                    **ranges) -> Task:
+def arithmetic_task(seed: int = 0, n_train: int = 2000, n_test: int = 500, **ranges) -> Task:
   """The embedded task: a training pool and a held-out test set with no expression in common.
 
   The test set depends on (seed, n_test, ranges) only, so changing n_train never moves it.
-  `ranges` (max_operand, max_factor, mul_prob, word_prob) go to `generate`.
+  `ranges` (max_operand, max_factor, mul_prob, word_prob, allow_negative) go to `generate`, the
+  same for both splits.
   """
   test = generate(seed, n_test, split="test", **ranges)
   train = generate(seed, n_train, split="train", exclude={e.meta["expression"] for e in test},

@@ -108,6 +108,13 @@ def test_allow_negative():
   assert all(rewards.grade("arithmetic", e.solution, e.answer) == 1.0 for e in ex)
 
 
+def test_task_ranges():
+  small = arithmetic.arithmetic_task(seed=0, n_train=50, n_test=500, max_operand=9)
+  assert all(int(n) <= 9 for e in [*small.train, *small.test]
+             for n in re.findall(r"\d+", e.meta["expression"]))
+  assert small.test != arithmetic.arithmetic_task(seed=0, n_train=50).test
+
+
 def test_generate_options():
   ex = arithmetic.generate(0, 300, max_operand=9, mul_prob=0.0, word_prob=0.0)
   assert all(int(n) <= 9 for e in ex for n in re.findall(r"\d+", e.question))

@@ -24,8 +24,9 @@ def tok():
 
 @pytest.fixture(scope="module")
 def texts(task):
-  """(prompt, completion) of every train and test example, and of another seed's."""
-  examples = [*task.train, *task.test, *arithmetic.generate(7, 2000, split="other")]
+  """(prompt, completion) of every train and test example, and of the widest ranges."""
+  wide = arithmetic.generate(7, 3000, split="wide", max_operand=99, allow_negative=True)
+  examples = [*task.train, *task.test, *wide]
   return [arithmetic.sft_text(e) for e in examples]
 
 
@@ -63,6 +64,10 @@ def test_length_bounds(tok, texts):
   full_lens = [len(x) for x in tok([p + c for p, c in texts])["input_ids"]]
   assert max(prompt_lens) <= 24
   assert max(full_lens) + 2 <= 48  # with the caller's <bos> and <eos>
+  # The longest problem the templates allow (2-digit operands, a two-token verb, 3-digit results).
+  worst = ("Lily has 99 stamps, buys 99 and gives away 10. How many stamps now?\n"
+           "99 + 99 = 198\n198 - 10 = 188\n#### 188")
+  assert len(tok(worst)["input_ids"]) == 46
 
 
 def test_vocab_small_and_deterministic(tok):
