@@ -28,14 +28,20 @@ def generate_texts(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Ar
                    top_k: int = 0, top_p: float = 1.0, batch_size: int = 64,
                    prompt_bucket: int = 16, mesh=None, desc: str | None = None,
                    ) -> list[list[str]]:
-  """num_samples completions (decoded text) of each prompt: a list per prompt."""
+  """num_samples completions (decoded text) of each prompt: a list per prompt.
+
+  Prompts go through the sampler `batch_size // num_samples` at a time (the last batch padded
+  with repeats, so one compiled program serves every batch).
+  """
   n = len(prompts)
   if n == 0:
     return []
-  if mesh is not None:  # rows must split evenly over the batch axes of the mesh
+  # batch_size counts rows (prompts x samples); never more prompts than there are.
+  batch_size = min(max(1, batch_size // num_samples), n)
+  if mesh is not None:  # rows (prompts x samples) must split evenly over the mesh's batch axes
     unit = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
-    batch_size = max(unit, -(-batch_size // unit) * unit)
-  batch_size = min(batch_size, n) if mesh is None else batch_size
+    step = unit // math.gcd(unit, num_samples)
+    batch_size = -(-batch_size // step) * step
   length = sampling.bucket_length(max(len(p) for p in prompts), prompt_bucket)
   out: list[list[str]] = []
   steps = -(-n // batch_size)

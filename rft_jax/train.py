@@ -27,6 +27,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -157,6 +158,18 @@ def make_optimizer(opt_cfg) -> optax.GradientTransformation:
                   weight_decay=opt_cfg.weight_decay))
 
 
+# One object per distinct setting: the chain and the optimizer are static arguments of the jitted
+# train step, so runs in one process (the pipeline) with equal settings share its compilation.
+@functools.lru_cache(maxsize=64)
+def _loss_chain(loss_json: str) -> losses.LossTransform:
+  return losses.from_config(json.loads(loss_json))
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer(opt_json: str) -> optax.GradientTransformation:
+  return make_optimizer(ml_collections.ConfigDict(json.loads(opt_json)))
+
+
 def _split_rows(tree, parts: int):
   rows = tree.prompt_tokens.shape[0]
   if rows % parts:
@@ -273,8 +286,8 @@ def run(config, workdir: str, log=print) -> dict:
   ro = config.rollout
   prompts = [policy.encode_prompt(task.prompt_text(e)) for e in train_examples]
   prompt_len = sampling.bucket_length(max(map(len, prompts)), ro.prompt_bucket)
-  transform = losses.from_config(config.loss)
-  optimizer = make_optimizer(config.optimizer)
+  transform = _loss_chain(config.loss.to_json())
+  optimizer = _optimizer(config.optimizer.to_json())
   decoder = policy.decoder
   ref_params = policy.params if _uses_reference(config.loss.chain) else None
   eos_ids = np.asarray(policy.eos_ids, np.int32)

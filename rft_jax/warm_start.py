@@ -75,7 +75,7 @@ def base_policy(config, task: Task, workdir: str, mesh=None, log=print) -> tuple
           "point --config.warm_start.dir elsewhere or use a fresh --workdir")
     tok = tokenizer_lib.load_tokenizer(os.path.join(directory, "tokenizer"))
     model_config = embedded_model_config(config.model, len(tok))
-    template = decoder_lib.init_params(model_config, jax.random.PRNGKey(0))
+    template = jax.eval_shape(lambda: decoder_lib.init_params(model_config, jax.random.PRNGKey(0)))
     with open(os.path.join(directory, PARAMS_FILE), "rb") as f:
       params = flax.serialization.from_bytes(template, f.read())
     log(f"base policy: reused {directory} (test Pass@1 {info['test_pass1']:.3f} after "

@@ -7,7 +7,6 @@ gradient and the params move, which is what makes "resumed == uninterrupted" mea
 """
 
 import hashlib
-import json
 import math
 import os
 
@@ -83,29 +82,6 @@ def assert_same_rows(got: list[dict], want: list[dict]):
 def assert_same_tree(got, want, atol=1e-6):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
                                                        atol=atol), got, want)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def reuse_compiled_train_step():
-  """One loss chain / optimizer object per config, so the runs share train_step's compilation.
-
-  train.run builds them afresh (new closures, new jit cache keys) each call; a real run is one
-  call per process, but here it would cost a train_step compilation per run.
-  """
-  memo = {}
-
-  def memoized(fn):
-    def call(cfg):
-      key = (fn.__name__, json.dumps(cfg.to_dict(), sort_keys=True))
-      if key not in memo:
-        memo[key] = fn(cfg)
-      return memo[key]
-    return call
-
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(train.losses, "from_config", memoized(train.losses.from_config))
-    mp.setattr(train, "make_optimizer", memoized(train.make_optimizer))
-    yield
 
 
 @pytest.fixture(scope="module")
