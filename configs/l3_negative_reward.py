@@ -16,8 +16,8 @@ Command (embedded default; 2-core CPU, about 3 minutes plus the shared warm star
   python -m rft_jax.main --config=configs/l3_negative_reward.py:neg=pm1 --workdir=runs/l3
 
 Expected (the paper): training fails: training Pass@1 does not climb as in L1 and may fall, as
-probability mass pushed off wrong answers spreads over other wrong answers ({-1, 0} worst: it
-never reinforces a correct answer).
+probability mass pushed off a wrong answer can go to other wrong answers (with {-1, 0} a correct
+answer gets no direct signal at all).
 """
 
 from configs import l1_rollouts, layers
