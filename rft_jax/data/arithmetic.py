@@ -13,8 +13,11 @@ A multiplication, when drawn, is always the first operation (a one-digit factor 
 number), so left-to-right order is also the usual precedence. No intermediate result or answer
 is negative unless `allow_negative` (symbol problems only: a count of pens is never below zero).
 
-The task stands in for a pretrained model's maths: a ~1M-parameter decoder trained for a few
-hundred supervised steps on these solutions gets a middling test pass rate, leaving room for RL.
+The task stands in for a pretrained model's maths. Measured (2 CPU cores, greedy test Pass@1,
+default ranges: operands 1..20): a 2-layer d_model=128 decoder (0.43M params) trained on 10,000
+generated solutions (batch 64, lr 3e-3, cosine over 1500 steps) passes 6% at step 250, 29% at
+500, 82% at 750 and saturates near 97%: a warm start stopped at a middling pass rate leaves room
+for RL. Operands 1..50 or 1..99 stay at 2% after 500 steps of a 4-layer model on 2,000 problems.
 Generation uses numpy Generators seeded from (seed, split) only, so the same seed gives the same
 task in every process (no Python hash() randomness anywhere).
 """
@@ -122,7 +125,7 @@ def generate(
     op2 = "+" if rng.random() < 0.5 else "-"
     b, c = (int(x) for x in rng.integers(1, max_operand + 1, size=2))
     if (word or not allow_negative) and min(_OPS[op1](a, b), _OPS[op2](_OPS[op1](a, b), c)) < 0:
-      continue  # no negative counts in a story
+      continue  # a story never goes below zero; symbol problems only with allow_negative
     expr = f"{a} {op1} {b} {op2} {c}"
     if expr in seen:
       continue
