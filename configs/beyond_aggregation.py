@@ -7,7 +7,7 @@ Changes: the chain's last transform (argument agg, rft_jax/losses/aggregation.py
   seq_mean_token_sum_norm        sum of tokens / (number of sequences x max length) (Dr. GRPO)
   seq_mean_token_sum             mean over sequences of each sequence's token sum (REINFORCE)
 
-Command (embedded default; 2-core CPU, about 3 minutes plus the shared warm start):
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
 
   python -m rft_jax.main --config=configs/beyond_aggregation.py:agg=seq_mean_token_mean \
       --workdir=runs/aggregation

@@ -6,7 +6,7 @@ gives (R - mean) / std, but only the first `grad` rollouts of each group (argume
 1) enter the loss; the others only estimated the baseline (the companion code of arXiv
 2601.22532: "one rollout for the gradient, extra rollouts for the baseline").
 
-Command (embedded default; 2-core CPU, about 3 minutes plus the shared warm start):
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
 
   python -m rft_jax.main --config=configs/beyond_baseline_only.py:grad=1 \
       --workdir=runs/baseline_only

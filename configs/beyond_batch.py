@@ -5,7 +5,7 @@ needs a training set of several. Changes: rollout.prompts_per_round = b (argumen
 each round samples G = 8 rollouts of each of b questions drawn without replacement, and the
 group baseline works per question (group = one question's rollouts).
 
-Command (embedded default; 2-core CPU, about 6 minutes plus the shared warm start):
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
 
   python -m rft_jax.main --config=configs/beyond_batch.py:b=4 --workdir=runs/batch
 

@@ -6,7 +6,7 @@ layer would change nothing. Changes: loss.clipped_ratio.eps_high (argument eps_h
 0.28 as DAPO, Yu et al. 2025; eps_low stays 0.2): tokens whose probability already rose keep
 being pushed up for longer, which DAPO argues keeps entropy from collapsing.
 
-Command (embedded default; 2-core CPU, about 4 minutes plus the shared warm start):
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
 
   python -m rft_jax.main --config=configs/beyond_clip_higher.py:eps_high=0.28 \
       --workdir=runs/clip_higher

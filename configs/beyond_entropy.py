@@ -4,7 +4,7 @@ Parent: L2 (configs/l2_advantage.py). Changes: loss.chain gains entropy_bonus be
 aggregation (group_mean,group_std,clipped_ratio,entropy_bonus,token_mean); argument coef
 (default 0.001; the companion code sets 0, i.e. no bonus, which is L2 itself).
 
-Command (embedded default; 2-core CPU, about 4 minutes plus the shared warm start):
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
 
   python -m rft_jax.main --config=configs/beyond_entropy.py:coef=0.001 --workdir=runs/entropy
 

@@ -8,7 +8,7 @@ code of arXiv 2601.22532; rft_jax/losses/advantages.py), no std scaling. Argumen
 rewards are all equal still carries a signal once the history disagrees with it.
 loss.history_baseline.num_prompts follows example.num_examples (one window per question).
 
-Command (embedded default; 2-core CPU, about 3 minutes plus the shared warm start):
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
 
   python -m rft_jax.main --config=configs/beyond_history.py:window=8 --workdir=runs/history
 

@@ -6,7 +6,7 @@ log-probs under the base params. Arguments: coef (beta, default 0.001: the compa
 setting; GRPO used 0.04) and estimator (default k3, the "low-variance" estimator
 exp(q) - q - 1 with q = log pi_ref - log pi; k1 and k2 also exist: rft_jax/losses/regularizers.py).
 
-Command (embedded default; 2-core CPU, about 4 minutes plus the shared warm start):
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
 
   python -m rft_jax.main --config=configs/beyond_kl.py:coef=0.001 --workdir=runs/kl
 

@@ -7,7 +7,7 @@ over `epochs` times, epochs x mb = 4 AdamW updates per round; from the second up
 rollouts are off-policy and the clipped ratio (eps 0.2) matters (metrics.jsonl `clip_frac`). The
 advantages are computed once per round over all rollouts (rft_jax.train.train_step).
 
-Command (embedded default; 2-core CPU, about 4 minutes plus the shared warm start):
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
 
   python -m rft_jax.main --config=configs/beyond_offpolicy.py:epochs=2,mb=2 --workdir=runs/offpolicy
 

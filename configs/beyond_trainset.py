@@ -9,7 +9,7 @@ questions (about 1 candidate in 5 is medium for the embedded base). Each round s
 one question (prompts_per_round = 1, drawn per round); configs/beyond_batch.py changes that.
 Training Pass@1 is the mean over the n questions.
 
-Command (embedded default; 2-core CPU, about 4 minutes plus the shared warm start):
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
 
   python -m rft_jax.main --config=configs/beyond_trainset.py:n=16 --workdir=runs/trainset
 

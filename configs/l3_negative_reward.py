@@ -11,13 +11,17 @@ Changes: loss.chain = affine_reward,raw_reward,clipped_ratio,token_mean and the 
   neg=m10            {0, 1} -> {-1, 0}:  scale 1, shift -1 (correct answers carry no signal)
 Evaluation still grades with the {0, 1} reward, so Pass@1 means the same in every layer.
 
-Command (embedded default; 2-core CPU, about 3 minutes plus the shared warm start):
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
 
   python -m rft_jax.main --config=configs/l3_negative_reward.py:neg=pm1 --workdir=runs/l3
 
 Expected (the paper): training fails: training Pass@1 does not climb as in L1 and may fall, as
 probability mass pushed off a wrong answer can go to other wrong answers (with {-1, 0} a correct
 answer gets no direct signal at all).
+
+Measured (python -m rft_jax.pipeline --layers=quick --seeds=2 --quick, 60 rounds): with
+neg=pm1 training did not fail on the medium question: 0.58 -> 1.00, >= 0.9 by round 15; test
+Pass@1 0.32 -> 0.33.
 """
 
 from configs import l1_rollouts, layers

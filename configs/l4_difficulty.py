@@ -12,14 +12,18 @@ negative reward fails. Changes: example.selection = the bucket (argument bucket)
 p is the base policy's pass rate on each of example.candidates = 64 training questions; the
 question is a seeded draw from the bucket, the same for every seed of a layer.
 
-Command (embedded default; 2-core CPU, about 3 minutes plus the shared warm start):
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
 
   python -m rft_jax.main --config=configs/l4_difficulty.py:bucket=extremely_hard --workdir=runs/l4
 
-Expected (the paper): easy and medium questions are learned and test Pass@1 holds or rises; an
-extremely hard question is rarely or never solved during training (signal_frac near 0) and test
-Pass@1 does not improve (generalization failure). On `runlocal` only extremely_hard is non-empty
-(the tiny base solves nothing).
+Expected (the paper): easy and medium questions are learned and test Pass@1 holds or rises;
+training on an extremely hard question does not generalize (test Pass@1 does not improve). With
+the raw reward it learns only once a rare correct sample appears (signal_frac 0 until then).
+On `runlocal` only extremely_hard is non-empty (the tiny base solves nothing).
+
+Measured (python -m rft_jax.pipeline --layers=quick --seeds=2 --quick, 60 rounds): the
+extremely hard question went from 0.00 to 0.94 training Pass@1 (>= 0.9 at round 52 ± 11: G = 8
+samples per round found its rare correct arm); test Pass@1 0.32 -> 0.34, unchanged.
 """
 
 from configs import l1_rollouts, layers

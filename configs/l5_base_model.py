@@ -17,7 +17,7 @@ comparison builds on. Two ways to change the base (argument):
 
 Either way the training question is the parent's bucket (medium) as judged by the new base.
 
-Command (embedded fallback; 2-core CPU, about 3 minutes plus its own warm start):
+Command (embedded fallback; 2-core CPU: ~1-2 min, + ~6 min for its own warm start the first time):
 
   python -m rft_jax.main --config=configs/l5_base_model.py --workdir=runs/l5
   python -m rft_jax.main \

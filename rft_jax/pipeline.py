@@ -22,15 +22,15 @@ layer its lineage, changed fields, a table per seed and plots in <root>/plots/: 
 (mean line, min-max band over seeds, thin seed lines) and bandit diagnostics per round (reward,
 signal_frac = fraction of rollouts with a non-zero advantage, policy entropy).
 
---quick (QUICK: 100 rounds, evaluations every 20 rounds on 32 training samples and 200 test
+--quick (QUICK: 60 rounds, evaluations every 15 rounds on 32 training samples and 200 test
 questions) is sized for the issue's budget, L0..L4 x 2 seeds within 30 minutes on a 2-core CPU.
-Measured on the 2-core CPU while it was shared with other work (load ~8), one after another in
-one process: the shared warm start 340 s (525 supervised steps to test Pass@1 0.34), then the
-10 runs in 170 s (9-37 s each: the first run of a shape compiles, later ones reuse it), about
-9 minutes in all. --parallel=N starts subprocesses, which compile separately, so on a 2-core CPU
-one process should be faster (not timed side by side; XLA already uses both cores): keep
---parallel for machines with more cores than one run uses. The full setting (150 rounds; 64 training samples and all 500 test
-questions every 25 rounds) costs a few times more per run; the warm start is the same.
+Measured on the 2-core CPU while it was shared with other work (load 6-9), one run after
+another in one process: the shared warm start 340 s (525 supervised steps to test Pass@1 0.34),
+then the 10 runs in 113 s (6-31 s each: the first run of a shape compiles, later ones reuse
+it), under 8 minutes in all. A full-setting run (configs/common.py) took 69 s (l1) to 91 s
+(batch) as its own process with the base reused. --parallel=N starts subprocesses, which compile
+separately, so on a 2-core CPU one process should be faster (not timed side by side; XLA
+already uses both cores): keep --parallel for machines with more cores than one run uses.
 """
 
 from __future__ import annotations
@@ -59,14 +59,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # question are those of the full setting, so a quick report previews the full one. Budget on the
 # 2-core CPU (measured while shared with other work, load ~8): see the module docstring.
 QUICK = {
-    "train.rounds": 100,
-    "train.eval_every": 20,
-    "train.checkpoint_every": 50,
+    "train.rounds": 60,
+    "train.eval_every": 15,
+    "train.checkpoint_every": 30,
     "eval.test_size": 200,
     "eval.train_samples": 32,
 }
 # How --parallel starts one run (a test swaps in a stand-in).
 RUN_ONE_COMMAND = (sys.executable, "-m", "rft_jax.pipeline", "--run_one")
+SETTINGS_FILE = "pipeline.json"
 THRESHOLD = 0.9  # training Pass@1 that counts as "learned the optimal arm"
 
 
@@ -321,12 +322,26 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
   if todo:
     prepare_bases([(r, c) for r, c in planned if r in todo], log=log)
     execute(todo, parallel=parallel, log=log)
+  # The report covers every layer this root has run, also those of earlier invocations.
+  before = read_settings(root)
+  specs = list(dict.fromkeys([*before.get("layers", []), *specs]))
+  seeds = max(seeds, before.get("seeds", 0))
+  commands = list(dict.fromkeys(c for c in [*before.get("commands", []), command] if c))
   settings = {"layers": specs, "seeds": seeds, "quick": quick, "runlocal": runlocal,
-              "overrides": overrides or {}, "parallel": parallel,
-              "command": command or "", "wall_s_this_invocation": time.time() - t0}
-  with open(os.path.join(root, "pipeline.json"), "w") as f:
+              "overrides": overrides or {}, "parallel": parallel, "commands": commands,
+              "wall_s_last_invocation": time.time() - t0}
+  with open(os.path.join(root, SETTINGS_FILE), "w") as f:
     json.dump(settings, f, indent=1)
   return write_report(root, specs, seeds, settings=settings)
+
+
+def read_settings(root: str) -> dict:
+  """<root>/pipeline.json: the layers, seeds and settings of the runs in root ({} if none)."""
+  path = os.path.join(root, SETTINGS_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
 
 
 # -- aggregation --------------------------------------------------------------------------------
@@ -560,8 +575,8 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
                       for k in range(seeds)] for spec in specs}
   settings = settings or {}
   out = ["# Pipeline report", ""]
-  if settings.get("command"):
-    out += ["Command:", "", f"    {settings['command']}", ""]
+  if settings.get("commands"):
+    out += ["Command(s):", ""] + [f"    {c}" for c in settings["commands"]] + [""]
   walls = [r.get("wall_s") for rs in per_layer.values() for r in rs if r.get("wall_s")]
   out += [f"Written {datetime.datetime.now().isoformat(timespec='seconds')}; "
           f"{seeds} seed(s) per layer; quick={settings.get('quick', False)}, "
@@ -626,9 +641,10 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m rft_jax.pipeline", description=__doc__.split(
       "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--layers", default="quick",
-                 help="layers, name[:arg] or presets (quick, paper, beyond), comma-separated")
-  p.add_argument("--seeds", type=int, default=3, help="seeds per layer (0 .. seeds-1)")
+  p.add_argument("--layers", default=None, help="layers, name[:arg] or presets (quick, paper, "
+                 "beyond), comma-separated; default quick (--report_only: those of the root)")
+  p.add_argument("--seeds", type=int, default=None,
+                 help="seeds per layer (0 .. seeds-1); default 3 (--report_only: the root's)")
   p.add_argument("--root", default=None,
                  help="output root (default runs/pipeline, runs/pipeline_quick with --quick)")
   p.add_argument("--quick", action="store_true", help=f"short setting: {QUICK}")
@@ -649,11 +665,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if run_one(args.run_one, os.path.relpath(args.run_one)) else 1
   root = args.root or ("runs/pipeline_quick" if args.quick else "runs/pipeline")
   overrides = dict(kv.split("=", 1) for kv in args.set)
-  specs = parse_layers(args.layers)
   os.makedirs(root, exist_ok=True)
   if args.report_only:
-    print(write_report(root, specs, args.seeds))
+    settings = read_settings(root)
+    specs = parse_layers(args.layers or ",".join(settings.get("layers", ["quick"])))
+    print(write_report(root, specs, args.seeds or settings.get("seeds", 3), settings=settings))
     return 0
+  specs, args.seeds = parse_layers(args.layers or "quick"), args.seeds or 3
   if args.dry_run:
     for run, config in plan(specs, args.seeds, root, runlocal=args.runlocal, quick=args.quick,
                             overrides=overrides):

@@ -138,6 +138,12 @@ def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch):
   monkeypatch.setattr(pipeline, "prepare_bases", must_not_run)
   assert pipeline.main(argv + ["--parallel=2"]) == 0
   assert os.path.getmtime(f"{root}/l1/seed0/summary.json") == stamp
+  # --report_only takes the root's layers and seeds (pipeline.json), not the defaults.
+  os.remove(f"{root}/report.md")
+  assert pipeline.main(["--report_only", f"--root={root}"]) == 0
+  report = open(f"{root}/report.md").read()
+  assert "| l1 |" in report and "| l2 |" in report and "| l0 |" not in report
+  assert "1/1 done" in report
   # Other settings in the same root stop with a message instead of mixing reports.
   with pytest.raises(ValueError, match="train.rounds"):
     pipeline.main([a.replace("rounds=2", "rounds=3") for a in argv])
