@@ -182,3 +182,27 @@ def test_parallel_runs_as_subprocesses(tmp_path, monkeypatch):
   stamp = lambda k, name: float(open(f"{runs[k].workdir}/{name}").read())
   assert stamp(2, "started") >= min(stamp(0, "ended"), stamp(1, "ended"))  # never 3 at once
   assert "stand-in done" in open(f"{runs[0].workdir}/log.txt").read()
+
+
+@pytest.mark.slow
+def test_every_layer_runs(tmp_path):
+  """Each registered layer (but l5, l1 with another warm-start seed) trains 2 tiny rounds."""
+  from configs import layers
+
+  specs = [name for name in layers.LAYERS if name != "l5"] + ["l3:neg=m10"]
+  root = str(tmp_path)
+  pipeline.run_pipeline(specs, 1, root, runlocal=True, log=lambda msg: None,
+                        overrides={"train.rounds": 2, "eval.greedy": False})
+  failed = {s: open(f"{root}/{pipeline.spec_dir(s)}/seed0/error.txt").read().splitlines()[-1]
+            for s in specs if not pipeline.is_done(f"{root}/{pipeline.spec_dir(s)}/seed0")}
+  assert not {s: e for s, e in failed.items() if s not in KNOWN_BROKEN}, failed
+  if failed:
+    pytest.xfail(f"known breakage: {failed}")
+
+
+# Layers that fail for a reason outside the pipeline, until it is fixed there.
+KNOWN_BROKEN = {
+    # rft_jax/train.py: ref_params aliases the params that train_step donates, so the second
+    # round's reference log-probs read a deleted array ("Array has been deleted").
+    "kl": "train.py",
+}
