@@ -289,7 +289,9 @@ def run(config, workdir: str, log=print) -> dict:
   transform = _loss_chain(config.loss.to_json())
   optimizer = _optimizer(config.optimizer.to_json())
   decoder = policy.decoder
-  ref_params = policy.params if _uses_reference(config.loss.chain) else None
+  # The reference policy for KL terms: a copy, since train_step donates (frees) state.params.
+  ref_params = (jax.tree.map(jnp.copy, policy.params) if _uses_reference(config.loss.chain)
+                else None)
   eos_ids = np.asarray(policy.eos_ids, np.int32)
   temperature = jnp.float32(ro.temperature)
 

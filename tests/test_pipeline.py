@@ -195,14 +195,4 @@ def test_every_layer_runs(tmp_path):
                         overrides={"train.rounds": 2, "eval.greedy": False})
   failed = {s: open(f"{root}/{pipeline.spec_dir(s)}/seed0/error.txt").read().splitlines()[-1]
             for s in specs if not pipeline.is_done(f"{root}/{pipeline.spec_dir(s)}/seed0")}
-  assert not {s: e for s, e in failed.items() if s not in KNOWN_BROKEN}, failed
-  if failed:
-    pytest.xfail(f"known breakage: {failed}")
-
-
-# Layers that fail for a reason outside the pipeline, until it is fixed there.
-KNOWN_BROKEN = {
-    # rft_jax/train.py: ref_params aliases the params that train_step donates, so the second
-    # round's reference log-probs read a deleted array ("Array has been deleted").
-    "kl": "train.py",
-}
+  assert not failed, failed
