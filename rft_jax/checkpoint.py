@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Self
 
 import jax
 import orbax.checkpoint as ocp
+
+from rft_jax import fileio
 
 FINGERPRINT_FILE = "fingerprint.json"
 _ABSENT = object()
@@ -53,21 +54,6 @@ def _fingerprint_diff(stored: dict, current: dict) -> list[str]:
   return lines
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
-  """Temp file in the same folder + os.replace: readers see the old or the new file, never half."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 class Checkpointer:
   """Keeps the last `max_to_keep` checkpoints of one run in `directory`.
 
@@ -92,7 +78,7 @@ class Checkpointer:
     )
     path = os.path.join(self.directory, FINGERPRINT_FILE)
     if jax.process_index() == 0 and self._read_fingerprint() != self.fingerprint:
-      _write_json_atomic(path, self.fingerprint)
+      fileio.write_json_atomic(path, self.fingerprint, indent=2, sort_keys=True)
 
   def _read_fingerprint(self) -> dict | None:
     path = os.path.join(self.directory, FINGERPRINT_FILE)

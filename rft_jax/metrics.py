@@ -15,7 +15,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Self
 
@@ -23,6 +22,8 @@ import jax
 import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
+
+from rft_jax import fileio
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -67,17 +68,8 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   return [row for _, row in _read_lines(os.path.join(workdir, METRICS_FILE))]
 
 
-def _rewrite_atomic(path: str, lines: list[str]) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".jsonl")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write("".join(line + "\n" for line in lines))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+def _rewrite(path: str, lines: list[str]) -> None:
+  fileio.write_atomic(path, "".join(line + "\n" for line in lines))
 
 
 class MetricWriter:
@@ -101,7 +93,7 @@ class MetricWriter:
       kept = [line for line, row in _read_lines(self.path)
               if resume_step is None or row.get("step", -math.inf) <= resume_step]
       if raw != "".join(line + "\n" for line in kept):  # torn tail or rows to drop
-        _rewrite_atomic(self.path, kept)
+        _rewrite(self.path, kept)
     self._file = open(self.path, "a")
     # purge_step makes TensorBoard discard the dead run's events from that step on.
     purge = None if resume_step is None else resume_step + 1

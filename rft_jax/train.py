@@ -34,6 +34,7 @@ import optax
 from rft_jax import (
   checkpoint as checkpoint_lib,
   evaluation,
+  fileio,
   logprobs,
   losses,
   metrics as metrics_lib,
@@ -255,13 +256,6 @@ def fingerprint(config) -> dict:
   return d
 
 
-def _write_json_atomic(path: str, obj) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
 def _round_questions(train_examples, round_index: int, seed: int, per_round: int):
   """The round's questions: all of them when they fit, else a seeded draw without replacement."""
   if per_round >= len(train_examples):
@@ -318,7 +312,7 @@ def run(config, workdir: str, log=print) -> dict:
 
   if start == 0 or not os.path.exists(base_path):
     base = evaluate(state.params, 0)
-    _write_json_atomic(base_path, base)
+    fileio.write_json_atomic(base_path, base)
     writer.write(0, base)
   with open(base_path) as f:
     base = json.load(f)
@@ -396,5 +390,5 @@ def run(config, workdir: str, log=print) -> dict:
       "training_questions": [e.id for e in train_examples],
       "base_policy": {k: v for k, v in base_info.items() if k != "fingerprint"},
   }
-  _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   return summary
