@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rft_jax import evaluation, logprobs, metrics as metrics_lib, sharding
+from rft_jax import evaluation, logprobs, metrics as metrics_lib, sampling, sharding
 from rft_jax.data import arithmetic, tokenizer as tokenizer_lib
 from rft_jax.data.base import Task
 from rft_jax.models import decoder as decoder_lib
@@ -119,9 +119,7 @@ def _sft_arrays(policy: Policy, examples, cfg, bucket: int):
   n = cfg.rollout.max_new_tokens
   if max(len(c) for c in completions) > n:
     raise ValueError(f"a worked solution is longer than rollout.max_new_tokens={n}")
-  from rft_jax.sampling import left_pad
-
-  p_tokens, p_mask = left_pad(prompts, policy.pad_id, bucket=bucket)
+  p_tokens, p_mask = sampling.left_pad(prompts, policy.pad_id, bucket=bucket)
   c_tokens = np.full((len(examples), n), policy.pad_id, np.int32)
   c_mask = np.zeros((len(examples), n), np.float32)
   for i, c in enumerate(completions):
