@@ -50,16 +50,24 @@ def make_tokenizer():
                                  eos_token="<eos>")
 
 
+EMBED_STD = 0.2  # tied logits of std ~4: sampling at tau = 1 is random, greedy margins clear
+
+
 def random_params(seed: int = 0) -> dict:
-  """init_params, with random q/k/v biases (init leaves them zero) so they are exercised."""
+  """init_params with embeddings of std EMBED_STD (init's 1.0 makes the tied head one-hot) and
+  random q/k/v biases (init leaves them zero) so that they are exercised."""
   params = models.init_params(CONFIG, jax.random.PRNGKey(seed))
   key = jax.random.PRNGKey(seed + 1)
 
   def perturb(path, x):
     name = jax.tree_util.keystr(path)
+    if "embedding" in name:
+      return EMBED_STD * x
     if "bias" not in name:
       return x
-    return 0.1 * jax.random.normal(jax.random.fold_in(key, hash(name) % 2**31), x.shape, x.dtype)
+    # A fixed fold per leaf name (not hash(): salted per process).
+    salt = sum(map(ord, name))
+    return 0.1 * jax.random.normal(jax.random.fold_in(key, salt), x.shape, x.dtype)
 
   return jax.tree_util.tree_map_with_path(perturb, params)
 

@@ -16,6 +16,7 @@ distribution actually sampled from (after top-k / top-p), for truncated importan
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -118,6 +119,40 @@ def _argmax(x: Array) -> Array:
   return jnp.min(jnp.where(x == top, iota, x.shape[-1]), axis=-1)
 
 
+CDF_BLOCK = 128
+
+
+def _last_true(mask: Array) -> Array:
+  """[B, M] bool -> [B] index of the last True (0 where none)."""
+  return mask.shape[-1] - 1 - jnp.argmax(mask[:, ::-1], axis=-1)
+
+
+def _inverse_cdf_sample(rng: Array, z: Array) -> Array:
+  """[B, V] logits (-inf allowed) -> [B] int32, one draw per row from softmax(z).
+
+  Inverts the CDF at one uniform per row, in two levels: sums of blocks of CDF_BLOCK
+  probabilities, then the prefix sums inside the chosen block; two passes over V. The Gumbel-max
+  trick (jax.random.categorical) draws a random number per vocabulary entry, and on CPU
+  generating those cost more than the rest of choosing a token. A token of probability 0
+  (truncated) is never drawn: the chosen entry is the first whose prefix sum exceeds the
+  target, and at the top end (rounding) the last entry of positive probability.
+  """
+  b, v = z.shape
+  block = min(CDF_BLOCK, v)
+  z = jnp.pad(z, ((0, 0), (0, -v % block)), constant_values=-jnp.inf)
+  probs = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True)).reshape(b, -1, block)  # unnormalized
+  sums = jnp.sum(probs, axis=-1)  # [B, V / block]
+  cdf = jnp.cumsum(sums, axis=-1)
+  target = jax.random.uniform(rng, (b,), jnp.float32) * cdf[:, -1]
+  rows = jnp.arange(b)
+  blk = jnp.minimum(jnp.sum(cdf <= target[:, None], axis=-1), _last_true(sums > 0))
+  inside = probs[rows, blk]  # [B, block]
+  rest = jnp.maximum(target - (cdf[rows, blk] - sums[rows, blk]), 0.0)
+  k = jnp.minimum(jnp.sum(jnp.cumsum(inside, axis=-1) <= rest[:, None], axis=-1),
+                  _last_true(inside > 0))
+  return (blk * block + k).astype(jnp.int32)
+
+
 def _token_logp(z: Array, token: Array) -> Array:
   """log softmax(z)[token] [B] without writing the [B, V] log-softmax out (two passes over z).
 
@@ -133,17 +168,15 @@ def _token_logp(z: Array, token: Array) -> Array:
 def _choose(rng, logits, temperature, top_k, top_p):
   """One token per row: sampled from the tempered, truncated softmax, or argmax at tau = 0.
 
-  Sampling is the Gumbel-max trick of jax.random.categorical (the same noise, so the same
-  tokens), with the noise drawn only at tau > 0. At tau = 0 the argmax of the truncated logits is
-  the argmax of the logits (truncation keeps every maximal entry).
+  At tau = 0 the argmax of the truncated logits is the argmax of the logits (truncation keeps
+  every maximal entry).
   """
   scaled = scale_logits(logits, temperature)
   truncating = (top_k > 0) | (top_p < 1.0)
   truncated = jax.lax.cond(truncating, lambda z: truncate_logits(z, top_k, top_p), lambda z: z,
                            scaled)
-  token = jax.lax.cond(
-      temperature > 0,
-      lambda z: _argmax(z + jax.random.gumbel(rng, z.shape, z.dtype)), _argmax, truncated)
+  token = jax.lax.cond(temperature > 0, lambda z: _inverse_cdf_sample(rng, z), _argmax,
+                       truncated)
   logp = _token_logp(scaled, token)
   # Without truncation the sampled distribution is the tempered one: no second normalization.
   sampler_logp = jax.lax.cond(truncating, lambda: _token_logp(truncated, token), lambda: logp)
@@ -166,6 +199,12 @@ def sample(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array, r
   top_p = jnp.asarray(top_p, jnp.float32)
   eos_ids = jnp.asarray(eos_ids, jnp.int32).reshape(-1)
   prompt_mask = prompt_mask.astype(bool)
+
+  if decoder.config.tie_embeddings and jax.default_backend() == "cpu":
+    # XLA:CPU multiplies by the transposed embedding ~25% slower than by a [D, V] matrix, and the
+    # head is the largest matmul of a decode step: one transposed copy per call (V x D memory).
+    decoder = Decoder(dataclasses.replace(decoder.config, tie_embeddings=False))
+    params = {**params, "lm_head": params["embedding"].T}
 
   # Generated slots are marked valid up front: causality hides each one until it is written.
   kv_valid = jnp.concatenate([prompt_mask, jnp.ones((b, n), bool)], axis=1)
