@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import time
 
 import jax
 import jax.numpy as jnp
@@ -147,6 +149,21 @@ def test_empty_and_missing_directory(tmp_path):
       ck.restore(make_state())
 
 
+def _wait_until_quiet(path, quiet_s=0.5, limit_s=20.0):
+  """Waits until no file under `path` changes for quiet_s: the failed save's other half (the
+  array writes, on orbax's threads) may still be landing in its temporary folder, and removing
+  that folder under a live writer fails. A crashed run has no live writers; this test does."""
+  def listing():
+    return sorted((str(p), p.stat().st_size) for p in pathlib.Path(path).rglob("*") if p.is_file())
+  deadline, last = time.time() + limit_s, None
+  while time.time() < deadline:
+    now = listing()
+    if now == last:
+      return
+    last = now
+    time.sleep(quiet_s)
+
+
 def test_half_written_checkpoint_ignored(tmp_path):
   state = make_state()
   with Checkpointer(tmp_path, fingerprint=FP) as ck:
@@ -161,6 +178,7 @@ def test_half_written_checkpoint_ignored(tmp_path):
       )
     assert any(".orbax-checkpoint-tmp" in p for p in os.listdir(tmp_path))
     assert ck.latest_step() == 1
+    _wait_until_quiet(tmp_path)
   # ... and a crash's leftover temporary folder of a later step.
   os.makedirs(tmp_path / "7.orbax-checkpoint-tmp-1700000000" / "state")
   with Checkpointer(tmp_path, fingerprint=FP) as ck:
