@@ -69,6 +69,12 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # one sample per test question (test_size 0 = all); greedy accuracy on the test set too.
   c.eval = dict(train_samples=64, test_size=0, batch_size=256, greedy=True, temperature=1.0)
 
+  # Bandit diagnostics logged every round (rft_jax.train, rft_jax.bandit): p(correct | training
+  # question) from the round's rollouts and pooled over the last p_correct_window rounds, with
+  # Wilson 95% intervals; exact_arms adds the exact probability of the optimal arm set, for tasks
+  # whose completions can be listed (at most max_arms of them; configs/bandit_exact.py).
+  c.diagnostics = dict(p_correct_window=10, exact_arms=False, max_arms=200_000)
+
   # Device mesh; -1 fills with the remaining devices.
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
 

@@ -17,6 +17,7 @@ A non-finite loss stops the run before anything is saved, so the last good check
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import math
@@ -32,6 +33,7 @@ import numpy as np
 import optax
 
 from rft_jax import (
+  bandit,
   checkpoint as checkpoint_lib,
   evaluation,
   fileio,
@@ -81,7 +83,7 @@ def build_task(task_cfg) -> Task:
     from rft_jax.data import arithmetic
 
     task = arithmetic.arithmetic_task(task_cfg.seed, task_cfg.n_train, task_cfg.n_test,
-                                      max_operand=task_cfg.max_operand)
+                                      **arithmetic.ranges_from_config(task_cfg))
   elif task_cfg.name == "gsm8k":
     from rft_jax.data import gsm8k
 
@@ -310,8 +312,28 @@ def run(config, workdir: str, log=print) -> dict:
         train_samples=config.eval.train_samples, temperature=config.eval.temperature,
         greedy=config.eval.greedy, **_gen_kwargs(config, mesh))
 
+  # Bandit diagnostics: p(correct | training questions) from each round's rollouts (that round,
+  # and the last `p_correct_window` rounds pooled), and the exact optimal-arm probability when
+  # the task's completions can be listed (rft_jax.bandit).
+  diag = config.diagnostics
+  recent = collections.deque(maxlen=max(1, diag.p_correct_window))
+  arm_sets = []
+  if diag.exact_arms:
+    if ro.top_k > 0 or ro.top_p < 1.0:
+      raise ValueError("diagnostics.exact_arms sums softmax(z / tau) over the arms; it does not "
+                       "model top-k / top-p truncation (set rollout.top_k=0, top_p=1)")
+    arm_sets = [bandit.ArmSet.build(policy, task, e, ro.max_new_tokens, diag.max_arms)
+                for e in train_examples]
+    log(f"exact optimal-arm probability over {sum(a.num_arms for a in arm_sets):,} arms "
+        f"({sum(a.num_optimal for a in arm_sets):,} optimal) of {len(arm_sets)} question(s)")
+
+  def exact_arms(params) -> dict:
+    if not arm_sets:
+      return {}
+    return bandit.optimal_arm_probability(arm_sets, decoder, params, ro.temperature)
+
   if start == 0 or not os.path.exists(base_path):
-    base = evaluate(state.params, 0)
+    base = {**evaluate(state.params, 0), **exact_arms(state.params)}
     fileio.write_json_atomic(base_path, base)
     writer.write(0, base)
   with open(base_path) as f:
@@ -359,12 +381,21 @@ def run(config, workdir: str, log=print) -> dict:
       row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
       row.update(reward=float(np.mean(rewards)), length=float(mask.sum(-1).mean()),
                  **{f"outcome_{k}": v for k, v in outcomes.items()})
+      correct = np.asarray(rewards) > 0  # the graders' raw reward: 1 correct, 0 not
+      recent.append((int(correct.sum()), correct.size))
+      pooled, pooled_n = (sum(x) for x in zip(*recent))
+      row.update(p_correct=float(correct.mean()), p_correct_window=pooled / pooled_n)
+      row["p_correct_low"], row["p_correct_high"] = evaluation.wilson_interval(
+          float(correct.sum()), correct.size)
+      row["p_correct_window_low"], row["p_correct_window_high"] = evaluation.wilson_interval(
+          pooled, pooled_n)
       if not math.isfinite(row["loss"]):
         writer.write(r + 1, row)
         raise NonFiniteLossError(
             f"non-finite loss {row['loss']} at round {r + 1}; stopped without saving, the last "
             f"good checkpoint (round {ckpt.latest_step()}) in {ckpt.directory} is intact")
       done = r + 1
+      row.update(exact_arms(state.params))
       if done % config.train.eval_every == 0 or done == rounds:
         last_eval = evaluate(state.params, done)
         row.update(last_eval)

@@ -117,11 +117,13 @@ def _sft_arrays(policy: Policy, examples, cfg, bucket: int):
     prompts.append(policy.encode_prompt(prompt))
     completions.append(tok.encode(completion, add_special_tokens=False) + [tok.eos_token_id])
   n = cfg.rollout.max_new_tokens
-  if max(len(c) for c in completions) > n:
+  # The EOS may fall past the cut (a 2-token answer of a 2-token budget): the sampler stops there.
+  if max(len(c) for c in completions) - 1 > n:
     raise ValueError(f"a worked solution is longer than rollout.max_new_tokens={n}")
+  width = max(n, max(len(c) for c in completions))
   p_tokens, p_mask = sampling.left_pad(prompts, policy.pad_id, bucket=bucket)
-  c_tokens = np.full((len(examples), n), policy.pad_id, np.int32)
-  c_mask = np.zeros((len(examples), n), np.float32)
+  c_tokens = np.full((len(examples), width), policy.pad_id, np.int32)
+  c_mask = np.zeros((len(examples), width), np.float32)
   for i, c in enumerate(completions):
     c_tokens[i, :len(c)] = c
     c_mask[i, :len(c)] = 1
@@ -141,8 +143,12 @@ def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log
     params = decoder_lib.init_params(model_config, jax.random.PRNGKey(ws.seed))
     policy = _place(_embedded_policy(tok, model_config, params), mesh)
     test_expr = {e.meta["expression"] for e in task.test}
+    # The task's own ranges and format; a small task may hold fewer problems than corpus_size.
     corpus = arithmetic.generate(ws.seed, ws.corpus_size, split="sft", exclude=test_expr,
-                                 max_operand=config.task.max_operand)
+                                 allow_fewer=True, **arithmetic.ranges_from_config(config.task))
+    if not corpus:
+      raise ValueError("the task's ranges leave no problem outside the test set for the warm "
+                       "start: widen them or shrink task.n_test")
     arrays = _sft_arrays(policy, corpus, config, config.rollout.prompt_bucket)
     probe = list(task.test[:ws.probe_size])
     warmup = min(ws.warmup_steps, ws.max_steps // 2)
@@ -158,7 +164,7 @@ def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log
     bar = metrics_lib.progress(ws.max_steps, desc="warm start")
     pass1, step = 0.0, 0
     for step in range(1, ws.max_steps + 1):
-      idx = rng.choice(len(corpus), ws.batch_size, replace=False)
+      idx = rng.choice(len(corpus), ws.batch_size, replace=len(corpus) < ws.batch_size)
       batch = tuple(a[idx] for a in arrays)
       if mesh is not None:
         batch = sharding.shard_batch(batch, mesh)

@@ -75,10 +75,13 @@ def _word_question(rng: np.random.Generator, a: int, op1: str, b: int, op2: str,
   return template.format(name=name, item=item, a=a, b=b, verb1=verb1, verb2=verb(op2, c))
 
 
-def _solution(a: int, op1: str, b: int, op2: str, c: int) -> tuple[str, int]:
-  """(worked solution ending in '#### <answer>', answer)."""
+def _solution(a: int, op1: str, b: int, op2: str, c: int,
+              answer_only: bool = False) -> tuple[str, int]:
+  """(worked solution ending in '#### <answer>', or that line alone; answer)."""
   mid = _OPS[op1](a, b)
   ans = _OPS[op2](mid, c)
+  if answer_only:
+    return f"#### {ans}", ans
   return f"{a} {op1} {b} = {mid}\n{mid} {op2} {c} = {ans}\n#### {ans}", ans
 
 
@@ -98,6 +101,8 @@ def generate(
     mul_prob: float = 0.2,
     word_prob: float = 0.4,
     allow_negative: bool = False,
+    answer_only: bool = False,
+    allow_fewer: bool = False,
 ) -> list[Example]:
   """`n` distinct problems drawn from a Generator seeded by (seed, split).
 
@@ -106,6 +111,9 @@ def generate(
   no expression in `exclude` is drawn (that keeps a test set out of a training pool).
   Operands are in [1, max_operand]; a multiplication (probability `mul_prob`) is a factor in
   [2, max_factor] times an operand. `word_prob` of the problems are word problems.
+  `answer_only` solutions are the answer line alone ('#### 7'): with one-digit answers a
+  completion is two tokens, few enough to list every one (rft_jax.bandit). `allow_fewer` returns
+  what the ranges hold instead of raising when they hold fewer than n distinct problems.
   """
   if max_operand < 2 or max_factor < 2:
     raise ValueError(f"max_operand={max_operand} and max_factor={max_factor} must be >= 2")
@@ -135,21 +143,29 @@ def generate(
       question = _word_question(rng, a, op1, b, op2, c)
     else:
       question = _SYMBOL_FORMS[int(rng.integers(len(_SYMBOL_FORMS)))].format(expr=expr)
-    solution, answer = _solution(a, op1, b, op2, c)
+    solution, answer = _solution(a, op1, b, op2, c, answer_only)
     examples.append(Example(
         id=f"arith/{split}/{len(examples)}", question=question, answer=str(answer),
         solution=solution, meta={"expression": expr, "form": "word" if word else "symbol"}))
-  if len(examples) < n:
+  if len(examples) < n and not allow_fewer:
     raise ValueError(f"only {len(examples)} distinct problems found for n={n}: widen the ranges")
   return examples
+
+
+RANGE_KEYS = ("max_operand", "max_factor", "mul_prob", "word_prob", "allow_negative",
+              "answer_only")
+
+
+def ranges_from_config(task_cfg) -> dict:
+  """The `generate` keyword arguments a task config sets (a config names only those it changes)."""
+  return {k: task_cfg[k] for k in RANGE_KEYS if k in task_cfg}
 
 
 def arithmetic_task(seed: int = 0, n_train: int = 2000, n_test: int = 500, **ranges) -> Task:
   """The embedded task: a training pool and a held-out test set with no expression in common.
 
   The test set depends on (seed, n_test, ranges) only, so changing n_train never moves it.
-  `ranges` (max_operand, max_factor, mul_prob, word_prob, allow_negative) go to `generate`, the
-  same for both splits.
+  `ranges` (RANGE_KEYS) go to `generate`, the same for both splits.
   """
   test = generate(seed, n_test, split="test", **ranges)
   train = generate(seed, n_train, split="train", exclude={e.meta["expression"] for e in test},

@@ -131,3 +131,24 @@ def test_vocabulary_covers_questions(task):
   assert arithmetic.vocabulary() == sorted(words)
   for e in [*task.train, *task.test]:
     assert set(re.findall(r"[A-Za-z]+", e.question)) <= words
+
+
+def test_answer_only_small_ranges():
+  # Operands 1..3 and a factor of 2: every answer is one digit, and the ranges hold few problems.
+  examples = arithmetic.generate(0, 1000, max_operand=3, max_factor=2, answer_only=True,
+                                 allow_fewer=True)
+  assert 50 < len(examples) < 1000
+  assert len({e.meta["expression"] for e in examples}) == len(examples)
+  for e in examples:
+    assert e.solution == f"#### {e.answer}"
+    assert 0 <= int(e.answer) <= 9
+    assert rewards.grade("arithmetic", e.solution, e.answer) == 1.0
+  with pytest.raises(ValueError, match="distinct problems"):
+    arithmetic.generate(0, 1000, max_operand=3, max_factor=2)
+
+
+def test_ranges_from_config_reads_only_what_the_config_sets():
+  import ml_collections
+
+  cfg = ml_collections.ConfigDict(dict(name="arithmetic", max_operand=3, answer_only=True))
+  assert arithmetic.ranges_from_config(cfg) == {"max_operand": 3, "answer_only": True}
