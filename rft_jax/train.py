@@ -317,6 +317,9 @@ def run(config, workdir: str, log=print) -> dict:
   # the task's completions can be listed (rft_jax.bandit).
   diag = config.diagnostics
   recent = collections.deque(maxlen=max(1, diag.p_correct_window))
+  for row in metrics_lib.read_metrics(workdir) if start else []:  # a resumed window goes on
+    if 0 < row["step"] <= start and row.get("rollouts"):  # rows of older runs lack it
+      recent.append((round(row["p_correct"] * row["rollouts"]), row["rollouts"]))
   arm_sets = []
   if diag.exact_arms:
     if ro.top_k > 0 or ro.top_p < 1.0:
@@ -384,7 +387,8 @@ def run(config, workdir: str, log=print) -> dict:
       correct = np.asarray(rewards) > 0  # the graders' raw reward: 1 correct, 0 not
       recent.append((int(correct.sum()), correct.size))
       pooled, pooled_n = (sum(x) for x in zip(*recent))
-      row.update(p_correct=float(correct.mean()), p_correct_window=pooled / pooled_n)
+      row.update(p_correct=float(correct.mean()), p_correct_window=pooled / pooled_n,
+                 rollouts=correct.size)
       row["p_correct_low"], row["p_correct_high"] = evaluation.wilson_interval(
           float(correct.sum()), correct.size)
       row["p_correct_window_low"], row["p_correct_window_high"] = evaluation.wilson_interval(
