@@ -149,6 +149,9 @@ def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log
     if not corpus:
       raise ValueError("the task's ranges leave no problem outside the test set for the warm "
                        "start: widen them or shrink task.n_test")
+    if len(corpus) < ws.corpus_size:
+      log(f"warm start: the task's ranges hold {len(corpus)} problems outside the test set, "
+          f"fewer than corpus_size={ws.corpus_size}; training on those")
     arrays = _sft_arrays(policy, corpus, config, config.rollout.prompt_bucket)
     probe = list(task.test[:ws.probe_size])
     warmup = min(ws.warmup_steps, ws.max_steps // 2)
