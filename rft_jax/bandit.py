@@ -12,8 +12,9 @@ sequence of non-stop tokens of length N (cut off, as the sampler cuts it) and ea
 fewer non-stop tokens ended by a stop token. That set is the whole sample space, so the
 probabilities sum to 1 (`total`, a float32 rounding check). The set and its grades depend on the
 question only, not on the policy, so they are built once and each round costs one forward pass
-per level over the prefixes: (V - |stop|)^l prefixes at level l. A vocabulary of ~110 tokens
-and N = 2 is ~110 prefixes and ~12k arms (configs/bandit_exact.py); N = 3 would be 1.3M.
+per level over the prefixes: (V - |stop|)^l prefixes at level l. The embedded vocabulary (134
+tokens, one stop) and N = 2 is 133 prefixes and 17,823 arms (configs/bandit_exact.py); N = 3
+would be ~2.4M.
 """
 
 from __future__ import annotations

@@ -59,8 +59,13 @@ def token_logprobs_and_entropy(logits: Array, targets: Array,
     raise ValueError(f"targets {targets.shape} must be logits {logits.shape} without the "
                      "vocabulary axis")
   temperature = jnp.asarray(temperature, jnp.float32)
+  if temperature.ndim:
+    raise ValueError(f"temperature must be a scalar, got shape {temperature.shape}")
   tau = jnp.where(temperature > 0, temperature, 1.0)  # as scale_logits: the sampler's z
-  return _logp_entropy(logits.astype(jnp.float32), targets.astype(jnp.int32), tau)
+  # Negative ids count from the end, as take_along_axis reads them, in the backward pass too.
+  targets = targets.astype(jnp.int32)
+  targets = jnp.where(targets < 0, targets + logits.shape[-1], targets)
+  return _logp_entropy(logits.astype(jnp.float32), targets, tau)
 
 
 def _logp_entropy_parts(logits, targets, tau):
@@ -71,31 +76,35 @@ def _logp_entropy_parts(logits, targets, tau):
   total = jnp.sum(e, axis=-1)
   log_total = jnp.log(total)
   picked = jnp.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
-  ent = log_total - jnp.sum(e * shifted, axis=-1) / total
-  return picked - log_total, ent, top[..., 0] + log_total
+  # A -inf logit (a masked token) has p = 0 and adds nothing; 0 * -inf would be NaN.
+  ent = log_total - jnp.sum(jnp.where(e > 0, e * shifted, 0.0), axis=-1) / total
+  return picked - log_total, ent, top[..., 0], log_total
 
 
 @jax.custom_vjp
 def _logp_entropy(logits, targets, tau):
-  logp, ent, _ = _logp_entropy_parts(logits, targets, tau)
+  logp, ent, _, _ = _logp_entropy_parts(logits, targets, tau)
   return logp, ent
 
 
 def _logp_entropy_fwd(logits, targets, tau):
-  logp, ent, log_norm = _logp_entropy_parts(logits, targets, tau)
-  return (logp, ent), (logits, targets, tau, ent, log_norm)
+  logp, ent, top, log_total = _logp_entropy_parts(logits, targets, tau)
+  return (logp, ent), (logits, targets, tau, ent, top, log_total)
 
 
 def _logp_entropy_bwd(residuals, cotangents):
-  logits, targets, tau, ent, log_norm = residuals
+  logits, targets, tau, ent, top, log_total = residuals
   g_logp, g_ent = cotangents
-  log_p = logits / tau - log_norm[..., None]
+  z = logits / tau
+  log_p = (z - top[..., None]) - log_total[..., None]  # the forward's operations and rounding
   p = jnp.exp(log_p)
   onehot = jnp.arange(logits.shape[-1], dtype=jnp.int32) == targets[..., None]
   d_z = (g_logp[..., None] * (onehot - p)
-         - g_ent[..., None] * p * (log_p + ent[..., None]))
+         - g_ent[..., None] * jnp.where(p > 0, p * (log_p + ent[..., None]), 0.0))
+  # z = logits / tau: d z / d tau = -z / tau (unused by the trainer: XLA drops it).
+  d_tau = -jnp.sum(jnp.where(jnp.isfinite(z), d_z * z, 0.0)) / tau
   targets_cotangent = np.zeros(targets.shape, jax.dtypes.float0)
-  return d_z / tau, targets_cotangent, jnp.zeros_like(tau)
+  return d_z / tau, targets_cotangent, d_tau
 
 
 _logp_entropy.defvjp(_logp_entropy_fwd, _logp_entropy_bwd)

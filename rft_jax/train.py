@@ -51,7 +51,8 @@ from rft_jax.models.policy import Policy
 # Settings that may change between a run and its resumption (they do not change what a round
 # computes); everything else of the config enters the checkpoint's fingerprint.
 RESUMABLE_KEYS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
-                  "eval.batch_size", "warm_start.dir")
+                  "eval.batch_size", "warm_start.dir", "diagnostics.p_correct_window",
+                  "diagnostics.exact_arms", "diagnostics.max_arms")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -255,6 +256,8 @@ def fingerprint(config) -> dict:
   for key in RESUMABLE_KEYS:
     section, name = key.split(".")
     d.get(section, {}).pop(name, None)
+    if d.get(section) == {}:  # a section of resumable keys only (runs from before it match)
+      del d[section]
   return d
 
 
@@ -319,12 +322,12 @@ def run(config, workdir: str, log=print) -> dict:
   recent = collections.deque(maxlen=max(1, diag.p_correct_window))
   for row in metrics_lib.read_metrics(workdir) if start else []:  # a resumed window goes on
     if 0 < row["step"] <= start and row.get("rollouts"):  # rows of older runs lack it
-      recent.append((round(row["p_correct"] * row["rollouts"]), row["rollouts"]))
+      recent.append((row["correct_rollouts"], row["rollouts"]))
   arm_sets = []
   if diag.exact_arms:
-    if ro.top_k > 0 or ro.top_p < 1.0:
-      raise ValueError("diagnostics.exact_arms sums softmax(z / tau) over the arms; it does not "
-                       "model top-k / top-p truncation (set rollout.top_k=0, top_p=1)")
+    if ro.top_k > 0 or ro.top_p < 1.0 or not ro.temperature > 0:
+      raise ValueError("diagnostics.exact_arms sums softmax(z / tau) over the arms: it needs "
+                       "rollout.temperature > 0 and no top-k / top-p truncation")
     arm_sets = [bandit.ArmSet.build(policy, task, e, ro.max_new_tokens, diag.max_arms)
                 for e in train_examples]
     log(f"exact optimal-arm probability over {sum(a.num_arms for a in arm_sets):,} arms "
@@ -387,8 +390,10 @@ def run(config, workdir: str, log=print) -> dict:
       correct = np.asarray(rewards) > 0  # the graders' raw reward: 1 correct, 0 not
       recent.append((int(correct.sum()), correct.size))
       pooled, pooled_n = (sum(x) for x in zip(*recent))
+      # Sampled from the policy before this round's update; p_optimal_arms and evaluations in
+      # the same row are of the policy after it.
       row.update(p_correct=float(correct.mean()), p_correct_window=pooled / pooled_n,
-                 rollouts=correct.size)
+                 rollouts=correct.size, correct_rollouts=int(correct.sum()))
       row["p_correct_low"], row["p_correct_high"] = evaluation.wilson_interval(
           float(correct.sum()), correct.size)
       row["p_correct_window_low"], row["p_correct_window_high"] = evaluation.wilson_interval(

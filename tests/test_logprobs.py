@@ -81,3 +81,48 @@ def test_rank_errors_are_not_silent():
   logits, targets, _ = random_case(3)
   with pytest.raises(ValueError, match="without the vocabulary axis"):
     logprobs.token_logprobs_and_entropy(logits, targets[:, :2], 1.0)
+
+
+def test_gradient_with_respect_to_temperature_matches_autodiff():
+  logits, targets, _ = random_case(4)
+
+  def objective(fn):
+    return lambda tau: jnp.sum(sum(fn(logits, targets, tau)))
+
+  got = jax.grad(objective(logprobs.token_logprobs_and_entropy))(jnp.float32(0.7))
+  want = jax.grad(objective(reference))(jnp.float32(0.7))
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+  with pytest.raises(ValueError, match="scalar"):
+    logprobs.token_logprobs_and_entropy(logits, targets, jnp.ones(3))
+
+
+def test_masked_minus_inf_logits_keep_values_and_gradients_finite():
+  # A token masked to -inf (never sampled) has p = 0: it must not turn the row's entropy or
+  # gradient into NaN. Autodiff of the unfused definition is finite there too.
+  logits, targets, rng = random_case(5)
+  targets = jnp.where(targets == 0, 1, targets)  # the masked token is never the target
+  masked = logits.at[..., 0].set(-jnp.inf)
+  g_logp = jnp.asarray(rng.standard_normal(targets.shape), jnp.float32)
+  g_ent = jnp.asarray(rng.standard_normal(targets.shape), jnp.float32)
+
+  def objective(fn):
+    def f(z):
+      logp, ent = fn(z, targets, 1.0)
+      return jnp.sum(g_logp * logp) + jnp.sum(g_ent * ent)
+    return f
+
+  got_value = logprobs.token_logprobs_and_entropy(masked, targets, 1.0)
+  got = jax.grad(objective(logprobs.token_logprobs_and_entropy))(masked)
+  want = jax.grad(objective(lambda z, t, tau: reference(z, t, jnp.float32(tau))))(
+      logits.at[..., 0].set(-1e30))
+  assert np.all(np.isfinite(got_value[1])) and np.all(np.isfinite(got))
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_negative_targets_count_from_the_end_in_both_passes():
+  logits, targets, _ = random_case(6)
+  vocab = logits.shape[-1]
+  f = lambda t: jax.value_and_grad(lambda z: jnp.sum(logprobs.token_logprobs(z, t)))(logits)
+  (value_neg, grad_neg), (value_pos, grad_pos) = f(targets - vocab), f(targets)
+  np.testing.assert_allclose(value_neg, value_pos, rtol=1e-6)
+  np.testing.assert_allclose(grad_neg, grad_pos, atol=1e-7)

@@ -222,3 +222,17 @@ def test_difficulty_selection_picks_from_the_bucket(reference, base_dir, tmp_pat
              for line in lines)
   assert any(chosen in line for line in lines if line.startswith("training question(s)"))
   assert snapshot(base_dir) == reference["base_files"]
+
+
+def test_diagnostics_settings_do_not_block_a_resume():
+  # Logging-only settings are resumable, and a run from before the diagnostics section existed
+  # has the same fingerprint as one that leaves them at their defaults.
+  c = common.base_config()
+  changed = common.base_config()
+  changed.diagnostics.update(p_correct_window=3, exact_arms=True, max_arms=7)
+  assert train.fingerprint(changed) == train.fingerprint(c)
+  older = common.base_config()
+  del older["diagnostics"]
+  assert train.fingerprint(older) == train.fingerprint(c)
+  changed.rollout.num_samples = 2  # a setting that changes training still counts
+  assert train.fingerprint(changed) != train.fingerprint(c)
