@@ -1,4 +1,8 @@
-"""The exact probability of the optimal arm set, for a task whose completions can be listed.
+"""Bandit diagnostics: p(correct | training questions) from rollouts, and exactly.
+
+`CorrectRate` estimates it from each round's graded rollouts, with Wilson 95% intervals: the
+round's own (one Bernoulli draw per rollout; wide when G is small) and pooled over the last
+`window` rounds (narrower, lagging a changing policy). The rest of the module computes it exactly.
 
 In the paper's multi-armed-bandit view a question is a bandit, each completion an arm, and the
 arms the grader accepts are the optimal arm set. Sampling estimates the policy's mass on that set;
@@ -19,9 +23,10 @@ would be ~2.4M.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +34,35 @@ import numpy as np
 
 from rft_jax import logprobs
 from rft_jax.data.base import Example, Task
+from rft_jax.evaluation import wilson_interval
 from rft_jax.models.decoder import Decoder, positions_from_mask
 from rft_jax.models.policy import Policy
+
+
+class CorrectRate:
+  """p(correct) of the rollouts of each round and pooled over the last `window` rounds."""
+
+  def __init__(self, window: int):
+    self._recent = collections.deque(maxlen=max(1, window))
+
+  def resume(self, rows: Iterable[dict], round_index: int) -> None:
+    """Refills the window from metrics rows of rounds up to `round_index` (a resumed run)."""
+    for row in rows:
+      if 0 < row["step"] <= round_index and row.get("rollouts"):  # older runs' rows lack it
+        self._recent.append((row["correct_rollouts"], row["rollouts"]))
+
+  def update(self, rewards) -> dict[str, float]:
+    """rewards: the graders' raw rewards of the round (1 correct, 0 not) -> metrics."""
+    correct = np.asarray(rewards) > 0
+    k, n = int(correct.sum()), correct.size
+    self._recent.append((k, n))
+    pooled_k, pooled_n = (sum(x) for x in zip(*self._recent))
+    out = {"p_correct": k / n, "p_correct_window": pooled_k / pooled_n, "rollouts": n,
+           "correct_rollouts": k}
+    out["p_correct_low"], out["p_correct_high"] = wilson_interval(k, n)
+    out["p_correct_window_low"], out["p_correct_window_high"] = wilson_interval(pooled_k,
+                                                                                pooled_n)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

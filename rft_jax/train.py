@@ -17,7 +17,6 @@ A non-finite loss stops the run before anything is saved, so the last good check
 
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import math
@@ -319,10 +318,9 @@ def run(config, workdir: str, log=print) -> dict:
   # and the last `p_correct_window` rounds pooled), and the exact optimal-arm probability when
   # the task's completions can be listed (rft_jax.bandit).
   diag = config.diagnostics
-  recent = collections.deque(maxlen=max(1, diag.p_correct_window))
-  for row in metrics_lib.read_metrics(workdir) if start else []:  # a resumed window goes on
-    if 0 < row["step"] <= start and row.get("rollouts"):  # rows of older runs lack it
-      recent.append((row["correct_rollouts"], row["rollouts"]))
+  correct_rate = bandit.CorrectRate(diag.p_correct_window)
+  if start:  # the resumed window goes on where the checkpointed run left it
+    correct_rate.resume(metrics_lib.read_metrics(workdir), start)
   arm_sets = []
   if diag.exact_arms:
     if ro.top_k > 0 or ro.top_p < 1.0 or not ro.temperature > 0:
@@ -387,17 +385,9 @@ def run(config, workdir: str, log=print) -> dict:
       row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
       row.update(reward=float(np.mean(rewards)), length=float(mask.sum(-1).mean()),
                  **{f"outcome_{k}": v for k, v in outcomes.items()})
-      correct = np.asarray(rewards) > 0  # the graders' raw reward: 1 correct, 0 not
-      recent.append((int(correct.sum()), correct.size))
-      pooled, pooled_n = (sum(x) for x in zip(*recent))
       # Sampled from the policy before this round's update; p_optimal_arms and evaluations in
       # the same row are of the policy after it.
-      row.update(p_correct=float(correct.mean()), p_correct_window=pooled / pooled_n,
-                 rollouts=correct.size, correct_rollouts=int(correct.sum()))
-      row["p_correct_low"], row["p_correct_high"] = evaluation.wilson_interval(
-          float(correct.sum()), correct.size)
-      row["p_correct_window_low"], row["p_correct_window_high"] = evaluation.wilson_interval(
-          pooled, pooled_n)
+      row.update(correct_rate.update(rewards))
       if not math.isfinite(row["loss"]):
         writer.write(r + 1, row)
         raise NonFiniteLossError(

@@ -130,3 +130,22 @@ def test_training_logs_bandit_diagnostics_every_round(tmp_path):
       assert row["p_correct_low"] <= row["p_correct"] <= row["p_correct_high"]
       assert row["p_correct_window_low"] <= row["p_correct_window"] <= row["p_correct_window_high"]
       assert row["p_correct"] == row["reward"]  # one {0, 1}-graded rollout per round in L0
+
+
+def test_correct_rate_round_and_window_hand_computed():
+  # Wilson at z = 1.96: 0 of 1 -> [0, z^2 / (1 + z^2)] = [0, 0.793457]; 1 of 1 -> [0.206543, 1].
+  rate = bandit.CorrectRate(window=2)
+  first = rate.update([1.0])
+  assert first["p_correct"] == 1.0 and first["p_correct_low"] == pytest.approx(0.206543, abs=1e-6)
+  second = rate.update([0.0])
+  assert second["p_correct_high"] == pytest.approx(0.793457, abs=1e-6)
+  assert second["p_correct_window"] == 0.5
+  third = rate.update([0.0, 0.0, 1.0])  # the window of 2 drops round 1: 1 of 4
+  assert third["p_correct"] == pytest.approx(1 / 3)
+  assert third["p_correct_window"] == 0.25
+  assert (third["rollouts"], third["correct_rollouts"]) == (3, 1)
+  # Resuming after round 2 from the logged rows gives the same window as never stopping.
+  rows = [{"step": 1, **first}, {"step": 2, **second}, {"step": 0, "train_pass1": 0.5}]
+  resumed = bandit.CorrectRate(window=2)
+  resumed.resume(rows, 2)
+  assert resumed.update([0.0, 0.0, 1.0]) == third
