@@ -14,6 +14,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -90,6 +91,24 @@ def load_torch(directory):
 
   model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
   return model.eval()
+
+
+def start(threads: int) -> None:
+  """Sets torch's intra-op threads and prints the versions and the machine's load."""
+  import torch
+
+  torch.set_num_threads(threads)
+  print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); {load_average()}")
+
+
+def load_models(*compute_dtypes: str):
+  """Writes the checkpoint to a temporary directory and loads it: (one rft_jax Policy per
+  compute dtype, transformers' model)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    directory = write_checkpoint(f"{tmp}/qwen2_bench")
+    policies = [load_policy(directory, compute_dtype=d) for d in compute_dtypes]
+    return policies, load_torch(directory)
 
 
 def random_prompts(batch: int, length: int, seed: int = 0) -> np.ndarray:

@@ -23,8 +23,6 @@ Only the ratios mean anything on a shared CPU; absolute numbers belong to GPU / 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import tempfile
 import time
 
 import bench_model
@@ -32,7 +30,7 @@ import jax
 import numpy as np
 import torch
 
-from rft_jax import sampling
+from rft_jax import metrics, sampling
 
 PROMPT = 64
 HF_SWEEP_TOKENS = 2048  # transformers joins the sweep up to B x N tokens (minutes per row beyond)
@@ -82,23 +80,6 @@ def timed(fn) -> tuple[float, float]:
   t, c = time.perf_counter(), time.process_time()
   fn()
   return time.perf_counter() - t, time.process_time() - c
-
-
-@contextlib.contextmanager
-def compile_events():
-  """Yields a list receiving the name of each function XLA compiles meanwhile ("jit(f)")."""
-  names = []
-
-  def listener(event, duration, **kwargs):
-    del duration
-    if event == "/jax/core/compile/backend_compile_duration":
-      names.append(kwargs.get("fun_name"))
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield names
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def greedy_parity(policy, model) -> bool:
@@ -158,7 +139,7 @@ def sweep(policy, model, batches, news, reps: int, with_hf: bool):
   for b in batches:
     for n in news:
       ours = rft_sampler(policy, b, n, 1.0)
-      with compile_events() as compiled:
+      with metrics.compile_log() as compiled:
         first = timed(ours)[0]
       best = min(timed(ours)[0] for _ in range(reps))
       # A shape compiled earlier in the run (greedy check, headline) is reused, not compiled.
@@ -182,14 +163,8 @@ def main():
                   help=f"time transformers in the sweep too, up to B x N = {HF_SWEEP_TOKENS}")
   ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
   args = ap.parse_args()
-  torch.set_num_threads(args.threads)
-  print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); {bench_model.load_average()}")
-  with tempfile.TemporaryDirectory() as tmp:
-    directory = bench_model.write_checkpoint(f"{tmp}/qwen2_bench")
-    policy = bench_model.load_policy(directory)
-    policy_bf16 = bench_model.load_policy(directory, compute_dtype="bfloat16")
-    model = bench_model.load_torch(directory)
+  bench_model.start(args.threads)
+  (policy, policy_bf16), model = bench_model.load_models("float32", "bfloat16")
   print(f"model: {bench_model.CONFIG.variant}, {bench_model.CONFIG.n_layers} layers, "
         f"d {bench_model.CONFIG.d_model}, vocab {bench_model.CONFIG.vocab_size}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params (tied), "

@@ -24,7 +24,6 @@ and the best ms/step of each is kept.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 
 import bench_model
@@ -163,13 +162,8 @@ def main():
   ap.add_argument("--reps", type=int, default=3, help="timed runs per side, alternating")
   ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
   args = ap.parse_args()
-  torch.set_num_threads(args.threads)
-  print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); {bench_model.load_average()}")
-  with tempfile.TemporaryDirectory() as tmp:
-    directory = bench_model.write_checkpoint(f"{tmp}/qwen2_bench")
-    policy = bench_model.load_policy(directory)
-    model = bench_model.load_torch(directory)
+  bench_model.start(args.threads)
+  (policy,), model = bench_model.load_models("float32")
   arrays = make_batch(policy)
   ours = JaxStep(policy, arrays)
   theirs = TorchStep(model, arrays, ours.kl_coef)

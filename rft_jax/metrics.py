@@ -11,6 +11,7 @@ told to purge them), so a resumed run's metrics equal those of an uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -141,3 +142,24 @@ def progress(total: int, initial: int = 0, desc: str | None = None, **kwargs) ->
   show = sys.stderr.isatty() if env == "" else env != "0"
   return tqdm.tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, disable=not show,
                    dynamic_ncols=True, **kwargs)
+
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compile_log():
+  """Yields a list receiving the name of each function XLA compiles meanwhile ("jit(f)"), in
+  order: a recompilation check for loops that should compile once per shape bucket."""
+  names = []
+
+  def listener(event, duration, **kwargs):
+    del duration
+    if event == COMPILE_EVENT:
+      names.append(kwargs.get("fun_name"))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield names
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)

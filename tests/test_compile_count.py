@@ -9,7 +9,6 @@ before it) adds an entry that reuses the same executable.
 """
 
 import collections
-import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -18,33 +17,13 @@ import optax
 import pytest
 
 from configs import common
-from rft_jax import losses, sampling, train
+from rft_jax import losses, metrics, sampling, train
 from rft_jax.models import Decoder, ModelConfig, init_params
 
 # A shape no other test uses, so the first round must compile (and the count is exact).
 CONFIG = ModelConfig(vocab_size=37, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8,
                      d_ff=32)
 EOS, PAD, BUCKET, G = 3, 0, 8, 3
-
-
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
-@contextlib.contextmanager
-def compile_log():
-  """Yields a list that receives the name of each function XLA compiles ("jit(f)"), in order."""
-  names = []
-
-  def listener(event, duration, **kwargs):
-    del duration
-    if event == COMPILE_EVENT:
-      names.append(kwargs.get("fun_name"))
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield names
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def counts(names) -> tuple[int, int]:
@@ -67,9 +46,9 @@ def one_round(state, prompts, r, *, decoder, transform, optimizer, rng):
                         rewards=jnp.asarray(rng.integers(0, 2, rows), jnp.float32),
                         group_ids=jnp.repeat(jnp.arange(len(prompts), dtype=jnp.int32), G),
                         ref_logp=rollout.logp + 0.01 * r))
-  state, metrics = train.train_step(state, batch, temperature, decoder=decoder,
-                                    transform=transform, optimizer=optimizer)
-  assert np.isfinite(float(metrics["loss"]))
+  state, step_metrics = train.train_step(state, batch, temperature, decoder=decoder,
+                                         transform=transform, optimizer=optimizer)
+  assert np.isfinite(float(step_metrics["loss"]))
   return state
 
 
@@ -83,7 +62,7 @@ def test_rounds_compile_once_per_shape_bucket():
   rng = np.random.default_rng(0)
   kw = dict(decoder=decoder, transform=transform, optimizer=optimizer, rng=rng)
   after = []
-  with compile_log() as names:
+  with metrics.compile_log() as names:
     for r in range(5):  # prompts of 2 to 8 tokens: one bucket of 8
       prompts = [rng.integers(4, CONFIG.vocab_size, n).tolist() for n in rng.integers(2, 9, 2)]
       state = one_round(state, prompts, r, **kw)
@@ -125,7 +104,7 @@ def test_train_run_compiles_nothing_after_the_first_round(tmp_path, monkeypatch)
   c.train.update(rounds=5, eval_every=2, checkpoint_every=5)
   c.eval.update(test_size=8, batch_size=8, train_samples=1)
   c.warm_start.dir = str(tmp_path / "base")
-  with compile_log() as names:
+  with metrics.compile_log() as names:
     log = _Timeline(names)
     monkeypatch.setattr(sampling, "sample", Marked("sample", sampling.sample, log))
     monkeypatch.setattr(train, "train_step", Marked("train_step", train.train_step, log))
