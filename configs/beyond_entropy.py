@@ -20,7 +20,6 @@ ARGS = dict(coef=0.001)
 def get_config(arg: str | None = None):
   own, rest = layers.split_arg(arg, ARGS)
   c = l2_advantage.get_config(rest)
-  head, _, agg = c.loss.chain.rpartition(",")
-  c.loss.chain = f"{head},entropy_bonus,{agg}"
+  c.loss.chain = layers.before_aggregation(c.loss.chain, "entropy_bonus")
   c.loss.entropy_bonus.coef = own.coef
   return c

@@ -23,8 +23,7 @@ ARGS = dict(coef=0.001, estimator="k3")
 def get_config(arg: str | None = None):
   own, rest = layers.split_arg(arg, ARGS)
   c = l2_advantage.get_config(rest)
-  head, _, agg = c.loss.chain.rpartition(",")
-  c.loss.chain = f"{head},kl_loss,{agg}"
+  c.loss.chain = layers.before_aggregation(c.loss.chain, "kl_loss")
   c.loss.kl_loss.coef = own.coef
   c.loss.kl_loss.estimator = own.estimator
   return c

@@ -100,6 +100,13 @@ PRESETS = {
 }
 
 
+def before_aggregation(chain: str, transform: str) -> str:
+  """'a,b,token_mean' + 'kl_loss' -> 'a,b,kl_loss,token_mean': a chain ends with its aggregation,
+  and a per-token regularizer goes right before it."""
+  head, _, aggregation = chain.rpartition(",")
+  return f"{head},{transform},{aggregation}"
+
+
 def split_arg(arg: str | None, own: Mapping) -> tuple[ml_collections.ConfigDict, str]:
   """'neg=m10,g=4,runlocal' with own={'neg': 'pm1'} -> (ConfigDict(neg='m10'), 'g=4,runlocal').
 
