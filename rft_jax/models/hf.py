@@ -274,6 +274,25 @@ def _to_hf(x, *, transpose: bool, hf_shape: tuple):
   return x.reshape(hf_shape[::-1]).T if transpose else x.reshape(hf_shape)
 
 
+def assemble_params(expected: dict[str, _Tensor], read, dtype: str) -> dict:
+  """The params tree, reading each expected tensor in the HF layout with `read(name)`.
+
+  Each tensor is read, converted to our layout and dtype and placed on the default device before
+  the next is read (both the safetensors and the GGUF reader go through here).
+  """
+  params: dict = {}
+  for name, t in expected.items():
+    x = _to_ours(jax.device_put(read(name)), transpose=t.transpose, shape=t.shape, dtype=dtype)
+    # One tensor in flight: async dispatch would otherwise let reads run ahead of conversions
+    # and pile up raw buffers.
+    x.block_until_ready()
+    node = params
+    for key in t.path[:-1]:
+      node = node.setdefault(key, {})
+    node[t.path[-1]] = x
+  return params
+
+
 # -- safetensors -----------------------------------------------------------------------------
 
 
@@ -431,7 +450,10 @@ def eos_ids_of(hf: dict, generation: dict, tokenizer, vocab_size: int) -> tuple[
 
 def load(path: str | os.PathLike, dtype: str = "float32", *,
          compute_dtype: str | None = None) -> Policy:
-  """A Hugging Face model directory -> Policy with params in `dtype` ("float32" or "bfloat16").
+  """A checkpoint -> Policy with params in `dtype` ("float32" or "bfloat16").
+
+  path: a Hugging Face model directory; a .gguf file (models.gguf_file); or a name registered in
+  models.fetch (e.g. "smollm2"), fetched into the cache on first use.
 
   compute_dtype: the decoder's activation dtype; defaults to `dtype`. Each tensor is read,
   converted to our layout and dtype, and placed on the default device before the next is read.
@@ -440,8 +462,18 @@ def load(path: str | os.PathLike, dtype: str = "float32", *,
   any weight is read.
   """
   path = os.fspath(path)
+  if not os.path.exists(path):
+    from rft_jax.models import fetch  # a registered name ("smollm2"): fetched once, cached
+
+    if path in fetch.MODELS:
+      path = fetch.fetch(path)
+  if os.path.isfile(path):
+    from rft_jax.models import gguf_file
+
+    return gguf_file.load(path, dtype, compute_dtype=compute_dtype)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path}: checkpoint directory not found")
+    raise FileNotFoundError(f"{path}: checkpoint not found (a Hugging Face directory, a .gguf "
+                            "file, or a registered name: python -m rft_jax.models.fetch --list)")
   config_path = os.path.join(path, CONFIG_FILE)
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{config_path}: model config not found")
@@ -463,17 +495,8 @@ def load(path: str | os.PathLike, dtype: str = "float32", *,
   if pad_id is None:
     pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else eos_ids[0]
 
-  params: dict = {}
-  for name, t in expected.items():
-    x = _to_ours(jax.device_put(_read_tensor(entries[name])), transpose=t.transpose,
-                 shape=t.shape, dtype=config.param_dtype)
-    # One tensor in flight: async dispatch would otherwise let reads run ahead of conversions
-    # and pile up raw buffers.
-    x.block_until_ready()
-    node = params
-    for key in t.path[:-1]:
-      node = node.setdefault(key, {})
-    node[t.path[-1]] = x
+  params = assemble_params(expected, lambda name: _read_tensor(entries[name]),
+                           config.param_dtype)
   return Policy(config=config, params=params, tokenizer=tokenizer, eos_ids=eos_ids,
                 pad_id=int(pad_id), chat=bool(getattr(tokenizer, "chat_template", None)))
 

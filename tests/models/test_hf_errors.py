@@ -63,7 +63,7 @@ def test_loads_when_intact(ckpt):
 
 
 def test_missing_directory(tmp_path):
-  with pytest.raises(FileNotFoundError, match="nope: checkpoint directory not found"):
+  with pytest.raises(FileNotFoundError, match="nope: checkpoint not found"):
     models.load(tmp_path / "nope")
 
 
