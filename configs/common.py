@@ -63,7 +63,11 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      weight_decay=0.0, clip_norm=1.0)
 
   # epochs x mini_batches optimizer updates per round on the round's rollouts (1 x 1 = on-policy).
-  c.train = dict(rounds=100, epochs=1, mini_batches=1, eval_every=10, checkpoint_every=20)
+  # logprob_chunk: completion positions whose log-probs (and their gradient) the train step
+  # computes at a time, so its memory grows with the chunk, not with completion length x vocab
+  # (rft_jax.logprobs.head_logprobs_and_entropy; 0 = all at once; float rounding differs only).
+  c.train = dict(rounds=100, epochs=1, mini_batches=1, eval_every=10, checkpoint_every=20,
+                 logprob_chunk=128)
 
   # Training Pass@1 = mean of train_samples samples of the training question(s); test Pass@1 =
   # one sample per test question (test_size 0 = all); greedy accuracy on the test set too.

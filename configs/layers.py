@@ -55,7 +55,12 @@ class Layer:
 _CHAIN = ("loss.chain",)
 
 LAYERS: dict[str, Layer] = {layer.name: layer for layer in [
-    Layer("l0", "configs.l0_minimal", None, ()),
+    # paper_exact: L0's objective as verl computes it (the paper ran verl); compared with the
+    # default argument, not with a parent.
+    Layer("l0", "configs.l0_minimal", None, (),
+          {"paper_exact": _CHAIN + ("loss.group_mean.singleton", "loss.group_std.singleton_std",
+                                    "loss.dual_clip.log_ratio_clamp", "loss.kl_loss.clamp",
+                                    "loss.kl_loss.log_ratio_clamp")}),
     Layer("l1", "configs.l1_rollouts", "l0", ("rollout.num_samples",),
           {"g=4": ("rollout.num_samples",), "g=16": ("rollout.num_samples",)}),
     Layer("l2", "configs.l2_advantage", "l1", _CHAIN),

@@ -7,15 +7,23 @@ the trainer differentiates are the same function of the same tokens:
     logp_t = log softmax(z_t / tau)[y_t],     H_t = -sum_v p_v log p_v,  p = softmax(z_t / tau)
 
 A temperature of 0 (greedy) scores with tau = 1.
+
+The trainer can score from the decoder's final hidden states instead of its logits
+(`head_logprobs_and_entropy`, `completion_logprobs(..., chunk=)`): the head matmul and the same
+fused formulas then run over sequence chunks, so the step never holds [B, N, V] float32 logits or
+their gradient, only [B, chunk, V].
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rft_jax.models.decoder import Decoder, positions_from_mask
+# _dense: the decoder's own head matmul, so the chunked logits are the decoder's operations.
+from rft_jax.models.decoder import Decoder, _dense, head_matrix, positions_from_mask
 
 Array = jax.Array
 
@@ -92,9 +100,8 @@ def _logp_entropy_fwd(logits, targets, tau):
   return (logp, ent), (logits, targets, tau, ent, top, log_total)
 
 
-def _logp_entropy_bwd(residuals, cotangents):
-  logits, targets, tau, ent, top, log_total = residuals
-  g_logp, g_ent = cotangents
+def _logits_cotangent(logits, targets, tau, ent, top, log_total, g_logp, g_ent):
+  """(d logits, d tau) from the cotangents of (logp, H): the backward formulas of both paths."""
   z = logits / tau
   log_p = (z - top[..., None]) - log_total[..., None]  # the forward's operations and rounding
   p = jnp.exp(log_p)
@@ -103,21 +110,144 @@ def _logp_entropy_bwd(residuals, cotangents):
          - g_ent[..., None] * jnp.where(p > 0, p * (log_p + ent[..., None]), 0.0))
   # z = logits / tau: d z / d tau = -z / tau (unused by the trainer: XLA drops it).
   d_tau = -jnp.sum(jnp.where(jnp.isfinite(z), d_z * z, 0.0)) / tau
-  targets_cotangent = np.zeros(targets.shape, jax.dtypes.float0)
-  return d_z / tau, targets_cotangent, d_tau
+  return d_z / tau, d_tau
+
+
+def _logp_entropy_bwd(residuals, cotangents):
+  logits, targets, tau, ent, top, log_total = residuals
+  d_logits, d_tau = _logits_cotangent(logits, targets, tau, ent, top, log_total, *cotangents)
+  return d_logits, np.zeros(targets.shape, jax.dtypes.float0), d_tau
 
 
 _logp_entropy.defvjp(_logp_entropy_fwd, _logp_entropy_bwd)
 
 
+def head_logprobs_and_entropy(hidden: Array, head: Array, targets: Array,
+                              temperature: Array | float = 1.0,
+                              chunk: int = 128) -> tuple[Array, Array]:
+  """hidden [B, N, D], head [D, V], targets [B, N] int -> (log p(targets), entropy H), [B, N].
+
+  The values of `token_logprobs_and_entropy(logits, targets, temperature)` with
+  logits = (hidden @ head).astype(float32) (the decoder's head: `Decoder(...,
+  return_hidden=True)` and `head_matrix`), computed `chunk` positions at a time so that only
+  [B, chunk, V] float32 logits exist at once, in the forward and in the backward pass:
+
+      forward, per chunk c:   z_c = (h_c @ W) / tau  ->  logp_c, H_c, m_c, log S_c   (fused)
+      backward, per chunk c:  recompute z_c; d logits_c from (g_logp_c, g_H_c) by the fused
+                              formulas (token_logprobs_and_entropy's docstring);
+                              d h_c = d logits_c @ W^T,   d W += h_c^T @ d logits_c
+
+  d logits_c is cast to the compute dtype before both matmuls, as autodiff of the decoder's
+  `.astype(float32)` does; d W accumulates in float32 across chunks. Residuals are hidden, W and
+  [B, N] per-position statistics: memory O(B chunk V + B N D + D V) instead of O(B N V). N is
+  zero-padded to a multiple of chunk (chunk > N: one chunk of N); the padded rows get zero
+  cotangents and are sliced off. chunk is static (a Python int).
+  """
+  if hidden.ndim != 3 or head.ndim != 2:
+    raise ValueError(f"hidden must be [B, N, D] and head [D, V], got {hidden.shape} and "
+                     f"{head.shape}")
+  if hidden.shape[-1] != head.shape[0]:
+    raise ValueError(f"hidden's model dimension {hidden.shape[-1]} differs from head's "
+                     f"{head.shape[0]} (head is [D, V])")
+  if targets.shape != hidden.shape[:2]:
+    raise ValueError(f"targets {targets.shape} must be hidden {hidden.shape} without the model "
+                     "axis")
+  if not isinstance(chunk, int) or chunk < 1:
+    raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+  temperature = jnp.asarray(temperature, jnp.float32)
+  if temperature.ndim:
+    raise ValueError(f"temperature must be a scalar, got shape {temperature.shape}")
+  n = hidden.shape[1]
+  if n == 0:
+    empty = jnp.zeros(targets.shape, jnp.float32)
+    return empty, empty
+  tau = jnp.where(temperature > 0, temperature, 1.0)
+  targets = targets.astype(jnp.int32)
+  targets = jnp.where(targets < 0, targets + head.shape[1], targets)
+  return _head_logp_entropy(hidden, head, targets, tau, min(chunk, n))
+
+
+def _chunks(x: Array, chunk: int) -> Array:
+  """[B, N, ...] -> [C, B, chunk, ...], N zero-padded to C * chunk (the scanned axis first)."""
+  b, n = x.shape[:2]
+  c = -(-n // chunk)
+  x = jnp.pad(x, [(0, 0), (0, c * chunk - n)] + [(0, 0)] * (x.ndim - 2))
+  return jnp.moveaxis(x.reshape(b, c, chunk, *x.shape[2:]), 1, 0)
+
+
+def _unchunk(x: Array, n: int) -> Array:
+  """[C, B, chunk, ...] -> [B, N, ...]: the inverse of _chunks."""
+  c, b, k = x.shape[:3]
+  return jnp.moveaxis(x, 0, 1).reshape(b, c * k, *x.shape[3:])[:, :n]
+
+
+def _chunk_logits(h: Array, head: Array) -> Array:
+  return _dense(h, head).astype(jnp.float32)
+
+
+def _head_parts(hidden, head, targets, tau, chunk):
+  def body(_, xs):
+    h, t = xs
+    return None, _logp_entropy_parts(_chunk_logits(h, head), t, tau)
+
+  _, parts = jax.lax.scan(body, None, (_chunks(hidden, chunk), _chunks(targets, chunk)))
+  return tuple(_unchunk(x, hidden.shape[1]) for x in parts)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _head_logp_entropy(hidden, head, targets, tau, chunk):
+  logp, ent, _, _ = _head_parts(hidden, head, targets, tau, chunk)
+  return logp, ent
+
+
+def _head_logp_entropy_fwd(hidden, head, targets, tau, chunk):
+  logp, ent, top, log_total = _head_parts(hidden, head, targets, tau, chunk)
+  return (logp, ent), (hidden, head, targets, tau, ent, top, log_total)
+
+
+def _head_logp_entropy_bwd(chunk, residuals, cotangents):
+  hidden, head, targets, tau, ent, top, log_total = residuals
+  g_logp, g_ent = cotangents
+  dt = head.dtype
+
+  def body(carry, xs):
+    d_head, d_tau = carry
+    h, t, e, m, log_s, g_l, g_e = xs
+    d_logits, d_tau_c = _logits_cotangent(_chunk_logits(h, head), t, tau, e, m, log_s, g_l, g_e)
+    d_logits = d_logits.astype(dt).reshape(-1, head.shape[1])  # [B chunk, V]
+    h2 = h.reshape(-1, h.shape[-1])  # [B chunk, D]
+    d_head = d_head + jax.lax.dot_general(h2, d_logits, (((0,), (0,)), ((), ())),
+                                          preferred_element_type=jnp.float32)
+    d_h = (d_logits @ head.T).reshape(h.shape)
+    return (d_head, d_tau + d_tau_c), d_h
+
+  xs = tuple(_chunks(x, chunk) for x in (hidden, targets, ent, top, log_total, g_logp, g_ent))
+  init = (jnp.zeros(head.shape, jnp.float32), jnp.zeros((), jnp.float32))
+  (d_head, d_tau), d_hidden = jax.lax.scan(body, init, xs)
+  d_hidden = _unchunk(d_hidden, hidden.shape[1]).astype(hidden.dtype)
+  return (d_hidden, d_head.astype(dt), np.zeros(targets.shape, jax.dtypes.float0),
+          d_tau.astype(tau.dtype))
+
+
+_head_logp_entropy.defvjp(_head_logp_entropy_fwd, _head_logp_entropy_bwd)
+
+
 def completion_logprobs(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array,
                         completion: Array, completion_mask: Array,
-                        temperature: Array | float = 1.0, with_entropy: bool = False):
+                        temperature: Array | float = 1.0, with_entropy: bool = False,
+                        chunk: int = 0):
   """Log-probs of completions given left-padded prompts, in one forward pass.
 
   prompt_tokens, prompt_mask [B, P]; completion, completion_mask [B, N].
   Returns logp [B, N] (and entropy [B, N] when asked); token n is predicted by slot P + n - 1.
+
+  chunk (static): 0 scores the decoder's [B, N, V] logits at once; chunk > 0 with N > chunk
+  takes the decoder's hidden states and scores `chunk` positions at a time
+  (`head_logprobs_and_entropy`: equal values and gradients up to float rounding, memory that
+  grows with chunk instead of N). N <= chunk is one chunk anyway: it takes the logits path.
   """
+  if not isinstance(chunk, int) or chunk < 0:
+    raise ValueError(f"chunk must be an int >= 0 (0 = unchunked), got {chunk!r}")
   p, n = prompt_tokens.shape[1], completion.shape[1]
   if n == 0:
     empty = jnp.zeros(completion.shape, jnp.float32)
@@ -126,7 +256,12 @@ def completion_logprobs(decoder: Decoder, params, prompt_tokens: Array, prompt_m
   # decoder's T - (p - 1) head slots are exactly the N that predict completion tokens.
   tokens = jnp.concatenate([prompt_tokens, completion[:, :-1]], axis=1).astype(jnp.int32)
   mask = jnp.concatenate([prompt_mask, completion_mask[:, :-1]], axis=1).astype(bool)
-  logits, _ = decoder.apply({"params": params}, tokens, positions_from_mask(mask), mask,
-                            logits_from=p - 1)
-  logp, ent = token_logprobs_and_entropy(logits, completion, temperature)
+  args = ({"params": params}, tokens, positions_from_mask(mask), mask)
+  if chunk and n > chunk:
+    hidden, _ = decoder.apply(*args, logits_from=p - 1, return_hidden=True)
+    logp, ent = head_logprobs_and_entropy(hidden, head_matrix(decoder.config, params),
+                                          completion, temperature, chunk)
+  else:
+    logits, _ = decoder.apply(*args, logits_from=p - 1)
+    logp, ent = token_logprobs_and_entropy(logits, completion, temperature)
   return (logp, ent) if with_entropy else logp

@@ -53,6 +53,12 @@ RESUMABLE_KEYS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
                   "eval.batch_size", "warm_start.dir", "diagnostics.p_correct_window",
                   "diagnostics.exact_arms", "diagnostics.max_arms")
 
+# Keys added after runs had been checkpointed, with their default: left out of the fingerprint at
+# that value, so a checkpoint from before the key existed resumes under the default. Any other
+# value enters the fingerprint. train.logprob_chunk changes the step's float rounding only (as a
+# code change does); an explicit change within a run is still refused.
+LATER_KEYS = {"train.logprob_chunk": 128}
+
 
 class NonFiniteLossError(RuntimeError):
   pass
@@ -182,15 +188,20 @@ def _split_rows(tree, parts: int):
 
 
 @functools.partial(jax.jit, static_argnames=("decoder", "transform", "optimizer", "epochs",
-                                             "mini_batches"), donate_argnums=(0,))
+                                             "mini_batches", "logprob_chunk"),
+                   donate_argnums=(0,))
 def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array, *, decoder,
                transform: losses.LossTransform, optimizer: optax.GradientTransformation,
-               epochs: int = 1, mini_batches: int = 1) -> tuple[TrainState, dict]:
+               epochs: int = 1, mini_batches: int = 1,
+               logprob_chunk: int = LATER_KEYS["train.logprob_chunk"]
+               ) -> tuple[TrainState, dict]:
   """epochs x mini_batches AdamW updates on one round's rollouts; returns (state, metrics).
 
   The chain's advantage stage runs once over the whole round (losses.prepare_batch), so
   baselines see every rollout and stateful transforms update once per round; each update then
   differentiates the chain's loss stage over its mini-batch (normalized by its own tokens).
+  logprob_chunk: completion positions scored at a time (logprobs.completion_logprobs; 0 = all
+  at once), so the step's memory grows with it rather than with N x V.
   """
   prepared, loss_state, pre_metrics = losses.prepare_batch(transform, batch.loss,
                                                            state.loss_state)
@@ -201,7 +212,7 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array, *
   def loss_fn(params, mb: RolloutBatch):
     logp, ent = logprobs.completion_logprobs(decoder, params, mb.prompt_tokens, mb.prompt_mask,
                                              mb.loss.tokens, mb.loss.mask, temperature,
-                                             with_entropy=True)
+                                             with_entropy=True, chunk=logprob_chunk)
     loss, aux = losses.compute_loss(transform, logp, mb.loss, loss_state, entropy=ent)
     mask = mb.loss.mask
     aux["metrics"]["entropy"] = jnp.sum(ent * mask) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -236,10 +247,12 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array, *
                     loss_state=loss_state), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("decoder",))
-def _reference_logp(decoder, params, prompt_tokens, prompt_mask, tokens, mask, temperature):
+# The same chunking as the policy's log-probs: equal params give an exactly zero KL.
+@functools.partial(jax.jit, static_argnames=("decoder", "chunk"))
+def _reference_logp(decoder, params, prompt_tokens, prompt_mask, tokens, mask, temperature,
+                    chunk):
   return logprobs.completion_logprobs(decoder, params, prompt_tokens, prompt_mask, tokens, mask,
-                                      temperature)
+                                      temperature, chunk=chunk)
 
 
 def _uses_reference(transform_chain: str) -> bool:
@@ -250,8 +263,13 @@ def _uses_reference(transform_chain: str) -> bool:
 
 
 def fingerprint(config) -> dict:
-  """The config minus the settings a resumed run may change (RESUMABLE_KEYS)."""
+  """The config minus the settings a resumed run may change (RESUMABLE_KEYS) and the later
+  keys at their defaults (LATER_KEYS)."""
   d = json.loads(config.to_json())
+  for key, default in LATER_KEYS.items():
+    section, name = key.split(".")
+    if d.get(section, {}).get(name) == default:
+      del d[section][name]
   for key in RESUMABLE_KEYS:
     section, name = key.split(".")
     d.get(section, {}).pop(name, None)
@@ -368,7 +386,8 @@ def run(config, workdir: str, log=print) -> dict:
       ref_logp = None
       if ref_params is not None:
         ref_logp = _reference_logp(decoder, ref_params, rollout.prompt_tokens,
-                                   rollout.prompt_mask, rollout.tokens, rollout.mask, temperature)
+                                   rollout.prompt_mask, rollout.tokens, rollout.mask, temperature,
+                                   chunk=config.train.logprob_chunk)
       loss_batch = losses.Batch(
           tokens=rollout.tokens, mask=rollout.mask, behaviour_logp=rollout.logp,
           rewards=sharding.shard_batch(np.asarray(rewards, np.float32), mesh),
@@ -381,7 +400,8 @@ def run(config, workdir: str, log=print) -> dict:
       state, step_metrics = train_step(state, batch, temperature, decoder=decoder,
                                        transform=transform, optimizer=optimizer,
                                        epochs=config.train.epochs,
-                                       mini_batches=config.train.mini_batches)
+                                       mini_batches=config.train.mini_batches,
+                                       logprob_chunk=config.train.logprob_chunk)
       row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
       row.update(reward=float(np.mean(rewards)), length=float(mask.sum(-1).mean()),
                  **{f"outcome_{k}": v for k, v in outcomes.items()})

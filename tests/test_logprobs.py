@@ -3,9 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from rft_jax import logprobs
+from rft_jax import logprobs, losses, train
+from rft_jax.models import decoder as decoder_lib
 
 
 def reference(logits, targets, temperature):
@@ -126,3 +128,204 @@ def test_negative_targets_count_from_the_end_in_both_passes():
   (value_neg, grad_neg), (value_pos, grad_pos) = f(targets - vocab), f(targets)
   np.testing.assert_allclose(value_neg, value_pos, rtol=1e-6)
   np.testing.assert_allclose(grad_neg, grad_pos, atol=1e-7)
+
+
+# -- the chunked head path: hidden states and the head matrix in, the same values out ---------
+
+
+def head_case(seed, b=2, n=7, d=6, v=29):
+  rng = np.random.default_rng(seed)
+  hidden = jnp.asarray(rng.standard_normal((b, n, d)), jnp.float32)
+  head = jnp.asarray(rng.standard_normal((d, v)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, v, (b, n)), jnp.int32)
+  g_logp = jnp.asarray(rng.standard_normal((b, n)), jnp.float32)
+  g_ent = jnp.asarray(rng.standard_normal((b, n)), jnp.float32)
+  return hidden, head, targets, g_logp, g_ent
+
+
+def _head_objective(chunk, targets, g_logp, g_ent):
+  """sum(g_logp logp + g_ent H) through the chunked path, or (chunk 0) through the logits."""
+  def f(hidden, head, tau):
+    if chunk:
+      logp, ent = logprobs.head_logprobs_and_entropy(hidden, head, targets, tau, chunk)
+    else:
+      logits = (hidden @ head).astype(jnp.float32)
+      logp, ent = logprobs.token_logprobs_and_entropy(logits, targets, tau)
+    return jnp.sum(g_logp * logp) + jnp.sum(g_ent * ent)
+  return f
+
+
+# chunk 3 and 2 do not divide N = 7 (padded last chunk); 7 = N; 64 > N is one chunk of N.
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_chunked_head_values_and_gradients_match_unchunked(chunk, temperature):
+  hidden, head, targets, g_logp, g_ent = head_case(7)
+  got = logprobs.head_logprobs_and_entropy(hidden, head, targets, temperature, chunk)
+  want = logprobs.token_logprobs_and_entropy((hidden @ head).astype(jnp.float32), targets,
+                                             temperature)
+  for g, w in zip(got, want):
+    assert g.shape == targets.shape
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  tau = jnp.float32(temperature)
+  got = jax.jit(jax.grad(_head_objective(chunk, targets, g_logp, g_ent), argnums=(0, 1, 2)))(
+      hidden, head, tau)
+  want = jax.grad(_head_objective(0, targets, g_logp, g_ent), argnums=(0, 1, 2))(
+      hidden, head, tau)
+  for g, w, name in zip(got, want, ("hidden", "head", "tau")):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_chunked_head_hand_computed():
+  # W = [[0, log 3], [0, 0]]: h = (a, 0) has logits (0, a log 3); target 1 everywhere.
+  #   a = 1: p = (1/4, 3/4), log p_1 = log 3/4, H = -(1/4 log 1/4 + 3/4 log 3/4),
+  #          d logp / d logits = (-1/4, 1/4), d h = W (-1/4, 1/4) = (log 3 / 4, 0);
+  #   a = 0: p = (1/2, 1/2), log p_1 = log 1/2, H = log 2, d h = W (-1/2, 1/2) = (log 3 / 2, 0).
+  # d sum(logp) / d W = sum_n h_n^T (onehot - p_n) = 2 (1, 0)^T (-1/4, 1/4) (the a = 0 row is 0).
+  # N = 3 in chunks of 2: the second chunk is half padding.
+  log3 = np.log(3.0)
+  head = jnp.asarray([[0.0, log3], [0.0, 0.0]], jnp.float32)
+  hidden = jnp.asarray([[[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]], jnp.float32)
+  targets = jnp.ones((1, 3), jnp.int32)
+  logp, ent = logprobs.head_logprobs_and_entropy(hidden, head, targets, 1.0, chunk=2)
+  h_quarter = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+  np.testing.assert_allclose(logp, [[np.log(0.75), np.log(0.5), np.log(0.75)]], rtol=1e-6)
+  np.testing.assert_allclose(ent, [[h_quarter, np.log(2.0), h_quarter]], rtol=1e-6)
+  d_hidden, d_head = jax.grad(
+      lambda h, w: jnp.sum(logprobs.head_logprobs_and_entropy(h, w, targets, 1.0, chunk=2)[0]),
+      argnums=(0, 1))(hidden, head)
+  np.testing.assert_allclose(d_hidden, [[[log3 / 4, 0], [log3 / 2, 0], [log3 / 4, 0]]],
+                             atol=1e-6)
+  np.testing.assert_allclose(d_head, [[-0.5, 0.5], [0.0, 0.0]], atol=1e-6)
+
+
+def test_chunked_head_shape_errors():
+  hidden, head, targets, _, _ = head_case(8)
+  with pytest.raises(ValueError, match=r"\[B, N, D\]"):
+    logprobs.head_logprobs_and_entropy(hidden[0], head, targets, 1.0, 4)
+  with pytest.raises(ValueError, match="model dimension"):
+    logprobs.head_logprobs_and_entropy(hidden, head.T, targets, 1.0, 4)
+  with pytest.raises(ValueError, match="without the model axis"):
+    logprobs.head_logprobs_and_entropy(hidden, head, targets[:, :3], 1.0, 4)
+  with pytest.raises(ValueError, match="positive int"):
+    logprobs.head_logprobs_and_entropy(hidden, head, targets, 1.0, 0)
+  with pytest.raises(ValueError, match="scalar"):
+    logprobs.head_logprobs_and_entropy(hidden, head, targets, jnp.ones(2), 4)
+
+
+def test_chunked_head_memory_grows_with_the_chunk_not_n_times_v():
+  # The compiled gradient's scratch memory: the unchunked path holds [B, N, V] float32 logits
+  # and their cotangent (2 x 8 MiB here); the chunked one about [B, chunk, V] of each.
+  b, n, d, v, chunk = 2, 512, 8, 2048, 16
+  hidden = jax.ShapeDtypeStruct((b, n, d), jnp.float32)
+  head = jax.ShapeDtypeStruct((d, v), jnp.float32)
+  targets = jax.ShapeDtypeStruct((b, n), jnp.int32)
+
+  def temp_bytes(c):
+    f = lambda h, w, t: _head_objective(c, t, 1.0, 1.0)(h, w, 1.0)
+    compiled = jax.jit(jax.grad(f, argnums=(0, 1))).lower(hidden, head, targets).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  logits_bytes = b * n * v * 4
+  unchunked, chunked = temp_bytes(0), temp_bytes(chunk)
+  assert unchunked >= logits_bytes  # the measurement sees the [B, N, V] logits
+  assert chunked < logits_bytes / 8, (chunked, unchunked)
+
+
+# -- through the decoder: completion_logprobs(chunk=) equals the logits path ---------------------
+
+
+def _decoder_case(tied, dtype="float32", seed=0):
+  cfg = decoder_lib.ModelConfig(vocab_size=53, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2,
+                                head_dim=8, d_ff=24, tie_embeddings=tied, dtype=dtype)
+  params = decoder_lib.init_params(cfg, jax.random.key(seed))
+  rng = np.random.default_rng(seed)
+  b, p, n = 3, 5, 10
+  prompt_mask = (np.arange(p)[None] >= np.array([0, 2, 4])[:, None])  # left padding
+  prompt = np.where(prompt_mask, rng.integers(1, cfg.vocab_size, (b, p)), 0)
+  mask = (np.arange(n)[None] < np.array([10, 6, 1])[:, None]).astype(np.float32)  # masked tails
+  completion = np.where(mask > 0, rng.integers(1, cfg.vocab_size, (b, n)), 0)
+  g_logp, g_ent = rng.standard_normal((2, b, n)).astype(np.float32)
+  return decoder_lib.Decoder(cfg), params, (prompt, prompt_mask, completion, mask), g_logp, g_ent
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_completion_logprobs_chunked_equals_unchunked_through_the_decoder(tied):
+  decoder, params, rollout, g_logp, g_ent = _decoder_case(tied)
+  mask = rollout[3]
+
+  def run(chunk):
+    def f(prm):
+      logp, ent = logprobs.completion_logprobs(decoder, prm, *rollout, 0.8, with_entropy=True,
+                                               chunk=chunk)
+      return jnp.sum(mask * (g_logp * logp + g_ent * ent)), (logp, ent)
+    return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+
+  (want_loss, want_out), want_grad = run(0)
+  (loss, out), grad = run(3)  # N = 10: chunks of 3, 3, 3 and 1 (+ 2 padding)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  for g, w in zip(out, want_out):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  assert ("lm_head" in grad) is not tied
+  flat, want_flat = jax.tree_util.tree_leaves_with_path(grad), jax.tree.leaves(want_grad)
+  for (path, g), w in zip(flat, want_flat):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  assert float(jnp.abs(grad["embedding"]).sum()) > 0
+  # N <= chunk is one chunk: the logits path itself, bit for bit.
+  (loss_one, _), _ = run(10)
+  assert float(loss_one) == float(want_loss)
+
+
+def test_completion_logprobs_chunked_in_bfloat16_compute():
+  decoder, params, rollout, g_logp, g_ent = _decoder_case(True, dtype="bfloat16", seed=1)
+
+  def run(chunk):
+    f = lambda prm: jnp.sum(rollout[3] * g_logp * logprobs.completion_logprobs(
+        decoder, prm, *rollout, 1.0, chunk=chunk))
+    return jax.jit(jax.value_and_grad(f))(params)
+
+  (want_loss, want_grad), (loss, grad) = run(0), run(4)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-3)
+  for g, w in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
+    assert g.dtype == w.dtype == jnp.float32
+    # Measured: identical but for the embedding (1e-3 of its largest entry: d W accumulates in
+    # float32 across chunks, where autodiff's bfloat16 matmul rounds once).
+    np.testing.assert_allclose(g, w, rtol=1e-2, atol=5e-3 * float(jnp.abs(w).max()))
+
+
+def test_completion_logprobs_rejects_a_negative_chunk():
+  decoder, params, rollout, _, _ = _decoder_case(True)
+  with pytest.raises(ValueError, match="chunk"):
+    logprobs.completion_logprobs(decoder, params, *rollout, chunk=-1)
+
+
+def test_train_step_losses_and_updates_unchanged_by_chunking():
+  # One train step (grpo chain: clipped ratio, KL to a reference, entropy metric; AdamW) with
+  # the logits path and with chunks of 3 over N = 10: same loss, gradient norm and new params.
+  decoder, params, (prompt, prompt_mask, completion, mask), g_logp, _ = _decoder_case(False)
+  behaviour = np.asarray(logprobs.completion_logprobs(
+      decoder, params, prompt, prompt_mask, completion, mask)) + 0.3 * g_logp
+  batch = train.RolloutBatch(
+      prompt_tokens=jnp.asarray(prompt, jnp.int32), prompt_mask=jnp.asarray(prompt_mask),
+      loss=losses.Batch(tokens=jnp.asarray(completion, jnp.int32), mask=jnp.asarray(mask),
+                        behaviour_logp=jnp.asarray(behaviour * mask, jnp.float32),
+                        rewards=jnp.asarray([1.0, 0.0, 1.0]),
+                        group_ids=jnp.zeros(3, jnp.int32),
+                        ref_logp=jnp.asarray((behaviour - 0.2 * g_logp) * mask, jnp.float32)))
+  transform = losses.from_config(losses.recipe_config("grpo"))
+  optimizer = optax.adamw(1e-2, eps=1e-3)  # eps: rounding noise in tiny g stays tiny in the update
+
+  def step(chunk):
+    copy = jax.tree.map(jnp.copy, params)  # train_step donates the state
+    state = train.TrainState(round=jnp.zeros((), jnp.int32), params=copy,
+                             opt_state=optimizer.init(copy), loss_state=transform.init())
+    state, metrics = train.train_step(state, batch, jnp.float32(0.9), decoder=decoder,
+                                      transform=transform, optimizer=optimizer,
+                                      logprob_chunk=chunk)
+    return jax.device_get(state.params), jax.device_get(metrics)
+
+  (want_params, want), (got_params, got) = step(0), step(3)
+  assert got.keys() == want.keys() and want["grad_norm"] > 0
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  for g, w in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

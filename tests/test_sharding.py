@@ -64,7 +64,7 @@ def setup():
   return params, batch
 
 
-def _step(setup, mesh, *, epochs=1, mini_batches=1):
+def _step(setup, mesh, *, epochs=1, mini_batches=1, logprob_chunk=0):
   """One train_step (grpo chain, AdamW) on `mesh`; returns (host params, host metrics, state)."""
   params, batch = setup
   transform = losses.from_config(losses.recipe_config("grpo"))
@@ -80,7 +80,7 @@ def _step(setup, mesh, *, epochs=1, mini_batches=1):
   state, metrics = train.train_step(state, sharding.shard_batch(batch, mesh), jnp.float32(1.0),
                                     decoder=decoder_lib.Decoder(CONFIG), transform=transform,
                                     optimizer=optimizer, epochs=epochs,
-                                    mini_batches=mini_batches)
+                                    mini_batches=mini_batches, logprob_chunk=logprob_chunk)
   return jax.device_get(state.params), jax.device_get(metrics), state
 
 
@@ -115,6 +115,14 @@ def test_data_parallel_step_equals_one_device(setup, one_device):
   assert _spec(batch.loss.tokens) == (("data", "fsdp"),)
   assert len(batch.loss.tokens.addressable_shards) == 8
   assert batch.loss.tokens.addressable_shards[0].data.shape == (1, COMPLETION)
+
+
+@pytest.mark.parametrize("axes", [dict(data=8), dict(data=-1, fsdp=2, tensor=2)])
+def test_step_with_chunked_logprobs_equals_one_device(setup, one_device, axes):
+  # Log-probs in chunks of 2 over the 5 completion positions (rft_jax.logprobs): the head's
+  # gradient accumulates over chunks, summed across data shards; tensor=2 splits its vocabulary.
+  _needs_8_devices()
+  _assert_same(_step(setup, sharding.build_mesh(**axes), logprob_chunk=2), one_device)
 
 
 def test_fsdp_tensor_step_equals_one_device(setup, one_device):

@@ -236,3 +236,17 @@ def test_diagnostics_settings_do_not_block_a_resume():
   assert train.fingerprint(older) == train.fingerprint(c)
   changed.rollout.num_samples = 2  # a setting that changes training still counts
   assert train.fingerprint(changed) != train.fingerprint(c)
+
+
+def test_logprob_chunk_at_its_default_resumes_runs_from_before_it():
+  # train.logprob_chunk (added later) is left out of the fingerprint at its default, so a
+  # checkpoint written before the key existed resumes; another value is a different run.
+  c = common.base_config()
+  assert c.train.logprob_chunk == train.LATER_KEYS["train.logprob_chunk"]
+  older = common.base_config()
+  del older.train["logprob_chunk"]
+  assert train.fingerprint(older) == train.fingerprint(c)
+  changed = common.base_config()
+  changed.train.logprob_chunk = 0
+  assert train.fingerprint(changed)["train"]["logprob_chunk"] == 0
+  assert train.fingerprint(changed) != train.fingerprint(c)

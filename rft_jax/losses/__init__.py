@@ -48,6 +48,10 @@ from rft_jax.losses.recipes import (
     recipe_config,
     reinforce,
     rloo,
+    trl_grpo,
+    verl_dr_grpo,
+    verl_grpo,
+    verl_gspo,
 )
 from rft_jax.losses.regularizers import entropy_bonus, kl_loss
 from rft_jax.losses.reward_maps import affine_reward, clip_reward, kl_estimate, kl_reward
@@ -110,5 +114,9 @@ __all__ = [
     "split_batch",
     "stateless",
     "token_mean",
+    "trl_grpo",
     "truncated_is",
+    "verl_dr_grpo",
+    "verl_grpo",
+    "verl_gspo",
 ]

@@ -61,34 +61,49 @@ def raw_reward() -> LossTransform:
   return stateless(update)
 
 
-def group_mean() -> LossTransform:
+SINGLETON_BASELINES = ("mean", "zero")
+
+
+def group_mean(singleton: str = "mean") -> LossTransform:
   """Group baseline: A_i = R_i - mean_{j in g(i)} R_j (the mean includes i itself).
 
   GRPO's baseline (Shao et al. 2024, DeepSeekMath, sec. 4.1.2); alone it is Dr. GRPO's advantage
-  (Liu et al. 2025, "Understanding R1-Zero-Like Training").
+  (Liu et al. 2025, "Understanding R1-Zero-Like Training"). A group of one rollout:
+  singleton="mean" (default) uses its own reward as the mean, so A = 0 (as TRL); "zero" uses
+  baseline 0, so A = R (verl's grpo estimator: a group of one gets mean 0 and std 1).
   """
+  if singleton not in SINGLETON_BASELINES:
+    raise ValueError(f"group_mean: singleton={singleton!r}; choose one of {SINGLETON_BASELINES}")
 
   def update(terms, batch):
     if advantages_given(batch):
       return _given(terms, batch)
     r = terms.rewards
     same = _same_group(batch.group_ids, r.dtype)
-    adv = r - jnp.sum(same * r[None, :], axis=1) / jnp.sum(same, axis=1)
+    n = jnp.sum(same, axis=1)
+    mean = jnp.sum(same * r[None, :], axis=1) / n
+    if singleton == "zero":
+      mean = jnp.where(n > 1, mean, 0.0)
+    adv = r - mean
     return terms.replace(advantages=adv, metrics=_adv_metrics(terms, adv))
 
   return stateless(update)
 
 
-def group_std(eps: float = 1e-6, ddof: int = 1) -> LossTransform:
+def group_std(eps: float = 1e-6, ddof: int = 1, singleton_std: float = -1.0) -> LossTransform:
   """Group scaling: A_i <- A_i / (std_{j in g(i)} R_j + eps).
 
   With `group_mean` before it this is GRPO's advantage (R - mean) / (std + eps) (Shao et al.
   2024, sec. 4.1.2). ddof=1 (the unbiased std) matches TRL and verl, which use torch.std; ddof=0
-  is the population std. A group of at most ddof rollouts has no std and is left unscaled.
+  is the population std. verl's eps is 1e-6, TRL's 1e-4. A group of at most ddof rollouts has
+  no std: with singleton_std < 0 (default -1.0) it is left unscaled; with singleton_std >= 0 it
+  is divided by (singleton_std + eps) (verl: 1.0, so a group of one gets R / (1 + eps)).
   Needs an advantage transform before it.
   """
   if eps < 0 or ddof < 0:
     raise ValueError(f"group_std: eps={eps} and ddof={ddof} must be >= 0")
+  if 0 <= singleton_std and singleton_std + eps == 0:
+    raise ValueError("group_std: singleton_std + eps must be > 0 (or singleton_std < 0)")
 
   def update(terms, batch):
     if advantages_given(batch):
@@ -96,7 +111,8 @@ def group_std(eps: float = 1e-6, ddof: int = 1) -> LossTransform:
     require_advantages(terms, "group_std")
     r = terms.rewards
     _, std, defined = _group_stats(r, batch.group_ids, ddof)
-    scale = jnp.where(defined, 1.0 / (std + eps), 1.0)
+    undefined_scale = 1.0 if singleton_std < 0 else 1.0 / (singleton_std + eps)
+    scale = jnp.where(defined, 1.0 / (std + eps), undefined_scale)
     adv = terms.advantages * (scale if terms.advantages.ndim == 1 else scale[:, None])
     metrics = dict(_adv_metrics(terms, adv), zero_std_frac=jnp.mean((std == 0).astype(r.dtype)))
     return terms.replace(advantages=adv, metrics=metrics)

@@ -3,7 +3,14 @@
 Each reads `terms.token_loss` on the loss tokens (`terms.mask`) and divides by normalisers that
 come from `batch.token_count` / `batch.seq_count` when given (micro-batches of one batch share the
 whole batch's counts, so accumulated micro-batch losses sum to the whole-batch loss), else from
-the batch itself. Each is the aggregation mode of the same name in verl (`loss_agg_mode`).
+the batch itself.
+
+verl's `loss_agg_mode` names the same four modes (token-mean, seq-mean-token-mean,
+seq-mean-token-sum, seq-mean-token-sum-norm). They agree with these ones in verl >= 0.7.1 (read:
+0.9.1), except that verl divides each sequence's token sum by (count + 1e-8) in
+seq-mean-token-mean (a relative 1e-8 / |o_i|, below float32 resolution). In verl <= 0.7.0,
+seq-mean-token-sum-norm did not divide by the number of sequences: sum_it l_it / L_max, which is
+`seq_mean_token_sum_norm(divide_by_seqs=False)`. docs/losses.md lists the conventions.
 """
 
 from __future__ import annotations
@@ -61,18 +68,21 @@ def seq_mean_token_sum() -> LossTransform:
   return stateless(update)
 
 
-def seq_mean_token_sum_norm(max_len: int = -1) -> LossTransform:
+def seq_mean_token_sum_norm(max_len: int = -1, divide_by_seqs: bool = True) -> LossTransform:
   """Token sums over a constant: L = sum_it l_it / (N * L_max).
 
   Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", sec. 3.1): a constant
   normaliser removes GRPO's length bias. L_max = max_len, the generation budget; max_len <= 0
   (default -1) uses the batch's padded length T, which is constant only if T is fixed.
+  divide_by_seqs=False gives L = sum_it l_it / L_max (verl <= 0.7.0's seq-mean-token-sum-norm:
+  N times the loss, the same direction; Adam's update barely sees the scale).
   """
 
   def update(terms, batch):
     mask = loss_mask(terms, batch)
     length = max_len if max_len > 0 else mask.shape[-1]
-    loss = jnp.sum(terms.token_loss * mask) / (jnp.maximum(seq_total(terms, batch), 1.0) * length)
+    seqs = jnp.maximum(seq_total(terms, batch), 1.0) if divide_by_seqs else 1.0
+    loss = jnp.sum(terms.token_loss * mask) / (seqs * length)
     return _set_loss(terms, loss)
 
   return stateless(update)

@@ -102,6 +102,128 @@ def gspo(eps_low: float = 3e-4, eps_high: float = 4e-4, std_eps: float = 1e-6) -
           ("seq_mean_token_mean", {})]
 
 
+# ---- peers: the losses of verl and TRL by name, as chains of the same transforms -------------
+# Each matches the peer's code (versions named in the docstrings; tests/losses/test_losses_peers.py
+# checks values and gradients against NumPy transcriptions of it). docs/losses.md, "Conventions",
+# lists where the peers and rft_jax's own recipes differ.
+
+# verl's kl_loss_type names -> rft_jax estimators.
+VERL_KL = {"kl": "k1", "k1": "k1", "mse": "k2", "k2": "k2", "low_var_kl": "k3", "k3": "k3",
+           "abs": "abs"}
+
+
+def _verl_kl(coef: float, estimator: str) -> tuple[str, dict[str, Any]]:
+  if estimator not in VERL_KL:
+    raise ValueError(f"verl kl_loss_type {estimator!r}; known: {sorted(VERL_KL)}")
+  k = VERL_KL[estimator]
+  # verl clamps low_var_kl only: log-ratio to [-20, 20] before exp, the estimate to [-10, 10].
+  clamps = {"clamp": 10.0, "log_ratio_clamp": 20.0} if k == "k3" else {}
+  return ("kl_loss", {"coef": coef, "estimator": k, **clamps})
+
+
+def _verl_grpo_advantage(std_eps: float, norm_by_std: bool) -> Spec:
+  # verl's grpo estimator: a group of one gets mean 0 and std 1, so A = R / (1 + eps).
+  spec = [("group_mean", {"singleton": "zero"})]
+  if norm_by_std:
+    spec.append(("group_std", {"eps": std_eps, "ddof": 1, "singleton_std": 1.0}))
+  return spec
+
+
+@_recipe
+def verl_grpo(eps: float = 0.2, eps_high: float = -1.0, clip_c: float = 3.0,
+              std_eps: float = 1e-6, kl_coef: float = 0.0,
+              kl_estimator: str = "low_var_kl") -> Spec:
+  """verl's GRPO: adv_estimator=grpo, policy loss "vanilla", loss_agg_mode token-mean (verl
+  0.9.1, verl/trainer/ppo/core_algos.py; the same formulas in 0.4.1 to 0.9.1).
+
+      A_i = (R_i - mean_g R) / (std_g R + std_eps)     (a group of one: R_i / (1 + std_eps))
+      r_t = exp(clip(log pi - log pi_old, -20, 20))
+      l_t = -min(r A, clip(r, 1 - eps, 1 + eps_high) A);  for A < 0: l_t = min(l_t, -clip_c A)
+      L   = sum_it m l_it / sum_it m  +  kl_coef * (the same token mean of kl_t)
+
+  kl_coef = 0 (use_kl_loss=False, verl's default) drops the KL term; kl_estimator takes verl's
+  names (low_var_kl = k3 with verl's clamps, log-ratio to [-20, 20] and k3 to [-10, 10]; kl / k1,
+  mse / k2, abs unclamped). The dual clip (clip_ratio_c = 3) is always on in verl's vanilla loss.
+  Hu et al.'s companion scripts: kl_coef=0.001, low_var_kl.
+  """
+  return _verl_grpo_advantage(std_eps, True) + [
+      ("dual_clip", {"eps_low": eps, "eps_high": eps_high, "c": clip_c, "log_ratio_clamp": 20.0}),
+      _verl_kl(kl_coef, kl_estimator),
+      ("token_mean", {})]
+
+
+@_recipe
+def verl_dr_grpo(eps: float = 0.2, eps_high: float = -1.0, clip_c: float = 3.0,
+                 max_len: int = -1, divide_by_seqs: bool = True, kl_coef: float = 0.0,
+                 kl_estimator: str = "low_var_kl") -> Spec:
+  """verl's Dr. GRPO setting: adv_estimator=grpo with norm_adv_by_std_in_grpo=False, policy loss
+  "vanilla", loss_agg_mode seq-mean-token-sum-norm (verl 0.9.1):
+
+      A_i = R_i - mean_g R                              (a group of one: R_i)
+      l_t as verl_grpo (dual clip, log-ratio clamp)
+      L   = sum_it m l_it / (N L_max)                    (+ kl_coef times the same of kl_t)
+
+  L_max = max_len (verl's loss_scale_factor; <= 0: the padded response length, verl's default).
+  divide_by_seqs=False reproduces verl <= 0.7.0, whose seq-mean-token-sum-norm was
+  sum_it m l_it / L_max (no 1/N).
+  """
+  return _verl_grpo_advantage(0.0, False) + [
+      ("dual_clip", {"eps_low": eps, "eps_high": eps_high, "c": clip_c, "log_ratio_clamp": 20.0}),
+      _verl_kl(kl_coef, kl_estimator),
+      ("seq_mean_token_sum_norm", {"max_len": max_len, "divide_by_seqs": divide_by_seqs})]
+
+
+VERL_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
+                     "seq_mean_token_sum_norm")
+
+
+@_recipe
+def verl_gspo(eps_low: float = 3e-4, eps_high: float = 4e-4, std_eps: float = 1e-6,
+              kl_coef: float = 0.0, kl_estimator: str = "low_var_kl",
+              aggregation: str = "seq_mean_token_mean") -> Spec:
+  """verl's GSPO: adv_estimator=grpo, policy loss "gspo" (verl 0.9.1):
+
+      A_i = (R_i - mean_g R) / (std_g R + std_eps)     (a group of one: R_i / (1 + std_eps))
+      s_it = exp(min(sg[log s_i] + log pi(o_it) - sg[log pi(o_it)], 10)),
+             log s_i = (1/|o_i|) sum_t (log pi - log pi_old)
+      l_it = -min(s_it A_i, clip(s_it, 1 - eps_low, 1 + eps_high) A_i)    (no dual clip)
+
+  aggregated by `aggregation` (verl's loss_agg_mode; its GSPO example scripts use
+  seq-mean-token-mean, the default here). verl 0.6.0 to 0.8.0 always aggregated GSPO by
+  seq-mean-token-mean whatever loss_agg_mode said; 0.9 honours it. sequence_ratio with
+  max_log_ratio=10 gives the same values and gradients under every aggregation.
+  """
+  if aggregation not in VERL_AGGREGATIONS:
+    raise ValueError(f"verl_gspo: aggregation={aggregation!r}; choose one of {VERL_AGGREGATIONS}")
+  return _verl_grpo_advantage(std_eps, True) + [
+      ("sequence_ratio", {"eps_low": eps_low, "eps_high": eps_high, "max_log_ratio": 10.0}),
+      _verl_kl(kl_coef, kl_estimator),
+      (aggregation, {})]
+
+
+@_recipe
+def trl_grpo(eps: float = 0.2, eps_high: float = -1.0, beta: float = 0.0,
+             std_eps: float = 1e-4) -> Spec:
+  """TRL's GRPOTrainer with its default loss (TRL 1.16.0: loss_type="dapo", scale_rewards="group",
+  epsilon 0.2, beta 0.0, importance_sampling_level="token", use_bias_correction_kl=True):
+
+      A_i = (R_i - mean_g R) / (std_g R + 1e-4)        (std unbiased; a group of one: 0)
+      r_t = exp(log pi - log pi_old)                    (no clamp, no dual clip)
+      l_t = -min(r A, clip(r, 1 - eps, 1 + eps_high) A) + beta r_t k3_t
+      L   = sum_it m l_it / sum_it m                    (loss_type "dapo": the generation batch's
+                                                         tokens, over accumulation and processes)
+
+  k3_t = exp(log ref - log pi) - (log ref - log pi) - 1, unclamped, weighted by the
+  differentiable ratio r_t (use_bias_correction_kl). TRL refuses num_generations < 2 in training;
+  a group of one (evaluation) has std 0 and gets A = 0, as here.
+  """
+  return [("group_mean", {}),
+          ("group_std", {"eps": std_eps, "ddof": 1}),
+          ("clipped_ratio", {"eps_low": eps, "eps_high": eps_high}),
+          ("kl_loss", {"coef": beta, "estimator": "k3", "ratio_weight": True}),
+          ("token_mean", {})]
+
+
 def recipe_chain(name: str, **kwargs) -> tuple[str, dict[str, dict[str, Any]]]:
   """(chain string, {transform: full settings}) of a recipe, for a config.
 

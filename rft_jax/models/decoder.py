@@ -270,6 +270,9 @@ class Decoder(nn.Module):
   """tokens [B, T], positions [B, T], kv_valid [B, S] -> (logits [B, T', V] float32, cache).
 
   T' = T - logits_from (a static int): logits of the last T' positions only.
+  return_hidden (static): return the final-normed hidden states h [B, T', D] (compute dtype)
+  instead, for a caller that applies the head itself; logits = (h @ head_matrix(config,
+  params)).astype(float32), the same operations as here (the trainer's chunked log-probs).
 
   kv_valid marks the key slots holding real tokens: [B, T] without a cache (the attention mask of
   the batch), [B, S] with one (slots beyond cache_index + T are ignored by causality).
@@ -279,7 +282,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, kv_valid, cache: KVCache | None = None,
-               cache_index: Array | int = 0, logits_from: int = 0):
+               cache_index: Array | int = 0, logits_from: int = 0, return_hidden: bool = False):
     c = self.config
     dt = jnp.dtype(c.dtype)
     embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
@@ -294,13 +297,27 @@ class Decoder(nn.Module):
     # Only the positions whose logits are wanted go through the (large) head: the trainer asks
     # for the completion slots alone, which keeps [B, T, V] float32 off real vocabularies.
     x = RMSNorm(c.norm_eps, c.param_dtype, name="final_norm")(x[:, logits_from:])
-    if c.tie_embeddings:
-      logits = _dense(x, embedding.astype(dt).T)
-    else:
-      head = _param(self, "lm_head", nn.initializers.normal(stddev=c.d_model ** -0.5),
-                    (c.d_model, c.vocab_size), ("embed", "vocab"), c.param_dtype)
-      logits = _dense(x, head.astype(dt))
-    return logits.astype(jnp.float32), cache
+    lm_head = None
+    if not c.tie_embeddings:
+      lm_head = _param(self, "lm_head", nn.initializers.normal(stddev=c.d_model ** -0.5),
+                       (c.d_model, c.vocab_size), ("embed", "vocab"), c.param_dtype)
+    if return_hidden:
+      return x, cache
+    return _dense(x, _head(c, embedding, lm_head)).astype(jnp.float32), cache
+
+
+def _head(config: ModelConfig, embedding: Array, lm_head: Array | None) -> Array:
+  dt = jnp.dtype(config.dtype)
+  return embedding.astype(dt).T if config.tie_embeddings else lm_head.astype(dt)
+
+
+def head_matrix(config: ModelConfig, params) -> Array:
+  """The output head W [D, V] in the compute dtype: logits = h @ W, h the final-normed hidden.
+
+  Tied embeddings: the embedding [V, D] transposed; else the `lm_head` param. A function of the
+  params, so gradients through it reach the embedding (or lm_head) as through the decoder.
+  """
+  return _head(config, params["embedding"], params.get("lm_head"))
 
 
 def positions_from_mask(mask: Array) -> Array:

@@ -82,7 +82,7 @@ class GGUFFile:
     for key, field in reader.fields.items():
       try:
         self.metadata[key] = field.contents()
-      except Exception:  # noqa: BLE001 - a field we cannot decode is one we do not use
+      except Exception:  # a field we cannot decode is one we do not use
         continue
     self.tensors = {t.name: t for t in reader.tensors}
     size = os.path.getsize(path)

@@ -56,7 +56,10 @@ def build(names, settings=None) -> rl.LossTransform:
   return rl.build_chain((n, settings.get(n, {})) for n in names)
 
 
-RECIPE_SETTINGS = {"dr_grpo": {"max_len": 16}}
+# Visible KL terms in the peer recipes (their default is off); a fixed L_max (padding-proof).
+RECIPE_SETTINGS = {"dr_grpo": {"max_len": 16}, "verl_grpo": {"kl_coef": 0.1},
+                   "verl_dr_grpo": {"max_len": 16, "kl_coef": 0.1},
+                   "verl_gspo": {"kl_coef": 0.1}, "trl_grpo": {"beta": 0.1}}
 
 
 def recipe(name: str) -> rl.LossTransform:

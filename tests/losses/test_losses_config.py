@@ -20,12 +20,14 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 def test_default_settings_values_and_types():
   s = rl.default_settings()
-  assert s["clipped_ratio"] == {"eps_low": 0.2, "eps_high": -1.0}
-  assert s["kl_loss"] == {"coef": 0.001, "estimator": "k3"}
+  assert s["clipped_ratio"] == {"eps_low": 0.2, "eps_high": -1.0, "log_ratio_clamp": -1.0}
+  assert s["kl_loss"] == {"coef": 0.001, "estimator": "k3", "clamp": -1.0, "log_ratio_clamp": -1.0,
+                          "ratio_weight": False}
   assert s["history_baseline"] == {"num_prompts": 1, "window": 8, "empty_value": 0.0}
-  assert s["seq_mean_token_sum_norm"] == {"max_len": -1}
+  assert s["seq_mean_token_sum_norm"] == {"max_len": -1, "divide_by_seqs": True}
+  assert s["group_mean"] == {"singleton": "mean"}
   # Transforms without knobs are absent; every other one is present with plain-typed defaults.
-  assert "token_mean" not in s and "group_mean" not in s and "raw_reward" not in s
+  assert "token_mean" not in s and "raw_reward" not in s
   for name, factory in rl.REGISTRY.items():
     params = inspect.signature(factory).parameters
     assert (name in s) == bool(params), name
@@ -70,14 +72,36 @@ def test_recipe_chain_rebuilds_the_recipe(name):
 def test_recipe_settings():
   chain, settings = rl.recipe_chain("grpo")
   assert chain == "group_mean,group_std,clipped_ratio,kl_loss,seq_mean_token_mean"
-  assert settings["clipped_ratio"] == {"eps_low": 0.2, "eps_high": 0.2}
-  assert settings["kl_loss"] == {"coef": 0.04, "estimator": "k3"}
-  assert settings["group_std"] == {"eps": 1e-6, "ddof": 1}
+  assert settings["clipped_ratio"] == {"eps_low": 0.2, "eps_high": 0.2, "log_ratio_clamp": -1.0}
+  assert settings["kl_loss"] == {"coef": 0.04, "estimator": "k3", "clamp": -1.0,
+                                 "log_ratio_clamp": -1.0, "ratio_weight": False}
+  assert settings["group_std"] == {"eps": 1e-6, "ddof": 1, "singleton_std": -1.0}
   chain, settings = rl.recipe_chain("dapo", eps_high=0.3)
   assert chain == "group_mean,group_std,clipped_ratio,token_mean"
-  assert settings["clipped_ratio"] == {"eps_low": 0.2, "eps_high": 0.3}
-  assert rl.recipe_chain("minimal") == ("raw_reward,clipped_ratio,token_mean",
-                                        {"clipped_ratio": {"eps_low": 0.2, "eps_high": 0.2}})
+  assert settings["clipped_ratio"] == {"eps_low": 0.2, "eps_high": 0.3, "log_ratio_clamp": -1.0}
+  assert rl.recipe_chain("minimal") == (
+      "raw_reward,clipped_ratio,token_mean",
+      {"clipped_ratio": {"eps_low": 0.2, "eps_high": 0.2, "log_ratio_clamp": -1.0}})
+  # The peers: verl's clamps and dual clip, its singleton convention; TRL's eps and KL weight.
+  chain, settings = rl.recipe_chain("verl_grpo", kl_coef=0.001)
+  assert chain == "group_mean,group_std,dual_clip,kl_loss,token_mean"
+  assert settings["group_mean"] == {"singleton": "zero"}
+  assert settings["group_std"] == {"eps": 1e-6, "ddof": 1, "singleton_std": 1.0}
+  assert settings["dual_clip"] == {"eps_low": 0.2, "eps_high": -1.0, "c": 3.0,
+                                   "log_ratio_clamp": 20.0}
+  assert settings["kl_loss"] == {"coef": 0.001, "estimator": "k3", "clamp": 10.0,
+                                 "log_ratio_clamp": 20.0, "ratio_weight": False}
+  assert rl.recipe_chain("verl_grpo", kl_coef=0.1, kl_estimator="abs")[1]["kl_loss"] == {
+      "coef": 0.1, "estimator": "abs", "clamp": -1.0, "log_ratio_clamp": -1.0,
+      "ratio_weight": False}
+  chain, settings = rl.recipe_chain("trl_grpo")
+  assert chain == "group_mean,group_std,clipped_ratio,kl_loss,token_mean"
+  assert settings["group_std"]["eps"] == 1e-4 and settings["kl_loss"]["ratio_weight"]
+  assert rl.recipe_chain("verl_gspo", aggregation="token_mean")[0].endswith(",kl_loss,token_mean")
+  with pytest.raises(ValueError, match="verl kl_loss_type 'k9'"):
+    rl.recipe_chain("verl_grpo", kl_estimator="k9")
+  with pytest.raises(ValueError, match="aggregation='mean'"):
+    rl.recipe_chain("verl_gspo", aggregation="mean")
   with pytest.raises(ValueError, match="unknown loss recipe"):
     rl.recipe_chain("ppo2")
 

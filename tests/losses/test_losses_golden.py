@@ -368,3 +368,119 @@ def test_drop_zero_variance_groups():
   np.testing.assert_array_equal(keep, [False, True, False, False, False, True, False, False])
   keep = rl.drop_zero_variance_groups(jnp.array([0.0, 1.0]), jnp.array([0, 0]))
   np.testing.assert_array_equal(keep, [True, True])
+
+
+# ---- peer conventions: verl's and TRL's options on the same transforms --------------------------
+
+def test_group_mean_singleton_conventions():
+  # Group 0 = [1, 0] (mean 1/2); groups 1, 2 are single rollouts with R = 1 and 0.3.
+  batch = mk([1.0, 0.0, 1.0, 0.3], group_ids=[0, 0, 1, 2])
+  # "mean": a group of one is its own mean, A = 0. "zero" (verl): baseline 0, A = R.
+  np.testing.assert_allclose(advantages_of(rl.group_mean(), batch), [0.5, -0.5, 0, 0], atol=ATOL)
+  np.testing.assert_allclose(advantages_of(rl.group_mean(singleton="zero"), batch),
+                             [0.5, -0.5, 1.0, 0.3], atol=ATOL)
+
+
+def test_group_std_singleton_std():
+  # Group 0 = [1, 0]: std (ddof 1) = 1/sqrt(2), A = +-0.5 / (0.70710678 + 0.1) = +-0.61949672.
+  # Singletons: default left unscaled (A = R under singleton="zero"); singleton_std=1 (verl):
+  # A = R / (1 + eps) = [1, 0.3] / 1.1 = [0.90909091, 0.27272727].
+  batch = mk([1.0, 0.0, 1.0, 0.3], group_ids=[0, 0, 1, 2])
+  base = rl.group_mean(singleton="zero")
+  got = advantages_of(rl.chain(base, rl.group_std(eps=0.1)), batch)
+  np.testing.assert_allclose(got, [0.61949672, -0.61949672, 1.0, 0.3], atol=ATOL)
+  got = advantages_of(rl.chain(base, rl.group_std(eps=0.1, singleton_std=1.0)), batch)
+  np.testing.assert_allclose(got, [0.61949672, -0.61949672, 0.90909091, 0.27272727], atol=ATOL)
+
+
+@pytest.mark.parametrize("factory", [rl.clipped_ratio, rl.dual_clip])
+def test_log_ratio_clamp(factory):
+  # log r = [25, -25, 0.1], A = [-1, +1, +1], eps 0.2, clamp 20 (verl): r = [e^20, e^-20, e^0.1].
+  # A = -1, r = e^20: clipped_ratio min(-e^20, -1.2) -> l = e^20 = 4.85165195e8 (dual_clip c = 3:
+  # l = 3); A = +1, r = e^-20: min(e^-20, 0.8) -> l = -e^-20 = -2.0611536e-9 (not -e^-25);
+  # r = e^0.1 inside: l = -1.10517092. Clamped tokens have zero gradient; the third -1.10517092.
+  with jax.enable_x64(True):
+    behaviour = jnp.full((3, 1), -30.0)
+    logp = behaviour + jnp.array([[25.0], [-25.0], [0.1]])
+    batch = mk([0.0] * 3, mask=np.ones((3, 1))).replace(
+        behaviour_logp=behaviour, advantages=jnp.array([-1.0, 1.0, 1.0]))
+    t = rl.chain(rl.raw_reward(), factory(0.2, log_ratio_clamp=20.0))
+    terms, _ = _run(t, batch, logp, None, t.init())
+    first = math.exp(20.0) if factory is rl.clipped_ratio else 3.0
+    np.testing.assert_allclose(terms.token_loss[:, 0], [first, -math.exp(-20.0), -math.exp(0.1)],
+                               rtol=1e-12)
+    grad = jax.grad(lambda lp: jnp.sum(_run(t, batch, lp, None, t.init())[0].token_loss))(logp)
+    np.testing.assert_allclose(grad[:, 0], [0.0, 0.0, -math.exp(0.1)], rtol=1e-12)
+
+
+def test_sequence_ratio_max_log_ratio():
+  # One row, log r = [12, 12], A = -1: log s = 12, capped at 10: l = -(-1) e^10 = 22026.466 on
+  # each token, zero gradient. Uncapped: e^12 = 162754.79 and gradient -A s / |o| = e^12 / 2.
+  batch = mk([0.0], mask=[[1, 1]], behaviour=[[-20.0, -20.0]], advantages=[-1.0])
+  logp = jnp.array([[-8.0, -8.0]])
+  for cap, value, g in ((10.0, math.exp(10), 0.0), (-1.0, math.exp(12), math.exp(12) / 2)):
+    t = rl.chain(rl.raw_reward(), rl.sequence_ratio(0.1, 0.1, max_log_ratio=cap))
+    terms, _ = run(t, batch, logp=logp)
+    np.testing.assert_allclose(terms.token_loss, [[value, value]], rtol=1e-6)
+    grad = jax.grad(lambda lp, t=t: jnp.sum(run(t, batch, logp=lp)[0].token_loss) / 2)(logp)
+    np.testing.assert_allclose(grad, [[g, g]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("estimator,kl,dkl", [
+    # d = logp - ref = [0.5, -1]: abs = |d| = [0.5, 1], d abs / d logp = sign(d) = [1, -1].
+    ("abs", [0.5, 1.0], [1.0, -1.0]),
+])
+def test_kl_loss_abs(estimator, kl, dkl):
+  test_kl_loss(estimator, kl, dkl)
+
+
+def test_kl_clamps_as_verl_low_var_kl():
+  # d = logp - ref = [-3, 30, -30, 0.5]. k3 = exp(-d) - 1 + d:
+  #   d = -3: e^3 - 4 = 16.0855 -> clamp 10 (zero gradient);
+  #   d = 30: log-ratio clamp to 20: e^-20 + 19 = 19.0 -> 10; d = -30: -> -20: e^20 - 21 -> 10;
+  #   d = 0.5: e^-0.5 - 0.5 = 0.10653066, gradient 1 - e^-0.5 = 0.39346934.
+  batch = mk([0.0], mask=[[1, 1, 1, 1]], ref_logp=[[0.0, -40.0, 20.0, -1.5]])
+  logp = jnp.array([[-3.0, -10.0, -10.0, -1.0]])
+  t = rl.kl_loss(coef=1.0, estimator="k3", clamp=10.0, log_ratio_clamp=20.0)
+  terms, _ = run(t, batch, logp=logp)
+  np.testing.assert_allclose(terms.token_loss, [[10.0, 10.0, 10.0, 0.10653066]], atol=1e-6)
+  grad = jax.grad(lambda lp: jnp.sum(run(t, batch, logp=lp)[0].token_loss))(logp)
+  np.testing.assert_allclose(grad, [[0.0, 0.0, 0.0, 0.39346934]], atol=1e-6)
+  # Without the log-ratio clamp, float32 exp(100) overflows: the value clamp alone would then
+  # multiply an infinite derivative by 0 (NaN); with it the gradient stays finite.
+  far = mk([0.0], mask=[[1]], ref_logp=[[0.0]])
+  lp = jnp.array([[-100.0]])
+  for log_clamp, finite in ((20.0, True), (-1.0, False)):
+    t = rl.kl_loss(coef=1.0, estimator="k3", clamp=10.0, log_ratio_clamp=log_clamp)
+    g = jax.grad(lambda x, t=t: jnp.sum(run(t, far, logp=x)[0].token_loss))(lp)
+    assert bool(np.all(np.isfinite(g))) == finite
+
+
+def test_kl_reward_clamps():
+  # kl_reward reads behaviour_logp: d = [-3, 0.5] -> k3 clamped at 10 = [10, 0.10653066].
+  batch = mk([1.0], mask=[[1, 1]], behaviour=[[-3.0, -1.0]], ref_logp=[[0.0, -1.5]])
+  t = rl.chain(rl.kl_reward(0.1, "k3", clamp=10.0, log_ratio_clamp=20.0), rl.raw_reward())
+  np.testing.assert_allclose(advantages_of(t, batch), [1 - 0.1 * 10.10653066], atol=1e-6)
+
+
+def test_kl_loss_ratio_weight_as_trl():
+  # TRL's use_bias_correction_kl: l_t = coef r_t k3_t with r_t = exp(logp - behaviour).
+  # logp = [-1, -2], behaviour = [-1, -2.5] -> r = [1, e^0.5 = 1.64872127];
+  # d = logp - ref = [0.5, -1]: k3 = [0.10653066, 0.71828183].
+  # l = [0.10653066, 1.64872127 * 0.71828183 = 1.18424653];
+  # d l / d logp = r (k3 + 1 - e^-d) = [0.10653066 + 0.39346934 = 0.5,
+  #                                     1.64872127 (0.71828183 - 1.71828183) = -1.64872127].
+  batch = mk([0.0], mask=[[1, 1]], behaviour=[[-1.0, -2.5]], ref_logp=[[-1.5, -1.0]])
+  logp = jnp.array([[-1.0, -2.0]])
+  t = rl.kl_loss(coef=1.0, estimator="k3", ratio_weight=True)
+  terms, _ = run(t, batch, logp=logp)
+  np.testing.assert_allclose(terms.token_loss, [[0.10653066, 1.18424653]], atol=1e-6)
+  grad = jax.grad(lambda lp: jnp.sum(run(t, batch, logp=lp)[0].token_loss))(logp)
+  np.testing.assert_allclose(grad, [[0.5, -1.64872127]], atol=1e-6)
+
+
+def test_seq_mean_token_sum_norm_without_the_sequence_count():
+  # verl <= 0.7.0: sum 7 over max_len 10 only (not 2 sequences x 10): 0.7.
+  t = rl.seq_mean_token_sum_norm(max_len=10, divide_by_seqs=False)
+  assert _aggregate(t, AGG_MASK, AGG_LOSS) == pytest.approx(0.7, abs=ATOL)
+  assert _aggregate(t, AGG_MASK, AGG_LOSS, seq_count=jnp.float32(4)) == pytest.approx(0.7)

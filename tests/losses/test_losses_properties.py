@@ -19,7 +19,8 @@ def make(kind, name):
 def test_cases_cover_registry_and_recipes():
   assert {n for k, n in CASES if k == "transform"} == set(rl.REGISTRY)
   assert {n for k, n in CASES if k == "recipe"} == {
-      "minimal", "reinforce", "rloo", "grpo", "dr_grpo", "dapo", "gspo"}
+      "minimal", "reinforce", "rloo", "grpo", "dr_grpo", "dapo", "gspo", "verl_grpo",
+      "verl_dr_grpo", "verl_gspo", "trl_grpo"}
 
 
 @pytest.mark.parametrize("kind,name", CASES)
@@ -134,6 +135,13 @@ def test_logp_shape_error():
     (rl.truncated_is, {"cap": 0.0}, "cap"),
     (rl.kl_loss, {"estimator": "k4"}, "unknown estimator"),
     (rl.kl_reward, {"estimator": "k0"}, "unknown estimator"),
+    (rl.kl_loss, {"clamp": 0.0}, "clamp=0 would zero"),
+    (rl.kl_reward, {"log_ratio_clamp": 0.0}, "log_ratio_clamp=0 would zero"),
+    (rl.clipped_ratio, {"log_ratio_clamp": 0.0}, "fix the ratio at 1"),
+    (rl.dual_clip, {"log_ratio_clamp": 0.0}, "fix the ratio at 1"),
+    (rl.sequence_ratio, {"max_log_ratio": 0.0}, "max_log_ratio=0"),
+    (rl.group_mean, {"singleton": "self"}, "choose one of"),
+    (rl.group_std, {"eps": 0.0, "singleton_std": 0.0}, "singleton_std \\+ eps must be > 0"),
     (rl.group_std, {"eps": -1.0}, "must be >= 0"),
     (rl.history_baseline, {"window": 0}, "must be >= 1"),
     (rl.baseline_only, {"num_grad": 0}, "must be >= 1"),
