@@ -43,11 +43,20 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _fingerprint_diff(stored: dict, current: dict) -> list[str]:
+def fingerprint_diff(stored: dict, current: dict, defaults: dict | None = None) -> list[str]:
+  """One line per differing dotted key: "  key: stored X, now Y".
+
+  `defaults` ({dotted key: value}): settings added to the code after some runs were stored; such a
+  key absent on one side and at its default on the other is no difference (either way round:
+  a fingerprint from before the key existed, or one that spelled out its default).
+  """
   a, b = _flatten(stored), _flatten(current)
+  defaults = defaults or {}
   lines = []
   for k in sorted(a.keys() | b.keys()):
     va, vb = a.get(k, _ABSENT), b.get(k, _ABSENT)
+    if k in defaults:
+      va, vb = (defaults[k] if v is _ABSENT else v for v in (va, vb))
     if va != vb:
       shown = ["<absent>" if v is _ABSENT else json.dumps(v) for v in (va, vb)]
       lines.append(f"  {k}: stored {shown[0]}, now {shown[1]}")
@@ -58,16 +67,19 @@ class Checkpointer:
   """Keeps the last `max_to_keep` checkpoints of one run in `directory`.
 
   Raises IncompatibleCheckpointError on construction if `directory` already holds checkpoints
-  stored under a different `fingerprint`; the directory is then left untouched.
+  stored under a different `fingerprint` (keys absent on one side and at their `defaults` value
+  on the other do not count, see fingerprint_diff); the directory is then left untouched.
   """
 
-  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2, fingerprint: dict):
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2, fingerprint: dict,
+               defaults: dict | None = None):
     self.directory = os.path.abspath(os.fspath(directory))
     try:
       # The JSON round trip makes tuples lists etc., so it compares equal to the stored copy.
       self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, allow_nan=False))
     except (TypeError, ValueError) as e:
       raise TypeError(f"checkpoint fingerprint must be JSON-serializable: {e}") from e
+    self.defaults = dict(defaults or {})
     self._check_fingerprint()  # before orbax creates or cleans anything in the directory
     self._mgr = ocp.CheckpointManager(
         self.directory,
@@ -97,7 +109,7 @@ class Checkpointer:
           f"{self.directory} holds checkpoints but no {FINGERPRINT_FILE}, so whether they fit "
           f"this run cannot be checked. {hint}"
       )
-    diff = _fingerprint_diff(stored, self.fingerprint)
+    diff = fingerprint_diff(stored, self.fingerprint, self.defaults)
     if diff:
       raise IncompatibleCheckpointError(
           f"{self.directory} holds checkpoints of a different run; differing settings:\n"

@@ -53,11 +53,38 @@ RESUMABLE_KEYS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
                   "eval.batch_size", "warm_start.dir", "diagnostics.p_correct_window",
                   "diagnostics.exact_arms", "diagnostics.max_arms")
 
-# Keys added after runs had been checkpointed, with their default: left out of the fingerprint at
-# that value, so a checkpoint from before the key existed resumes under the default. Any other
-# value enters the fingerprint. train.logprob_chunk changes the step's float rounding only (as a
-# code change does); an explicit change within a run is still refused.
-LATER_KEYS = {"train.logprob_chunk": 128}
+# Keys added after runs had been checkpointed (dotted paths of any depth), with their default:
+# left out of the fingerprint at that value, so a checkpoint from before the key existed resumes
+# under the default. Any other value enters the fingerprint. train.logprob_chunk changes the
+# step's float rounding only (as a code change does); an explicit change within a run is still
+# refused. The loss options of 1781af7 (the verl / TRL conventions) are off at their defaults.
+LATER_KEYS = {
+    "train.logprob_chunk": 128,
+    "loss.group_mean.singleton": "mean",
+    "loss.group_std.singleton_std": -1.0,
+    "loss.clipped_ratio.log_ratio_clamp": -1.0,
+    "loss.dual_clip.log_ratio_clamp": -1.0,
+    "loss.sequence_ratio.max_log_ratio": -1.0,
+    "loss.kl_loss.clamp": -1.0,
+    "loss.kl_loss.log_ratio_clamp": -1.0,
+    "loss.kl_loss.ratio_weight": False,
+    "loss.kl_reward.clamp": -1.0,
+    "loss.kl_reward.log_ratio_clamp": -1.0,
+    "loss.seq_mean_token_sum_norm.divide_by_seqs": True,
+}
+
+
+def fingerprint_defaults() -> dict:
+  """{dotted key: default} under which a stored fingerprint and a new one compare
+  (checkpoint.fingerprint_diff): LATER_KEYS, and every loss transform setting at its factory
+  default, so a loss option added later resumes runs stored before it (or by code that wrote
+  the default out, as between 1781af7 and LATER_KEYS' loss entries)."""
+  out = {f"loss.{name}.{k}": v for name, kwargs in losses.default_settings().items()
+         for k, v in kwargs.items()}
+  return {**out, **LATER_KEYS}
+
+
+_NO_DEFAULT = object()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -262,19 +289,33 @@ def _uses_reference(transform_chain: str) -> bool:
 # -- the loop ---------------------------------------------------------------------------------
 
 
+def _pop_path(d: dict, key: str, default=_NO_DEFAULT) -> None:
+  """Removes dotted `key` from nested dict `d` (only if it equals `default`, when given) and the
+  sections that leaves empty: a section that did not exist before the key did."""
+  *parents, name = key.split(".")
+  chain = [d]
+  for part in parents:
+    node = chain[-1].get(part)
+    if not isinstance(node, dict):
+      return
+    chain.append(node)
+  if name not in chain[-1] or (default is not _NO_DEFAULT and chain[-1][name] != default):
+    return
+  del chain[-1][name]
+  for parent, part in zip(reversed(chain[:-1]), reversed(parents)):
+    if parent[part]:
+      break
+    del parent[part]
+
+
 def fingerprint(config) -> dict:
   """The config minus the settings a resumed run may change (RESUMABLE_KEYS) and the later
   keys at their defaults (LATER_KEYS)."""
   d = json.loads(config.to_json())
   for key, default in LATER_KEYS.items():
-    section, name = key.split(".")
-    if d.get(section, {}).get(name) == default:
-      del d[section][name]
+    _pop_path(d, key, default)
   for key in RESUMABLE_KEYS:
-    section, name = key.split(".")
-    d.get(section, {}).pop(name, None)
-    if d.get(section) == {}:  # a section of resumable keys only (runs from before it match)
-      del d[section]
+    _pop_path(d, key)  # a section of resumable keys only goes too (runs from before it match)
   return d
 
 
@@ -293,7 +334,8 @@ def run(config, workdir: str, log=print) -> dict:
   mesh = sharding.build_mesh(**config.mesh)
   task = build_task(config.task)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                     fingerprint=fingerprint(config))
+                                     fingerprint=fingerprint(config),
+                                     defaults=fingerprint_defaults())
   policy, base_info = warm_start.base_policy(config, task, workdir, mesh, log=log)
   train_examples = training_examples(config, task, policy, workdir, mesh, log=log)
   log("training question(s): " + "; ".join(f"{e.id}: {e.question!r} (answer {e.answer})"

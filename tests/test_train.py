@@ -7,20 +7,24 @@ gradient and the params move, which is what makes "resumed == uninterrupted" mea
 """
 
 import hashlib
+import json
 import math
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import common
-from rft_jax import checkpoint as checkpoint_lib, metrics, train, warm_start
+from configs import common, l0_minimal
+from rft_jax import checkpoint as checkpoint_lib, losses, metrics, train, warm_start
 from rft_jax.data import selection
 
 ROUNDS = 4  # runlocal: eval_every = checkpoint_every = 2
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
 def make_config(base_dir, **overrides):
@@ -250,3 +254,71 @@ def test_logprob_chunk_at_its_default_resumes_runs_from_before_it():
   changed.train.logprob_chunk = 0
   assert train.fingerprint(changed)["train"]["logprob_chunk"] == 0
   assert train.fingerprint(changed) != train.fingerprint(c)
+
+
+# The loss options 1781af7 added, as the fingerprint of a run stored before them lacks them.
+LOSS_KEYS_OF_1781AF7 = [k for k in train.LATER_KEYS if k.startswith("loss.")]
+
+
+def _without(config, dotted_keys):
+  """A copy of `config` without the given dotted keys (and sections left empty): a config of
+  the code from before those keys existed."""
+  d = config.to_dict()
+  for key in dotted_keys:
+    *parents, name = key.split(".")
+    node = d
+    for part in parents:
+      node = node[part]
+    del node[name]
+    if not node:  # e.g. loss.group_mean: no settings, hence no section, before 1781af7
+      parent = d
+      for part in parents[:-1]:
+        parent = parent[part]
+      del parent[parents[-1]]
+  return ml_collections.ConfigDict(d)
+
+
+def test_later_loss_keys_are_the_factory_defaults():
+  # LATER_KEYS holds the defaults the code has; a changed default must not pass for absent.
+  defaults = losses.default_settings()
+  for key in LOSS_KEYS_OF_1781AF7:
+    _, name, kwarg = key.split(".")
+    assert defaults[name][kwarg] == train.LATER_KEYS[key], key
+
+
+def test_loss_options_at_their_default_resume_runs_from_before_them():
+  c = common.base_config()
+  older = _without(c, LOSS_KEYS_OF_1781AF7)
+  assert "group_mean" not in older.loss
+  assert train.fingerprint(older) == train.fingerprint(c)
+  changed = common.base_config()
+  changed.loss.kl_loss.ratio_weight = True  # another value is another run
+  assert train.fingerprint(changed)["loss"]["kl_loss"]["ratio_weight"] is True
+  assert train.fingerprint(changed) != train.fingerprint(c)
+
+
+def test_fingerprint_stored_before_1781af7_matches(tmp_path):
+  """l0_minimal's fingerprint.json as e275d95 (the commit before 1781af7) wrote it resumes now,
+  and so does one that spells the new options out (written between 1781af7 and this fix)."""
+  stored = json.loads((FIXTURES / "fingerprint_l0_before_1781af7.json").read_text())
+  now = train.fingerprint(l0_minimal.get_config(""))
+  defaults = train.fingerprint_defaults()
+  assert checkpoint_lib.fingerprint_diff(stored, now, defaults) == []
+  spelled_out = json.loads(l0_minimal.get_config("").to_json())
+  for key in train.RESUMABLE_KEYS:
+    section, name = key.split(".")
+    spelled_out.get(section, {}).pop(name, None)
+  del spelled_out["diagnostics"]
+  assert checkpoint_lib.fingerprint_diff(spelled_out, now, defaults) == []
+  # Through the Checkpointer, as a resume does: a checkpoint under the old fingerprint.
+  directory = tmp_path / "checkpoints"
+  with checkpoint_lib.Checkpointer(directory, fingerprint=stored) as ckpt:
+    ckpt.save(1, {"x": jnp.zeros(2)})
+  with checkpoint_lib.Checkpointer(directory, fingerprint=now, defaults=defaults) as ckpt:
+    assert ckpt.latest_step() == 1
+  changed = l0_minimal.get_config("")
+  changed.loss.clipped_ratio.log_ratio_clamp = 20.0
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError,
+                     match="loss.clipped_ratio.log_ratio_clamp: stored -1.0, now 20.0"):
+    checkpoint_lib.Checkpointer(directory, fingerprint=train.fingerprint(changed),
+                                defaults=defaults)
