@@ -21,23 +21,23 @@ from typing import Any, Self
 import jax
 import orbax.checkpoint as ocp
 
-from rft_jax import fileio
+from rft_jax import errors, fileio
 
 FINGERPRINT_FILE = "fingerprint.json"
 _ABSENT = object()
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(errors.RunError, ValueError):
   """The checkpoint directory belongs to a run with a different fingerprint."""
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
   """Nested dicts -> {"a.b.c": leaf}; an empty dict is kept as a leaf so it still compares."""
   out = {}
   for k, v in d.items():
     key = f"{prefix}{k}"
     if isinstance(v, dict) and v:
-      out.update(_flatten(v, key + "."))
+      out.update(flatten(v, key + "."))
     else:
       out[key] = v
   return out
@@ -50,7 +50,7 @@ def fingerprint_diff(stored: dict, current: dict, defaults: dict | None = None) 
   key absent on one side and at its default on the other is no difference (either way round:
   a fingerprint from before the key existed, or one that spelled out its default).
   """
-  a, b = _flatten(stored), _flatten(current)
+  a, b = flatten(stored), flatten(current)
   defaults = defaults or {}
   lines = []
   for k in sorted(a.keys() | b.keys()):

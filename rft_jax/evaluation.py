@@ -45,7 +45,8 @@ def generate_texts(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Ar
   length = sampling.bucket_length(max(len(p) for p in prompts), prompt_bucket)
   out: list[list[str]] = []
   steps = -(-n // batch_size)
-  bar = metrics_lib.progress(steps, desc=desc) if desc and steps > 1 else None
+  # Transient: cleared when done, so evaluations do not pile bars up under the rounds' bar.
+  bar = metrics_lib.progress(steps, desc=desc, leave=False) if desc and steps > 1 else None
   for i in range(steps):
     chunk = list(prompts[i * batch_size:(i + 1) * batch_size])
     real = len(chunk)

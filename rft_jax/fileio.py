@@ -11,11 +11,32 @@ import tempfile
 from typing import Any
 
 
+def umask() -> int:
+  """The process's umask: from /proc on Linux, else by setting and restoring it (no getter)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def chmod_as_created(path: str | os.PathLike, directory: bool = False) -> None:
+  """The mode open() / mkdir() would have given `path` (0666 / 0777 less the umask): mkstemp and
+  mkdtemp make 0600 / 0700 files, which the atomic rename would otherwise publish."""
+  os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
   path = os.fspath(path)
   suffix = os.path.splitext(path)[1]
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=suffix)
   try:
+    os.fchmod(fd, 0o666 & ~umask())
     with os.fdopen(fd, "w") as f:
       f.write(text)
       f.flush()

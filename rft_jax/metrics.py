@@ -1,4 +1,4 @@
-"""Training metrics to `<workdir>/metrics.jsonl` and TensorBoard, and a progress bar.
+"""Training metrics to `<workdir>/metrics.jsonl` and TensorBoard, progress, the run's curves.
 
 metrics.jsonl holds one JSON object per line, `{"step": step, name: value, ...}`. JSON has no
 NaN or infinity, so non-finite values are written as `null` (what JavaScript's JSON.stringify
@@ -119,6 +119,29 @@ class MetricWriter:
         self._tb.add_scalar(k, v, global_step=step)
     self._tb.flush()
 
+  def annotate(self, step: int, metrics: dict[str, Any]) -> None:
+    """Adds `metrics` to the last row of `step` (a row of its own if there is none): a note on
+    a round already written, e.g. the settings a resumed run changed from it on."""
+    if self._file is None:
+      return
+    self._file.close()
+    lines = _read_lines(self.path)
+    hits = [i for i, (_, row) in enumerate(lines) if row.get("step") == step]
+    if not hits:
+      self._file = open(self.path, "a")
+      self.write(step, metrics)
+      return
+    values = {k: _to_python(k, v) for k, v in metrics.items()}
+    row = {**lines[hits[-1]][1], **{k: _json_value(v) for k, v in values.items()}}
+    raw = [line for line, _ in lines]
+    raw[hits[-1]] = json.dumps(row, allow_nan=False)
+    _rewrite(self.path, raw)
+    self._file = open(self.path, "a")
+    for k, v in values.items():
+      if isinstance(v, int | float):
+        self._tb.add_scalar(k, v, global_step=int(step))
+    self._tb.flush()
+
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
@@ -132,16 +155,111 @@ class MetricWriter:
     self.close()
 
 
-def progress(total: int, initial: int = 0, desc: str | None = None, **kwargs) -> tqdm.tqdm:
-  """A tqdm bar on stderr, shown only on a TTY unless RFT_PROGRESS=1 (RFT_PROGRESS=0 hides it).
+PLAIN_EVERY_S = 10.0
 
-  Use `bar.update(n)` and `bar.set_postfix(loss=..., pass1=...)` for live metrics; both are
-  no-ops when the bar is hidden, so callers need no branches.
+
+class PlainProgress:
+  """A bar's progress as plain lines on stderr, for output that is not a terminal (a log file, a
+  pipe, a scheduler's capture): `desc: n/total (p%) elapsed, postfix` every PLAIN_EVERY_S
+  seconds and once at the end. The tqdm calls the loops use (update, set_postfix, close, total).
+  """
+
+  def __init__(self, total: int, initial: int = 0, desc: str | None = None,
+               every_s: float | None = None, file=None):
+    self.total, self.n, self.desc = total, initial, desc or "progress"
+    self.every_s = PLAIN_EVERY_S if every_s is None else every_s
+    self.file = file or sys.stderr
+    self.postfix: dict[str, Any] = {}
+    self._t0 = self._last = time.time()
+    self._closed = False
+
+  def update(self, n: int = 1) -> None:
+    self.n += n
+    if time.time() - self._last >= self.every_s:
+      self._say()
+
+  def set_postfix(self, **kwargs) -> None:
+    self.postfix = kwargs
+
+  def refresh(self) -> None:
+    pass
+
+  def close(self) -> None:
+    if not self._closed:
+      self._closed = True
+      self._say()
+
+  def _say(self) -> None:
+    self._last = time.time()
+    pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+    extra = "".join(f", {k}={v}" for k, v in self.postfix.items())
+    self.file.write(f"{self.desc}: {self.n}/{self.total}{pct} {self._last - self._t0:.0f}s"
+                    f"{extra}\n")
+    self.file.flush()
+
+  def __enter__(self) -> Self:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def progress(total: int, initial: int = 0, desc: str | None = None, leave: bool = True,
+             **kwargs) -> tqdm.tqdm | PlainProgress:
+  """Progress on stderr: a tqdm bar on a terminal, plain lines (PlainProgress) otherwise.
+
+  RFT_PROGRESS=1 forces bars, RFT_PROGRESS=0 hides all progress. leave=False: a transient bar
+  (an evaluation's), cleared when it closes and silent when the output is not a terminal.
+  Use `bar.update(n)` and `bar.set_postfix(loss=..., pass1=...)`; they work the same on all of
+  them, so callers need no branches.
   """
   env = os.environ.get("RFT_PROGRESS", "")
-  show = sys.stderr.isatty() if env == "" else env != "0"
+  tty = sys.stderr.isatty()
+  if env == "" and not tty and leave:
+    return PlainProgress(total, initial=initial, desc=desc)
+  show = tty if env == "" else env != "0"
   return tqdm.tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, disable=not show,
-                   dynamic_ncols=True, **kwargs)
+                   dynamic_ncols=True, leave=leave, **kwargs)
+
+
+def plot_curves(workdir: str | os.PathLike, path: str | os.PathLike | None = None) -> str:
+  """The run's curves from metrics.jsonl as a PNG (default <workdir>/curves.png): training and
+  test Pass@1 at the evaluations, reward and policy entropy per round. Returns the path."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  workdir = os.fspath(workdir)
+  path = os.fspath(path) if path is not None else os.path.join(workdir, "curves.png")
+  rows = read_metrics(workdir)
+
+  def series(key):
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  for key, label in (("train_pass1", "training Pass@1"), ("test_pass1", "test Pass@1")):
+    axes[0].plot(*series(key), marker="o", ms=3, label=label)
+  axes[0].set(title="Pass@1", xlabel="round", ylim=(-0.02, 1.02))
+  axes[0].legend(loc="best", fontsize=8)
+  for ax, key, title in ((axes[1], "reward", "reward (round mean)"),
+                         (axes[2], "entropy", "policy entropy (nats per token)")):
+    ax.plot(*series(key), lw=1)
+    ax.set(title=title, xlabel="round")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  fig.suptitle(os.path.basename(os.path.abspath(workdir)), fontsize=10)
+  fig.tight_layout()
+  tmp = os.path.join(os.path.dirname(path) or ".", f".tmp-{os.getpid()}-curves.png")
+  try:
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+  finally:
+    plt.close(fig)
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
 
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"

@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rft_jax import errors
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # --quick: fewer rounds, coarser and smaller evaluations; the base (warm start) and the training
@@ -107,10 +109,10 @@ def parse_layers(text: str) -> list[str]:
       specs.append(word)
     elif "=" in word or word == "runlocal":
       if not specs:
-        raise ValueError(f"--layers: argument {word!r} before any layer")
+        raise errors.ConfigError(f"--layers: argument {word!r} before any layer")
       specs[-1] += ("," if ":" in specs[-1] else ":") + word
     else:
-      raise ValueError(f"--layers: unknown layer or preset {word!r}; layers: "
+      raise errors.ConfigError(f"--layers: unknown layer or preset {word!r}; layers: "
                        f"{', '.join(layers.LAYERS)}; presets: {', '.join(layers.PRESETS)}")
   out = []
   for s in specs:
@@ -140,7 +142,7 @@ def apply_overrides(config, overrides: dict) -> None:
     for part in path:
       node = node[part]
     if leaf not in node:
-      raise ValueError(f"override {key}: no such config field")
+      raise errors.ConfigError(f"override {key}: no such config field")
     node[leaf] = _cast(node[leaf], value) if isinstance(value, str) else value
 
 
@@ -196,8 +198,9 @@ def _write_config(run: Run, config) -> None:
     a, b = _flat(_comparable(old)), _flat(_comparable(new))
     if a != b:
       diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-      raise ValueError(f"{run.workdir} holds a run made with other settings ({', '.join(diff)}); "
-                       "use another --root, or delete that directory to redo it")
+      raise errors.ConfigError(
+          f"{run.workdir} holds a run made with other settings ({', '.join(diff)}); use another "
+          "--root, or delete that directory to redo it")
     if old == new:
       return
   os.makedirs(run.workdir, exist_ok=True)
@@ -251,6 +254,8 @@ def run_one(workdir: str, label: str | None = None) -> bool:
   try:
     train.run(config, workdir, log=log)
     return True
+  except errors.RunInterrupted:  # Ctrl-C / SIGTERM stop the pipeline, not just this run
+    raise
   except Exception as e:  # recorded; the other runs go on
     with open(error, "w") as f:
       f.write(traceback.format_exc())
@@ -659,6 +664,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command line; errors a person can act on (an unknown layer, a bad --set, ...) print
+  their message in one line and return 2, a stopped run (Ctrl-C, SIGTERM) 128 + the signal."""
+  try:
+    return _main(argv)
+  except errors.RunInterrupted as e:
+    print(e, file=sys.stderr)
+    return e.exit_code
+  except (errors.RunError, OSError) as e:
+    print(f"error: {errors.actionable(e)}", file=sys.stderr)
+    return 2
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   if args.run_one:

@@ -12,16 +12,25 @@ One round (DESIGN.md, "Data flow of one round"):
      Pass@1 (one sample per test question) plus greedy accuracy; metrics.jsonl and TensorBoard;
      an orbax checkpoint every checkpoint_every rounds. A restart in the same workdir resumes.
 
-A non-finite loss stops the run before anything is saved, so the last good checkpoint stays.
+A run owns its workdir (rft_jax.workdir: a lock, the config's fingerprint checked before anything
+is written); the config is validated first (validate_config). A non-finite loss or non-finite /
+exploded parameters stop the run before the round is saved, so every checkpoint is good and the
+message names the last one; `--resume_with=optimizer.learning_rate` goes on from it with another
+learning rate. SIGINT / SIGTERM finish the round, save and stop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import flax.struct
@@ -34,6 +43,7 @@ import optax
 from rft_jax import (
   bandit,
   checkpoint as checkpoint_lib,
+  errors,
   evaluation,
   fileio,
   logprobs,
@@ -42,6 +52,7 @@ from rft_jax import (
   sampling,
   sharding,
   warm_start,
+  workdir as workdir_lib,
 )
 from rft_jax.data import selection
 from rft_jax.data.base import Example, Task
@@ -84,11 +95,22 @@ def fingerprint_defaults() -> dict:
   return {**out, **LATER_KEYS}
 
 
+# Settings --resume_with may change on a resume (a checkpoint's state has the same structure under
+# any value): a diverged run goes on from its last good checkpoint with a lower learning rate.
+RESUME_WITH_KEYS = ("optimizer.learning_rate", "optimizer.clip_norm", "optimizer.weight_decay",
+                    "rollout.temperature")
+
+TASKS = ("arithmetic", "gsm8k", "math")
+
+# Divergence: parameters whose global norm passes EXPLODED_NORM x the base policy's have blown up
+# (a sane run moves it by percents; lr 1e30 by 1e30). Collapse guard: entropy at UNIFORM_ENTROPY
+# x ln V is a policy turned to noise; below STUCK_ENTROPY nats its rollouts no longer vary.
+EXPLODED_NORM = 1e3
+UNIFORM_ENTROPY = 0.97
+STUCK_ENTROPY = 1e-3
+
 _NO_DEFAULT = object()
-
-
-class NonFiniteLossError(RuntimeError):
-  pass
+NonFiniteLossError = errors.DivergedError  # the name before non-finite parameters counted too
 
 
 @flax.struct.dataclass
@@ -128,7 +150,8 @@ def build_task(task_cfg) -> Task:
     task = math_data.math_task(train_path=task_cfg.train_path or None,
                                test_path=task_cfg.test_path or None)
   else:
-    raise ValueError(f"unknown task {task_cfg.name!r}; known: arithmetic, gsm8k, math")
+    raise errors.ConfigError(
+        f"--config.task.name={task_cfg.name!r}: must be one of {', '.join(TASKS)}")
   if task_cfg.template:
     from rft_jax.data import prompts_text
 
@@ -146,8 +169,17 @@ def training_examples(config, task: Task, policy: Policy, workdir: str, mesh,
   ex = config.example
   pool = list(task.train)
   if ex.selection == "id":
-    return [selection.select_example(pool, example_id=ex.example_id)]
+    try:
+      return [selection.select_example(pool, example_id=ex.example_id)]
+    except KeyError:
+      raise errors.ConfigError(f"--config.example.example_id={ex.example_id!r}: not among the "
+                               f"{len(pool)} training problems of task {task.name}") from None
   if ex.selection == "index":
+    if ex.index + ex.num_examples > len(pool):
+      raise errors.ConfigError(
+          f"--config.example.index={ex.index}: with example.num_examples={ex.num_examples} it "
+          f"must be <= {len(pool) - ex.num_examples} (task {task.name} has {len(pool)} training "
+          "problems)")
     return [pool[i] for i in range(ex.index, ex.index + ex.num_examples)]
   if ex.selection not in selection.BUCKETS:
     raise ValueError(f"example.selection={ex.selection!r}; use id, index or a bucket "
@@ -168,9 +200,10 @@ def training_examples(config, task: Task, policy: Policy, workdir: str, mesh,
     log(f"difficulty of {len(candidates)} candidate questions: {table['counts']}")
   ids = sorted(row["id"] for row in table["rows"] if row["bucket"] == ex.selection)
   if len(ids) < ex.num_examples:
-    raise ValueError(f"bucket {ex.selection!r} holds {len(ids)} of the {len(table['rows'])} "
-                     f"candidates, fewer than example.num_examples={ex.num_examples}; raise "
-                     "example.candidates or pick another bucket")
+    raise errors.ConfigError(
+        f"bucket {ex.selection!r} holds {len(ids)} of the {len(table['rows'])} candidates, fewer "
+        f"than example.num_examples={ex.num_examples}; raise example.candidates or pick another "
+        "bucket")
   chosen = np.random.default_rng(ex.seed).choice(len(ids), ex.num_examples, replace=False)
   by_id = {e.id: e for e in pool}
   return [by_id[ids[i]] for i in sorted(chosen)]
@@ -268,8 +301,10 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array, *
   adv = prepared.advantages if prepared.advantages.ndim == 1 else jnp.max(
       jnp.abs(prepared.advantages) * batch.loss.mask, axis=-1)
   rows = (jnp.sum(batch.loss.mask, axis=-1) > 0).astype(jnp.float32)
+  # param_norm: the divergence guard's input (non-finite or exploded params are never saved).
   metrics = {**{k: v for k, v in pre_metrics.items() if k not in metrics}, **metrics,
-             "signal_frac": jnp.sum((jnp.abs(adv) > 0) * rows) / jnp.maximum(jnp.sum(rows), 1)}
+             "signal_frac": jnp.sum((jnp.abs(adv) > 0) * rows) / jnp.maximum(jnp.sum(rows), 1),
+             "param_norm": optax.global_norm(params)}
   return TrainState(round=state.round + 1, params=params, opt_state=opt_state,
                     loss_state=loss_state), metrics
 
@@ -327,12 +362,234 @@ def _round_questions(train_examples, round_index: int, seed: int, per_round: int
   return sorted(rng.choice(len(train_examples), per_round, replace=False).tolist())
 
 
-def run(config, workdir: str, log=print) -> dict:
-  """Runs (or resumes) one pipeline layer in `workdir`; returns and writes summary.json."""
+def validate_config(config, resume_with: Sequence[str] = ()) -> None:
+  """Every value range and cross-field constraint a run relies on, checked before any work.
+
+  Raises ConfigError with one line per bad value: `--config.KEY=VALUE: what is allowed`.
+  Keys a config lacks (a pipeline workdir's config.json from older code) are not checked.
+  """
+  bad = []
+
+  def get(key):
+    node = config
+    for part in key.split("."):
+      if part not in node:
+        return _NO_DEFAULT
+      node = node[part]
+    return node
+
+  def check(key, ok, allowed):
+    value = get(key)
+    if value is not _NO_DEFAULT and not ok(value):
+      bad.append(f"--config.{key}={value!r}: {allowed}")
+
+  def at_least(low, kind=int):
+    name = "an integer" if kind is int else "a number"
+    return (lambda v: isinstance(v, kind | int) and not isinstance(v, bool) and v >= low
+            and math.isfinite(v)), f"must be {name} >= {low}"
+
+  for key in ("rollout.num_samples", "rollout.prompts_per_round", "rollout.max_new_tokens",
+              "rollout.prompt_bucket", "train.epochs", "train.mini_batches", "train.eval_every",
+              "train.checkpoint_every", "eval.train_samples", "eval.batch_size",
+              "example.num_examples", "example.candidates", "example.samples",
+              "diagnostics.p_correct_window", "diagnostics.max_arms"):
+    check(key, *at_least(1))
+  for key in ("train.rounds", "train.logprob_chunk", "rollout.top_k", "eval.test_size",
+              "example.index", "optimizer.warmup_steps"):
+    check(key, *at_least(0))
+  for key in ("rollout.temperature", "eval.temperature", "optimizer.learning_rate",
+              "optimizer.eps", "optimizer.weight_decay", "optimizer.clip_norm"):
+    check(key, *at_least(0, float))
+  check("rollout.top_p", lambda v: 0 < v <= 1, "must be a number in (0, 1]")
+  for key in ("optimizer.b1", "optimizer.b2"):
+    check(key, lambda v: 0 <= v < 1, "must be a number in [0, 1)")
+  for axis in ("data", "fsdp", "tensor"):
+    check(f"mesh.{axis}", lambda v: v == -1 or v >= 1, "must be -1 (the remaining devices) or >= 1")
+  check("task.name", lambda v: v in TASKS, f"must be one of {', '.join(TASKS)}")
+  if get("task.name") == "arithmetic":
+    check("task.n_train", *at_least(1))
+    check("task.n_test", *at_least(1))
+    check("task.max_operand", *at_least(2))
+  else:
+    for key in ("task.train_path", "task.test_path"):
+      check(key, lambda v: not v or os.path.isfile(v), "no such file")
+  if get("task.template"):
+    from rft_jax.data import prompts_text
+
+    check("task.template", lambda v: v in prompts_text.TEMPLATES,
+          f"must be empty or one of {', '.join(sorted(prompts_text.TEMPLATES))}")
+  check("model.checkpoint", lambda v: not v or os.path.exists(v),
+        "no such directory (a Hugging Face model directory or a .gguf file; empty = the "
+        "embedded default)")
+  if not get("model.checkpoint"):
+    check("task.name", lambda v: v == "arithmetic" or v not in TASKS,  # unknown: said above
+          "the embedded model's warm start exists for the arithmetic task only; set "
+          "--config.model.checkpoint to a Hugging Face model directory")
+    for key in ("warm_start.corpus_size", "warm_start.batch_size", "warm_start.max_steps",
+                "warm_start.eval_every", "warm_start.probe_size"):
+      check(key, *at_least(1))
+    check("warm_start.learning_rate", lambda v: v > 0 and math.isfinite(v), "must be a number > 0")
+    check("warm_start.target_pass1", lambda v: 0 <= v <= 1, "must be a number in [0, 1]")
+  selections = ("id", "index", *selection.BUCKETS)
+  check("example.selection", lambda v: v in selections, f"must be one of {', '.join(selections)}")
+  if get("example.selection") == "id":
+    check("example.example_id", bool, "must name a training problem (example.selection=id)")
+  # Rollouts per round: the round's questions x num_samples; the mini-batches split them.
+  questions = 1 if get("example.selection") == "id" else get("example.num_examples")
+  per_round, g, parts = (get(k) for k in ("rollout.prompts_per_round", "rollout.num_samples",
+                                           "train.mini_batches"))
+  if all(isinstance(v, int) and v >= 1 for v in (questions, per_round, g, parts)):
+    rows = min(per_round, questions) * g
+    check("train.mini_batches", lambda v: rows % v == 0,
+          f"must divide the {rows} rollouts of a round ({min(per_round, questions)} question(s) "
+          f"x rollout.num_samples={g})")
+  if get("diagnostics.exact_arms"):
+    for key, ok in (("rollout.temperature", lambda v: v > 0), ("rollout.top_k", lambda v: v == 0),
+                    ("rollout.top_p", lambda v: v == 1.0)):
+      check(key, ok, "diagnostics.exact_arms sums softmax(z / tau) over the arms: it needs "
+            "rollout.temperature > 0 and no top-k / top-p truncation")
+  if get("loss") is not _NO_DEFAULT:
+    try:
+      _loss_chain(config.loss.to_json())
+    except (TypeError, ValueError) as e:
+      bad.append(f"--config.loss: {e}")
+  for key in resume_with:
+    if key not in RESUME_WITH_KEYS:
+      bad.append(f"--resume_with={key}: must be one of {', '.join(RESUME_WITH_KEYS)} (settings a "
+                 "checkpoint's state does not depend on)")
+  if bad:
+    raise errors.ConfigError("\n".join(bad))
+
+
+def _check_task(config, task: Task) -> None:
+  """A task without training or test problems (an empty file) stops before anything is written."""
+  for split, path_key in (("train", "train_path"), ("test", "test_path")):
+    if not getattr(task, split):
+      path = config.task.get(path_key) or f"the default {task.name} {split} file"
+      raise errors.ConfigError(f"{path}: no {split} problems in it (task {task.name}); give a "
+                               f"file with at least one, --config.task.{path_key}=PATH")
+
+
+def _divergence(loss: float, param_norm: float, limit: float) -> str | None:
+  """What is wrong with a round's result, or None: a non-finite loss or parameters, or
+  parameters blown up to EXPLODED_NORM x the base policy's norm."""
+  if not math.isfinite(loss):
+    return f"non-finite loss {loss}"
+  if not math.isfinite(param_norm):
+    return f"non-finite parameters (global norm {param_norm})"
+  if param_norm > limit:
+    return (f"exploded parameters (global norm {param_norm:.3g}, over {EXPLODED_NORM:g} x the "
+            f"base policy's {limit / EXPLODED_NORM:.3g})")
+  return None
+
+
+def _diverged_message(problem: str, round_index: int, last_good: int | None, directory: str,
+                      learning_rate: float) -> str:
+  fix = (f"rerun the same command with a lower --config.optimizer.learning_rate (now "
+         f"{learning_rate:g}) and --resume_with=optimizer.learning_rate")
+  if last_good is None:
+    where = (f"There is no checkpoint to go back to (none was saved before round "
+             f"{round_index}): {fix} (keeps the base policy and difficulty table), or start over "
+             "in a fresh --workdir")
+  else:
+    where = (f"The last good checkpoint is round {last_good} ({directory}/{last_good}); to go on "
+             f"from it, {fix}")
+  return f"diverged at round {round_index}: {problem}; stopped without saving. {where}"
+
+
+def _collapse(row: dict, log_vocab: float, window: int, done: int) -> dict:
+  """The collapse guard's flags for a round: the policy's entropy at the uniform value (it has
+  turned to noise), or rollouts that stopped varying (entropy ~0) with no correct one in the
+  last `window` rounds (nothing left to learn from)."""
+  ent = row.get("entropy")
+  out = {}
+  if ent is None or not math.isfinite(ent):
+    return out
+  if ent >= UNIFORM_ENTROPY * log_vocab:
+    out["collapse_uniform"] = 1.0
+  if ent < STUCK_ENTROPY and done >= window and row.get("p_correct_window") == 0:
+    out["collapse_stuck"] = 1.0
+  return out
+
+
+def _collapse_warning(kind: str, row: dict, log_vocab: float, window: int, done: int) -> str:
+  if kind == "collapse_uniform":
+    return (f"warning: round {done}: policy entropy {row['entropy']:.3f} nats per token is at "
+            f"the uniform value ln V = {log_vocab:.3f}: the policy has collapsed to noise "
+            "(learning rate too high?); metric collapse_uniform")
+  return (f"warning: round {done}: the rollouts stopped varying (entropy {row['entropy']:.2g}) "
+          f"and none was correct in the last {window} rounds: nothing left to learn from (an "
+          "easier question, a higher temperature?); metric collapse_stuck")
+
+
+class _Signals:
+  """SIGINT / SIGTERM during a run (installed in the main thread only).
+
+  During the rounds (`deferred`) the first signal lets the current round finish; the loop then
+  saves a checkpoint and stops. Before them (warm start, base evaluation) it stops at once: each
+  artifact there is written atomically, so nothing is lost. A second signal exits at once.
+  """
+
+  def __init__(self):
+    self.signum: int | None = None
+    self.deferred = False
+    self._old: dict = {}
+
+  def __enter__(self) -> _Signals:
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGINT, signal.SIGTERM):
+        self._old[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, handler in self._old.items():
+      signal.signal(s, handler)
+    self._old = {}
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if self.signum is not None:
+      sys.stderr.write(f"\n{name} again: exiting at once, without saving\n")
+      sys.stderr.flush()
+      os._exit(128 + signum)
+    self.signum = signum
+    if not self.deferred:
+      raise errors.RunInterrupted(f"stopped by {name} before the first round of this process; "
+                                  "run the same command to resume", signum)
+    sys.stderr.write(f"\n{name}: finishing the current round, then saving and stopping (send it "
+                     "again to exit at once)\n")
+    sys.stderr.flush()
+
+
+def run(config, workdir: str, log=print, resume_with: Sequence[str] = ()) -> dict:
+  """Runs (or resumes) one pipeline layer in `workdir`; returns and writes summary.json.
+
+  Before anything is written: the config is validated (ConfigError), the task read (an empty
+  train or test file stops here), the workdir locked (WorkdirInUseError) and its fingerprint
+  checked against the stored run's (IncompatibleCheckpointError names each differing key).
+  resume_with: keys of RESUME_WITH_KEYS that may differ from the stored run's (a diverged run
+  going on with a lower learning rate); the change is recorded in the metrics row of the round
+  resumed from. SIGINT / SIGTERM finish the round, save and raise RunInterrupted.
+  """
   t0 = time.time()
-  os.makedirs(workdir, exist_ok=True)
-  mesh = sharding.build_mesh(**config.mesh)
+  resume_with = tuple(resume_with)
+  validate_config(config, resume_with)
   task = build_task(config.task)
+  _check_task(config, task)
+  main_process = jax.process_index() == 0
+  with contextlib.ExitStack() as stack:
+    stop = stack.enter_context(_Signals())
+    lock = stack.enter_context(workdir_lib.Lock(workdir)) if main_process else None
+    changes = workdir_lib.claim(workdir, fingerprint(config), fingerprint_defaults(),
+                                resume_with, RESUME_WITH_KEYS, write=main_process)
+    if lock is not None:
+      lock.record()
+    return _run(config, workdir, task, log, changes, stop, t0)
+
+
+def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t0: float) -> dict:
+  mesh = sharding.build_mesh(**config.mesh)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                      fingerprint=fingerprint(config),
                                      defaults=fingerprint_defaults())
@@ -352,18 +609,35 @@ def run(config, workdir: str, log=print) -> dict:
                 else None)
   eos_ids = np.asarray(policy.eos_ids, np.int32)
   temperature = jnp.float32(ro.temperature)
+  # Divergence guard: parameters past EXPLODED_NORM x the base policy's norm count as blown up.
+  norm_limit = EXPLODED_NORM * float(optax.global_norm(policy.params))
+  log_vocab = math.log(policy.config.vocab_size)
 
   state = TrainState(round=jnp.zeros((), jnp.int32), params=policy.params,
                      opt_state=jax.jit(optimizer.init)(policy.params),
                      loss_state=transform.init())
   state = sharding.on_mesh(state, mesh)
-  start = 0
+  start, wall_before = 0, 0.0
   base_path = os.path.join(workdir, "base_eval.json")
   if ckpt.latest_step() is not None:
+    step = ckpt.latest_step()
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
                           if isinstance(x, jax.Array) else x, state)
-    state, _ = ckpt.restore(target)
+    try:
+      state, extra = ckpt.restore(target)
+    except Exception as e:  # a corrupt or partly deleted step folder
+      raise errors.CheckpointReadError(
+          f"checkpoint round {step} in {ckpt.directory} cannot be read ({type(e).__name__}: "
+          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); delete "
+          f"{ckpt.directory}/{step} to resume from the one before it "
+          f"({ckpt.all_steps()[:-1] or 'none'}), or start over in a fresh --workdir") from e
+    problem = _divergence(0.0, float(optax.global_norm(state.params)), norm_limit)
+    if problem:  # written before the divergence guard existed
+      raise errors.CheckpointReadError(
+          f"checkpoint round {step} in {ckpt.directory} holds {problem}; delete that folder to "
+          "resume from the one before it, or start over in a fresh --workdir")
     start = int(state.round)
+    wall_before = float(extra.get("wall_s", 0.0))
     log(f"resumed from round {start} in {workdir}")
   writer = metrics_lib.MetricWriter(workdir, resume_step=start if start else -1)
 
@@ -383,9 +657,6 @@ def run(config, workdir: str, log=print) -> dict:
     correct_rate.resume(metrics_lib.read_metrics(workdir), start)
   arm_sets = []
   if diag.exact_arms:
-    if ro.top_k > 0 or ro.top_p < 1.0 or not ro.temperature > 0:
-      raise ValueError("diagnostics.exact_arms sums softmax(z / tau) over the arms: it needs "
-                       "rollout.temperature > 0 and no top-k / top-p truncation")
     arm_sets = [bandit.ArmSet.build(policy, task, e, ro.max_new_tokens, diag.max_arms)
                 for e in train_examples]
     log(f"exact optimal-arm probability over {sum(a.num_arms for a in arm_sets):,} arms "
@@ -402,12 +673,18 @@ def run(config, workdir: str, log=print) -> dict:
     writer.write(0, base)
   with open(base_path) as f:
     base = json.load(f)
-  log(f"base policy: training Pass@1 {base['train_pass1']:.3f}, test Pass@1 "
-      f"{base['test_pass1']:.3f}")
+  log(f"base: training Pass@1 {base['train_pass1']:.3f}, test Pass@1 {base['test_pass1']:.3f}")
+  if changes:  # --resume_with: recorded on the row of the round the run goes on from
+    said = "; ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
+    log(f"resumed with {said}")
+    writer.annotate(start, {"resumed_with": said, **{
+        k: b for k, (_, b) in changes.items() if isinstance(b, int | float)}})
 
   rounds = config.train.rounds
   last_eval = dict(base) if start == 0 else {}
+  warned = set()
   bar = metrics_lib.progress(rounds, initial=start, desc="rounds")
+  stop.deferred = True
   try:
     for r in range(start, rounds):
       rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), r)
@@ -450,12 +727,18 @@ def run(config, workdir: str, log=print) -> dict:
       # Sampled from the policy before this round's update; p_optimal_arms and evaluations in
       # the same row are of the policy after it.
       row.update(correct_rate.update(rewards))
-      if not math.isfinite(row["loss"]):
+      # Checked before anything of this round is saved: no checkpoint ever holds such a state.
+      problem = _divergence(row["loss"], row["param_norm"], norm_limit)
+      if problem:
         writer.write(r + 1, row)
-        raise NonFiniteLossError(
-            f"non-finite loss {row['loss']} at round {r + 1}; stopped without saving, the last "
-            f"good checkpoint (round {ckpt.latest_step()}) in {ckpt.directory} is intact")
+        raise errors.DivergedError(_diverged_message(
+            problem, r + 1, ckpt.latest_step(), ckpt.directory, config.optimizer.learning_rate))
       done = r + 1
+      flags = _collapse(row, log_vocab, diag.p_correct_window, done)
+      row.update(flags)
+      for kind in flags.keys() - warned:
+        warned.add(kind)
+        log(_collapse_warning(kind, row, log_vocab, diag.p_correct_window, done))
       row.update(exact_arms(state.params))
       if done % config.train.eval_every == 0 or done == rounds:
         last_eval = evaluate(state.params, done)
@@ -463,10 +746,15 @@ def run(config, workdir: str, log=print) -> dict:
         bar.set_postfix(train=f"{last_eval['train_pass1']:.2f}",
                         test=f"{last_eval['test_pass1']:.2f}")
       writer.write(done, row)
-      if done % config.train.checkpoint_every == 0 or done == rounds:
-        ckpt.save(done, state, extra={"round": done})
+      stopping = stop.signum is not None
+      if done % config.train.checkpoint_every == 0 or done == rounds or stopping:
+        ckpt.save(done, state, extra={"round": done, "wall_s": wall_before + time.time() - t0})
       bar.update(1)
+      if stopping:
+        raise errors.RunInterrupted(f"stopped at round {done}; run the same command to resume",
+                                    stop.signum)
   finally:
+    stop.deferred = False
     bar.close()
     writer.close()
     ckpt.close()
@@ -478,7 +766,8 @@ def run(config, workdir: str, log=print) -> dict:
       "final_train_pass1": last_eval["train_pass1"], "final_test_pass1": last_eval["test_pass1"],
       "base_test_greedy": base.get("test_greedy"), "final_test_greedy": last_eval.get(
           "test_greedy"),
-      "rounds": int(state.round), "wall_s": time.time() - t0,
+      # Summed over the run's processes (each one's time up to its last checkpoint).
+      "rounds": int(state.round), "wall_s": wall_before + time.time() - t0,
       "training_questions": [e.id for e in train_examples],
       "base_policy": {k: v for k, v in base_info.items() if k != "fingerprint"},
   }

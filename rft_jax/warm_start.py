@@ -26,7 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rft_jax import evaluation, logprobs, metrics as metrics_lib, sampling, sharding
+from rft_jax import (
+  checkpoint as checkpoint_lib,
+  errors,
+  evaluation,
+  fileio,
+  logprobs,
+  metrics as metrics_lib,
+  sampling,
+  sharding,
+)
 from rft_jax.data import arithmetic, tokenizer as tokenizer_lib
 from rft_jax.data.base import Task
 from rft_jax.models import decoder as decoder_lib
@@ -69,21 +78,30 @@ def base_policy(config, task: Task, workdir: str, mesh=None, log=print) -> tuple
   if os.path.exists(info_path):
     with open(info_path) as f:
       info = json.load(f)
-    if info.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-      raise ValueError(
+    diff = checkpoint_lib.fingerprint_diff(info.get("fingerprint") or {},
+                                           json.loads(json.dumps(fingerprint)))
+    if diff:
+      raise checkpoint_lib.IncompatibleCheckpointError(
           f"the base policy in {directory} was made with other task/model/warm_start settings; "
-          "point --config.warm_start.dir elsewhere or use a fresh --workdir")
+          "differing settings:\n" + "\n".join(diff) + "\nPoint --config.warm_start.dir "
+          "elsewhere or use a fresh --workdir.")
     tok = tokenizer_lib.load_tokenizer(os.path.join(directory, "tokenizer"))
     model_config = embedded_model_config(config.model, len(tok))
     template = jax.eval_shape(lambda: decoder_lib.init_params(model_config, jax.random.PRNGKey(0)))
-    with open(os.path.join(directory, PARAMS_FILE), "rb") as f:
-      params = flax.serialization.from_bytes(template, f.read())
+    try:
+      with open(os.path.join(directory, PARAMS_FILE), "rb") as f:
+        params = flax.serialization.from_bytes(template, f.read())
+    except (ValueError, KeyError, TypeError) as e:  # msgpack of another shape, truncated
+      raise errors.CheckpointReadError(
+          f"the base policy's {os.path.join(directory, PARAMS_FILE)} cannot be read "
+          f"({type(e).__name__}: {e}); delete {directory} to warm-start again") from e
     log(f"base policy: reused {directory} (test Pass@1 {info['test_pass1']:.3f} after "
         f"{info['steps']} supervised steps)")
     return _place(_embedded_policy(tok, model_config, params), mesh), info
   _warm_start(config, task, directory, fingerprint, mesh, log)
-  # Every run, the one that trained the base included, takes it from disk: one code path.
-  return base_policy(config, task, workdir, mesh, log)
+  # Every run, the one that trained the base included, takes it from disk: one code path (quiet:
+  # _warm_start has just said what it made).
+  return base_policy(config, task, workdir, mesh, log=lambda msg: None)
 
 
 def _place(policy: Policy, mesh) -> Policy:
@@ -133,11 +151,13 @@ def _sft_arrays(policy: Policy, examples, cfg, bucket: int):
 def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log) -> None:
   ws = config.warm_start
   if task.name != "arithmetic":
-    raise ValueError("the supervised warm start exists for the embedded arithmetic task only; "
-                     "set --config.model.checkpoint to a Hugging Face model directory")
+    raise errors.ConfigError("the supervised warm start exists for the embedded arithmetic task "
+                             "only; set --config.model.checkpoint to a Hugging Face model "
+                             "directory")
   t0 = time.time()
   tmp = tempfile.mkdtemp(prefix=".base-", dir=os.path.dirname(os.path.abspath(directory)))
   try:
+    fileio.chmod_as_created(tmp, directory=True)  # mkdtemp's 0700 would become base/'s mode
     tok = tokenizer_lib.embedded_tokenizer(tmp)
     model_config = embedded_model_config(config.model, len(tok))
     params = decoder_lib.init_params(model_config, jax.random.PRNGKey(ws.seed))
@@ -183,6 +203,8 @@ def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log
         pass1 = float(r.mean())
         bar.set_postfix(loss=f"{float(loss):.3f}", probe_pass1=f"{pass1:.2f}")
         if pass1 >= ws.target_pass1:
+          bar.total = step  # stopped early on purpose: the bar ends full, not at 35%
+          bar.refresh()
           break
     bar.close()
     info = {"fingerprint": fingerprint, "steps": step, "test_pass1": pass1,

@@ -1,4 +1,5 @@
-"""MetricWriter (jsonl + TensorBoard), resume truncation, torn lines, progress bar."""
+"""MetricWriter (jsonl + TensorBoard), resume truncation, torn lines, annotations, progress,
+the curves PNG."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
+from rft_jax import metrics
 from rft_jax.metrics import METRICS_FILE, MetricWriter, progress, read_metrics
 
 
@@ -122,11 +124,32 @@ def test_tensorboard_events(tmp_path):
                      for e in read_events(tmp_path / "tb") for v in e.summary.value]
 
 
-def test_progress_hidden_without_tty_unless_forced(monkeypatch, capsys):
+def test_progress_without_tty_is_plain_lines(monkeypatch, capsys):
+  """Output to a file or pipe (pytest's stderr is not a TTY): plain lines every PLAIN_EVERY_S
+  seconds and one at the end; transient (evaluation) bars say nothing; RFT_PROGRESS=0 hides all,
+  RFT_PROGRESS=1 forces bars."""
   monkeypatch.delenv("RFT_PROGRESS", raising=False)
-  with progress(10, desc="rounds") as bar:  # pytest's stderr is not a TTY
+  monkeypatch.setattr(metrics, "PLAIN_EVERY_S", 0.0)  # a line at every update
+  with progress(10, desc="rounds") as bar:
+    assert isinstance(bar, metrics.PlainProgress)
     bar.update(3)
     bar.set_postfix(loss=0.5)
+    bar.update(2)
+  lines = capsys.readouterr().err.splitlines()
+  assert [line.split(" ", 2)[:2] for line in lines] == [["rounds:", "3/10"], ["rounds:", "5/10"],
+                                                        ["rounds:", "5/10"]]
+  assert lines[1].startswith("rounds: 5/10 (50%) ") and lines[1].endswith(", loss=0.5")
+  monkeypatch.setattr(metrics, "PLAIN_EVERY_S", 3600.0)
+  with progress(1500, desc="warm start") as bar:  # quiet between lines, one at the end
+    bar.update(520)
+    bar.total = 520  # stopped early on purpose: the end says so, not 35%
+  assert capsys.readouterr().err.startswith("warm start: 520/520 (100%) ")
+  with progress(4, desc="test", leave=False) as bar:
+    bar.update(4)
+  assert capsys.readouterr().err == ""
+  monkeypatch.setenv("RFT_PROGRESS", "0")
+  with progress(10, desc="rounds") as bar:
+    bar.update(3)
   assert capsys.readouterr().err == ""
   monkeypatch.setenv("RFT_PROGRESS", "1")
   with progress(10, initial=2, desc="rounds") as bar:
@@ -134,3 +157,31 @@ def test_progress_hidden_without_tty_unless_forced(monkeypatch, capsys):
     bar.set_postfix(loss=0.5)
   err = capsys.readouterr().err
   assert "rounds" in err and "5/10" in err and "loss=0.5" in err
+
+
+def test_annotate_adds_to_a_written_row(tmp_path):
+  with MetricWriter(tmp_path) as w:
+    for step in range(3):
+      w.write(step, {"loss": float(step)})
+    w.annotate(1, {"resumed_with": "optimizer.learning_rate: 0.001 -> 0.0001",
+                   "optimizer.learning_rate": 1e-4})
+    w.write(3, {"loss": 3.0})
+    w.annotate(7, {"note": 1.0})  # no row of that step: a row of its own
+  assert read_metrics(tmp_path) == [
+      {"step": 0, "loss": 0.0},
+      {"step": 1, "loss": 1.0, "resumed_with": "optimizer.learning_rate: 0.001 -> 0.0001",
+       "optimizer.learning_rate": 1e-4},
+      {"step": 2, "loss": 2.0}, {"step": 3, "loss": 3.0}, {"step": 7, "note": 1.0}]
+
+
+def test_plot_curves(tmp_path):
+  with MetricWriter(tmp_path) as w:
+    w.write(0, {"train_pass1": 0.2, "test_pass1": 0.3})
+    for step in range(1, 5):
+      w.write(step, {"reward": step / 4, "entropy": 1.0 / step, "loss": None,
+                     **({"train_pass1": step / 4, "test_pass1": 0.3} if step % 2 == 0 else {})})
+  path = metrics.plot_curves(tmp_path)
+  assert path == str(tmp_path / "curves.png")
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert sorted(os.listdir(tmp_path)) == ["curves.png", METRICS_FILE, "tb"]

@@ -94,6 +94,13 @@ def test_layer_specs_and_directories():
     pipeline.parse_layers("g=4,l1")
 
 
+def test_unknown_layer_is_one_line(tmp_path, capsys):
+  assert pipeline.main(["--layers=l0,l9", f"--root={tmp_path}"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: --layers: unknown layer or preset 'l9'; layers: l0, ")
+  assert len(err.splitlines()) == 1
+
+
 def test_plan_shares_one_base_and_fixes_seeds(tmp_path):
   planned = pipeline.plan(["l0", "l2", "l5"], 2, str(tmp_path), quick=True,
                           overrides={"train.rounds": "40"})
@@ -115,7 +122,7 @@ def test_plan_shares_one_base_and_fixes_seeds(tmp_path):
     pipeline._write_config(run, config)
 
 
-def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch):
+def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys):
   """Two tiny layers x 1 seed, one after another in-process; then again: nothing reruns."""
   root = str(tmp_path / "pipe")
   argv = ["--layers=l1,l2", "--seeds=1", "--runlocal", f"--root={root}",
@@ -145,8 +152,11 @@ def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch):
   assert "| l1 |" in report and "| l2 |" in report and "| l0 |" not in report
   assert "1/1 done" in report
   # Other settings in the same root stop with a message instead of mixing reports.
-  with pytest.raises(ValueError, match="train.rounds"):
-    pipeline.main([a.replace("rounds=2", "rounds=3") for a in argv])
+  capsys.readouterr()
+  assert pipeline.main([a.replace("rounds=2", "rounds=3") for a in argv]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "made with other settings (train.rounds)" in err
+  assert "Traceback" not in err
 
 
 STAND_IN = """

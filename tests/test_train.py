@@ -6,11 +6,13 @@ the loss chain here shifts the reward by +1 (affine_reward) so that every round 
 gradient and the params move, which is what makes "resumed == uninterrupted" mean something.
 """
 
+import errno
 import hashlib
 import json
 import math
 import os
 import pathlib
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,16 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import common, l0_minimal
-from rft_jax import checkpoint as checkpoint_lib, losses, metrics, train, warm_start
+from rft_jax import (
+  checkpoint as checkpoint_lib,
+  errors,
+  fileio,
+  losses,
+  metrics,
+  train,
+  warm_start,
+  workdir as workdir_lib,
+)
 from rft_jax.data import selection
 
 ROUNDS = 4  # runlocal: eval_every = checkpoint_every = 2
@@ -83,6 +94,11 @@ def assert_same_rows(got: list[dict], want: list[dict]):
         assert g[k] == v, (w["step"], k, g[k], v)
 
 
+def assert_finite(tree):
+  for leaf in jax.tree.leaves(tree):
+    assert np.all(np.isfinite(np.asarray(leaf, np.float64))), "a checkpoint holds non-finite values"
+
+
 def assert_same_tree(got, want, atol=1e-6):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
                                                        atol=atol), got, want)
@@ -123,6 +139,10 @@ def no_retraining(monkeypatch):
 def test_reference_run(reference):
   rows, summary = reference["rows"], reference["summary"]
   assert [r["step"] for r in rows] == list(range(ROUNDS + 1))
+  assert len([line for line in reference["log"] if line.startswith("base policy")]) == 1
+  assert not (reference["workdir"] / workdir_lib.LOCK_INFO).exists()  # released
+  assert all(math.isfinite(r["param_norm"]) and r["param_norm"] > 0 for r in rows[1:])
+  assert not any(k.startswith("collapse") for r in rows for k in r)
   assert summary["rounds"] == ROUNDS
   assert all(r["grad_norm"] > 0 and math.isfinite(r["loss"]) for r in rows[1:])
   with checkpoint_lib.Checkpointer(os.path.join(reference["workdir"], "checkpoints"),
@@ -164,9 +184,15 @@ def test_non_finite_loss_stops_and_the_last_good_checkpoint_resumes(reference, b
     return state, step_metrics
 
   monkeypatch.setattr(train, "train_step", nan_in_round_3)
-  with pytest.raises(train.NonFiniteLossError, match=r"at round 3.*checkpoint \(round 2\)"):
+  with pytest.raises(errors.DivergedError) as info:
     run(config, tmp_path)
   ckpt_dir = os.path.join(tmp_path, "checkpoints")
+  assert str(info.value) == (
+      "diverged at round 3: non-finite loss nan; stopped without saving. The last good "
+      f"checkpoint is round 2 ({ckpt_dir}/2); to go on from it, rerun the same command with a "
+      "lower --config.optimizer.learning_rate (now 0.001) and "
+      "--resume_with=optimizer.learning_rate")
+  assert_finite(checkpoint_state(tmp_path, 2))
   with checkpoint_lib.Checkpointer(ckpt_dir, fingerprint=train.fingerprint(config)) as ckpt:
     assert ckpt.latest_step() == 2 and ckpt.all_steps() == [2]
   assert sorted(os.listdir(ckpt_dir)) == ["2", checkpoint_lib.FINGERPRINT_FILE]
@@ -322,3 +348,274 @@ def test_fingerprint_stored_before_1781af7_matches(tmp_path):
                      match="loss.clipped_ratio.log_ratio_clamp: stored -1.0, now 20.0"):
     checkpoint_lib.Checkpointer(directory, fingerprint=train.fingerprint(changed),
                                 defaults=defaults)
+
+
+# -- divergence, --resume_with, the collapse guard -----------------------------------------------
+
+
+def test_exploded_params_stop_with_no_checkpoint_then_a_lower_lr_goes_on(reference, base_dir,
+                                                                         tmp_path, no_retraining):
+  """lr 1e30: round 1's params blow up; nothing is saved and the message says there is no
+  checkpoint. The same workdir with the usual lr and --resume_with then runs as a fresh run
+  would (the base evaluation and the change recorded on row 0)."""
+  with pytest.raises(errors.DivergedError) as info:
+    run(make_config(base_dir, optimizer__learning_rate=1e30), tmp_path)
+  msg = str(info.value)
+  assert msg.startswith("diverged at round 1: ")
+  assert ("parameters" in msg and "There is no checkpoint to go back to (none was saved "
+          "before round 1)" in msg and "--resume_with=optimizer.learning_rate" in msg), msg
+  assert os.listdir(tmp_path / "checkpoints") == [checkpoint_lib.FINGERPRINT_FILE]
+  assert not (tmp_path / "summary.json").exists()
+
+  config = make_config(base_dir)  # the reference's learning rate, 1e-3
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError,
+                     match=r"optimizer.learning_rate: stored 1e\+30, now 0.001"):
+    run(config, tmp_path)  # without the flag: a different run
+  lines = []
+  summary = train.run(config, str(tmp_path), log=lines.append,
+                      resume_with=["optimizer.learning_rate"])
+  assert "resumed with optimizer.learning_rate: 1e+30 -> 0.001" in lines
+  rows = metrics.read_metrics(tmp_path)
+  assert rows[0]["resumed_with"] == "optimizer.learning_rate: 1e+30 -> 0.001"
+  assert rows[0]["optimizer.learning_rate"] == 0.001
+  for row in rows:
+    row.pop("resumed_with", None), row.pop("optimizer.learning_rate", None)
+  assert_same_rows(rows, reference["rows"])
+  assert summary["rounds"] == ROUNDS
+  run(config, tmp_path)  # the stored run is now the lr-1e-3 one: the plain command resumes
+
+
+def test_resume_with_a_lower_lr_from_the_last_good_checkpoint(reference, base_dir, tmp_path,
+                                                              no_retraining):
+  run(make_config(base_dir, train__rounds=2), tmp_path)
+  lower = make_config(base_dir, optimizer__learning_rate=5e-4)
+  lines = []
+  train.run(lower, str(tmp_path), log=lines.append, resume_with=("optimizer.learning_rate",))
+  assert "resumed from round 2 in " + str(tmp_path) in lines
+  rows = metrics.read_metrics(tmp_path)
+  assert [r["step"] for r in rows] == list(range(ROUNDS + 1))
+  assert rows[2]["resumed_with"] == "optimizer.learning_rate: 0.001 -> 0.0005"
+  assert_same_rows(rows[:2], reference["rows"][:2])
+  assert rows[3]["param_norm"] != reference["rows"][3]["param_norm"]  # round 3 at the new rate
+  with open(workdir_lib.fingerprint_path(str(tmp_path))) as f:
+    assert json.load(f)["optimizer"]["learning_rate"] == 5e-4
+
+
+def test_resume_with_only_takes_state_independent_keys(base_dir, tmp_path):
+  with pytest.raises(errors.ConfigError, match=r"^--resume_with=model.d_model: must be one of "
+                     r"optimizer.learning_rate, "):
+    train.run(make_config(base_dir), str(tmp_path / "w"), resume_with=["model.d_model"])
+  assert not (tmp_path / "w").exists()
+
+
+def test_collapse_guard_warns_once_and_flags_the_rows(reference, base_dir, tmp_path, monkeypatch,
+                                                      no_retraining):
+  real_step = train.train_step
+  vocab = []
+
+  def uniform_from_round_2(state, batch, *args, decoder, **kwargs):
+    late = int(state.round) >= 1
+    state, step_metrics = real_step(state, batch, *args, decoder=decoder, **kwargs)
+    vocab.append(decoder.config.vocab_size)
+    if late:  # as if the policy had turned to noise: entropy ln V
+      step_metrics = {**step_metrics, "entropy": jnp.float32(math.log(vocab[-1]))}
+    return state, step_metrics
+
+  monkeypatch.setattr(train, "train_step", uniform_from_round_2)
+  _, lines = run(make_config(base_dir, train__rounds=3), tmp_path)
+  warnings = [line for line in lines if line.startswith("warning:")]
+  assert len(warnings) == 1 and warnings[0].startswith("warning: round 2: policy entropy")
+  assert f"uniform value ln V = {math.log(vocab[0]):.3f}" in warnings[0]
+  rows = metrics.read_metrics(tmp_path)
+  assert [r.get("collapse_uniform") for r in rows] == [None, None, 1.0, 1.0]
+
+
+def test_collapse_stuck_needs_a_full_window_of_wrong_identical_rollouts():
+  row = {"entropy": 1e-5, "p_correct_window": 0.0}
+  assert train._collapse(row, 4.9, window=10, done=10) == {"collapse_stuck": 1.0}
+  assert train._collapse(row, 4.9, window=10, done=9) == {}  # window not yet full
+  assert train._collapse({**row, "p_correct_window": 1.0}, 4.9, 10, 10) == {}  # converged
+  assert train._collapse({**row, "entropy": 0.5}, 4.9, 10, 10) == {}  # still varying
+  assert train._collapse({"entropy": 4.8}, 4.9, 10, 10) == {"collapse_uniform": 1.0}
+
+
+# -- interrupts ----------------------------------------------------------------------------------
+
+
+def test_sigterm_saves_the_round_and_the_resume_equals_uninterrupted(reference, base_dir,
+                                                                     tmp_path, monkeypatch,
+                                                                     no_retraining):
+  """SIGTERM during round 3 (no checkpoint due): the round finishes, is saved as checkpoint 3,
+  and the run stops; the same command then ends exactly like the uninterrupted run."""
+  real_step = train.train_step
+
+  def sigterm_in_round_3(state, *args, **kwargs):
+    if int(state.round) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_step(state, *args, **kwargs)
+
+  monkeypatch.setattr(train, "train_step", sigterm_in_round_3)
+  handler = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(errors.RunInterrupted) as info:
+    run(make_config(base_dir), tmp_path)
+  assert str(info.value) == "stopped at round 3; run the same command to resume"
+  assert info.value.exit_code == 128 + signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) == handler  # restored
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3",
+                                                          checkpoint_lib.FINGERPRINT_FILE]
+  assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [0, 1, 2, 3]
+  assert_finite(checkpoint_state(tmp_path, 3))
+  assert not (tmp_path / workdir_lib.LOCK_INFO).exists()
+
+  monkeypatch.setattr(train, "train_step", real_step)
+  summary, lines = run(make_config(base_dir), tmp_path)
+  assert f"resumed from round 3 in {tmp_path}" in lines
+  assert_same_rows(metrics.read_metrics(tmp_path), reference["rows"])
+  assert_same_tree(checkpoint_state(tmp_path, ROUNDS), checkpoint_state(reference["workdir"],
+                                                                        ROUNDS))
+  # wall_s adds the stopped process's time (kept in checkpoint 3) to this one's.
+  with checkpoint_lib.Checkpointer(tmp_path / "checkpoints", fingerprint=train.fingerprint(
+      make_config(base_dir))) as ckpt:
+    _, extra = ckpt.restore(checkpoint_state(tmp_path, ROUNDS))
+  assert summary["wall_s"] >= extra["wall_s"] > 0
+
+
+def test_signal_before_the_rounds_stops_at_once(reference, base_dir, tmp_path, monkeypatch,
+                                                no_retraining):
+  def interrupted(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    raise AssertionError("not reached: the handler raises")
+
+  monkeypatch.setattr(train, "training_examples", interrupted)
+  with pytest.raises(errors.RunInterrupted, match="^stopped by SIGINT before the first round"):
+    run(make_config(base_dir), tmp_path)
+  assert sorted(os.listdir(tmp_path)) == ["checkpoints"]  # the fingerprint only
+
+
+# -- one run per workdir, up-front refusals -------------------------------------------------------
+
+
+def test_workdir_in_use_is_refused_untouched(reference, base_dir, no_retraining):
+  workdir = reference["workdir"]
+  with workdir_lib.Lock(workdir) as lock:
+    lock.record()
+    before = snapshot(workdir)
+    with pytest.raises(errors.WorkdirInUseError, match=f"pid {os.getpid()} on "):
+      run(make_config(base_dir), workdir)
+    assert snapshot(workdir) == before
+
+
+def test_stale_difficulty_table_is_refused(reference, base_dir, tmp_path, monkeypatch,
+                                           no_retraining):
+  """A run that dies before its first checkpoint leaves difficulty.json; a rerun with other
+  example.* settings must not train on a question of that table."""
+  def killed(*args, **kwargs):
+    raise RuntimeError("killed in round 1")
+
+  monkeypatch.setattr(train, "train_step", killed)
+  config = make_config(base_dir, example__selection="extremely_hard", example__samples=1)
+  with pytest.raises(RuntimeError, match="killed"):
+    run(config, tmp_path)
+  assert (tmp_path / "difficulty.json").exists()
+  assert not checkpoint_lib.ocp.utils.checkpoint_steps(tmp_path / "checkpoints")
+  before = snapshot(tmp_path)
+  other = make_config(base_dir, example__selection="extremely_hard", example__samples=1,
+                      example__candidates=4)
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError) as info:
+    run(other, tmp_path)
+  assert "difficulty.json" in str(info.value)
+  assert "example.candidates: stored 8, now 4" in str(info.value)
+  assert snapshot(tmp_path) == before
+
+
+BAD_VALUES = [
+    (dict(example__selection="medum"), "--config.example.selection='medum': must be one of id, "
+     "index, easy, medium, hard, extremely_hard"),
+    (dict(train__mini_batches=3), "--config.train.mini_batches=3: must divide the 1 rollouts of "
+     "a round (1 question(s) x rollout.num_samples=1)"),
+    (dict(train__checkpoint_every=0), "--config.train.checkpoint_every=0: must be an integer >= 1"),
+    (dict(train__eval_every=0), "--config.train.eval_every=0: must be an integer >= 1"),
+    (dict(rollout__num_samples=0), "--config.rollout.num_samples=0: must be an integer >= 1"),
+    (dict(rollout__temperature=-1.0), "--config.rollout.temperature=-1.0: must be a number >= 0"),
+    (dict(rollout__top_p=0.0), "--config.rollout.top_p=0.0: must be a number in (0, 1]"),
+    (dict(rollout__max_new_tokens=0), "--config.rollout.max_new_tokens=0: must be an integer >= 1"),
+    (dict(optimizer__b2=1.0), "--config.optimizer.b2=1.0: must be a number in [0, 1)"),
+    (dict(optimizer__learning_rate=-1e-3),
+     "--config.optimizer.learning_rate=-0.001: must be a number >= 0"),
+    (dict(eval__train_samples=0), "--config.eval.train_samples=0: must be an integer >= 1"),
+    (dict(example__selection="id"), "--config.example.example_id='': must name a training "
+     "problem (example.selection=id)"),
+    (dict(task__name="gsm9k"), "--config.task.name='gsm9k': must be one of arithmetic, gsm8k, "
+     "math"),
+    (dict(model__checkpoint="/no/such/model"), "--config.model.checkpoint='/no/such/model': no "
+     "such directory"),
+    (dict(loss__clipped_ratio__eps_low=-0.1), "--config.loss: bad settings for loss transform "
+     "'clipped_ratio'"),
+]
+
+
+@pytest.mark.parametrize("override,line", BAD_VALUES, ids=[line.split("=")[0].split(":")[0][9:]
+                                                           for _, line in BAD_VALUES])
+def test_each_bad_value_is_one_line_before_any_work(base_dir, tmp_path, monkeypatch, override,
+                                                    line):
+  monkeypatch.setattr(warm_start, "base_policy", lambda *a, **k: pytest.fail("work started"))
+  with pytest.raises(errors.ConfigError) as info:
+    run(make_config(base_dir, **override), tmp_path / "w")
+  (got,) = str(info.value).splitlines()
+  assert got.startswith(line), got
+  assert not (tmp_path / "w").exists()
+
+
+def test_bad_values_are_all_named():
+  c = common.base_config("runlocal")
+  c.update_from_flattened_dict({"train.checkpoint_every": 0, "rollout.num_samples": 0,
+                                "example.selection": "medum"})
+  with pytest.raises(errors.ConfigError) as info:
+    train.validate_config(c)
+  assert [line.split("=")[0] for line in str(info.value).splitlines()] == [
+      "--config.rollout.num_samples", "--config.train.checkpoint_every",
+      "--config.example.selection"]
+  train.validate_config(common.base_config())  # the shipped configs pass
+  train.validate_config(l0_minimal.get_config("runlocal"))
+
+
+@pytest.mark.parametrize("empty", ["train", "test"])
+def test_empty_data_file_is_one_line_before_anything_is_written(tmp_path, empty):
+  good = tmp_path / "good.jsonl"
+  good.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}) + "\n")
+  blank = tmp_path / "empty.jsonl"
+  blank.write_text("")
+  c = common.base_config("runlocal")
+  c.task.update(name="gsm8k", template="gsm8k", train_path=str(good), test_path=str(good))
+  c.task[f"{empty}_path"] = str(blank)
+  c.model.checkpoint = str(tmp_path)  # exists; never loaded, the data fails first
+  with pytest.raises(errors.ConfigError) as info:
+    train.run(c, str(tmp_path / "w"))
+  assert str(info.value) == (f"{blank}: no {empty} problems in it (task gsm8k); give a file "
+                             f"with at least one, --config.task.{empty}_path=PATH")
+  assert not (tmp_path / "w").exists()
+
+
+def test_read_only_workdir_is_one_line_and_leaves_nothing(base_dir, tmp_path, monkeypatch):
+  """The first write (the fingerprint) fails; nothing else is attempted. Root ignores file
+  modes, so the read-only file system is simulated at the one place every write starts."""
+  workdir = tmp_path / "ro"
+  workdir.mkdir()
+  if os.geteuid() != 0:
+    workdir.chmod(0o555)
+  else:
+    def read_only(*args, dir=None, **kwargs):
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS), dir)
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(os, "makedirs", lambda path, exist_ok=False: None if os.path.isdir(
+        path) else read_only(dir=path))
+  try:
+    with pytest.raises(OSError) as info:
+      run(make_config(base_dir), workdir)
+    message = errors.actionable(info.value)
+    assert message.startswith(("Read-only file system: ", "Permission denied: ")), message
+    assert str(workdir) in message and "\n" not in message
+    assert os.listdir(workdir) == []
+  finally:
+    workdir.chmod(0o755)

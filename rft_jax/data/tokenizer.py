@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from rft_jax import fileio
 from rft_jax.data import arithmetic
 from rft_jax.data.base import Task
 
@@ -85,6 +86,7 @@ def save_tokenizer(tok: PreTrainedTokenizerFast, directory: str | os.PathLike) -
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.tmp-")
   try:
+    fileio.chmod_as_created(tmp, directory=True)  # not mkdtemp's 0700 once renamed into place
     tok.save_pretrained(tmp)
     if os.path.exists(directory):
       # rename() does not replace a non-empty directory: move the old one aside first.
