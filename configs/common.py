@@ -4,13 +4,19 @@ Each layer's config file calls `base_config(arg)` and then changes only its own 
 a comma-separated list of `key=value` words (big_vision style), e.g. `--config=l0.py:runlocal`:
 
   runlocal   a tiny, fast variant for tests and smoke runs (seconds, not minutes).
+  base=NAME  another base model for every layer: smollm2 (configs/smollm2.py, the real
+             SmolLM2-135M-Instruct); empty = the embedded default.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from configs import smollm2
 from rft_jax.losses import recipe_config
+
+# base=NAME -> the function that switches the embedded default's config to that base model.
+BASES = {"": None, "smollm2": smollm2.apply}
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -30,7 +36,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The embedded default with the L0 loss; layers override what they change."""
-  args = parse_arg(arg)
+  args = parse_arg(arg, base="")
+  if args.base not in BASES:
+    raise ValueError(f"unknown base {args.base!r}; known: {', '.join(repr(b) for b in BASES)}")
   c = ml_collections.ConfigDict()
   c.seed = 0  # rollouts and evaluation samples; the base policy and the example are fixed
 
@@ -90,4 +98,6 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.example.update(selection="index", candidates=8, samples=4)
     c.train.update(rounds=4, eval_every=2, checkpoint_every=2)
     c.eval.update(train_samples=8, batch_size=32)
+  if args.base:
+    BASES[args.base](c, args.runlocal)
   return c
