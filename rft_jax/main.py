@@ -2,7 +2,14 @@
 
 Any config field can be overridden, e.g. --config.rollout.num_samples=8; the config is locked,
 so a misspelled key stops the run with a message naming it. Prints the summary at the end (also
-written to <workdir>/summary.json).
+written to <workdir>/summary.json, with the run's curves in <workdir>/curves.png).
+
+Errors a person can act on (a bad config value, a missing file, a workdir in use or holding
+another run, a diverged run, a read-only or full disk) end in their message alone and exit
+status 1; --debug shows the traceback. Ctrl-C or SIGTERM finishes the round, saves and exits
+130 / 143 ("stopped at round k; run the same command to resume"); a second one exits at once.
+--resume_with=optimizer.learning_rate goes on from the workdir's last checkpoint with a new
+--config.optimizer.learning_rate (a diverged run), recorded in metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, summary.")
+_RESUME_WITH = flags.DEFINE_list(
+    "resume_with", [], "Settings that may differ from the workdir's stored run on this resume "
+    "(optimizer.learning_rate, optimizer.clip_norm, optimizer.weight_decay, "
+    "rollout.temperature), e.g. a lower learning rate after a divergence.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks of errors a person can act on.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,14 +42,30 @@ def format_summary(summary: dict) -> str:
           f"rounds {summary['rounds']}, wall time {summary['wall_s']:.0f} s")
 
 
+def _fatal(message: str) -> None:
+  sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+  sys.exit(1)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a one-line error for an override of a key the config lacks.
+  """absl's flag parsing, with one-line errors for a config file that fails to load and for an
+  override of a key the config lacks.
 
   ml_collections reports `--config.train.roundz=3` as a KeyError / AttributeError (a stack dump),
-  not a flags error; name the flag and the key instead, and exit before anything is written.
+  not a flags error, and an exception in the config file's get_config (an unknown `:arg`) as a
+  flags error quoting its whole traceback; name the flag and the problem instead, and exit before
+  anything is written. --debug keeps the full text.
   """
+  debug = any(a in ("--debug", "--debug=true", "--debug=True", "--debug=1") for a in argv[1:])
   try:
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    text = str(e)
+    if "Error whilst parsing config file" in text and not debug:
+      first = text.splitlines()[0].split(": Error whilst", 1)[0]
+      last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+      text = f"{first}: {last}"
+    _fatal(f"{text}\nPass --helpshort or --helpfull to see help on flags.")
   except (AttributeError, KeyError) as e:
     err = e
     while err.args and isinstance(err.args[0], BaseException):  # AttributeError(KeyError(...))
@@ -49,22 +77,56 @@ def parse_flags(argv: list[str]) -> list[str]:
     if not key or not bad:
       raise
     hint = " ".join(line.strip() for line in lines[1:])
-    sys.stderr.write(f"FATAL Flags parsing error: --{bad[0]}: the config has no key {key!r}"
-                     f"{'. ' + hint if hint else ''}\n")
-    sys.exit(1)
+    _fatal(f"--{bad[0]}: the config has no key {key!r}{'. ' + hint if hint else ''}")
+
+
+def _load_config():
+  """The parsed config; a config file that could not be read fails here (ml_collections defers
+  that error to the first use), as one line naming the file."""
+  config = _CONFIG.value
+  try:
+    config.keys()
+  except OSError as e:
+    last = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    raise OSError(f"--config={flags.FLAGS['config'].config_filename}: cannot load it ({last})"
+                  ) from e
+  return config
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    sys.stderr.write(f"error: unexpected arguments {argv[1:]} (flags are --name=value)\n")
+    return 2
   logging.set_verbosity(logging.WARNING)  # orbax logs every step at INFO
-  from rft_jax import train  # after flag parsing: a bad flag fails before jax starts
+  from rft_jax import errors
 
-  summary = train.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    config = _load_config()
+    from rft_jax import train  # after flag parsing: a bad flag fails before jax starts
+
+    summary = train.run(config, _WORKDIR.value, resume_with=_RESUME_WITH.value)
+  except (Exception, KeyboardInterrupt) as e:
+    message = errors.actionable(e) if not isinstance(e, KeyboardInterrupt) else "interrupted"
+    if _DEBUG.value or message is None:
+      raise  # a bug (or --debug): the traceback is the useful part
+    if isinstance(e, errors.RunInterrupted | KeyboardInterrupt):
+      sys.stderr.write(f"{message}\n")
+    elif isinstance(e, errors.ConfigError):  # one bad value per line
+      sys.stderr.write("".join(f"error: {line}\n" for line in message.splitlines()))
+    else:
+      sys.stderr.write(f"error: {message}\n")
+    return getattr(e, "exit_code", 130 if isinstance(e, KeyboardInterrupt) else 1)
   print(format_summary(summary))
   print(json.dumps({k: summary[k] for k in ("base_train_pass1", "base_test_pass1",
                                             "final_train_pass1", "final_test_pass1", "rounds",
                                             "wall_s")}))
+  try:
+    from rft_jax import metrics
+
+    print(f"curves: {metrics.plot_curves(_WORKDIR.value)}", file=sys.stderr)
+  except Exception as e:  # a plot is not worth failing a finished run over
+    print(f"warning: no curves.png ({type(e).__name__}: {e})", file=sys.stderr)
+  return 0
 
 
 if __name__ == "__main__":

@@ -418,9 +418,11 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
 
     check("task.template", lambda v: v in prompts_text.TEMPLATES,
           f"must be empty or one of {', '.join(sorted(prompts_text.TEMPLATES))}")
-  check("model.checkpoint", lambda v: not v or os.path.exists(v),
-        "no such directory (a Hugging Face model directory or a .gguf file; empty = the "
-        "embedded default)")
+  from rft_jax.models import fetch  # registered names ("smollm2") are fetched on first use
+
+  check("model.checkpoint", lambda v: not v or os.path.exists(v) or v in fetch.MODELS,
+        "no such directory (a Hugging Face model directory, a .gguf file or one of "
+        f"{', '.join(fetch.MODELS)}; empty = the embedded default)")
   if not get("model.checkpoint"):
     check("task.name", lambda v: v == "arithmetic" or v not in TASKS,  # unknown: said above
           "the embedded model's warm start exists for the arithmetic task only; set "
@@ -549,15 +551,16 @@ class _Signals:
   def _handle(self, signum, frame) -> None:
     del frame
     name = signal.Signals(signum).name
+    nl = "\n" if sys.stderr.isatty() else ""  # off a progress bar's line
     if self.signum is not None:
-      sys.stderr.write(f"\n{name} again: exiting at once, without saving\n")
+      sys.stderr.write(f"{nl}{name} again: exiting at once, without saving\n")
       sys.stderr.flush()
       os._exit(128 + signum)
     self.signum = signum
     if not self.deferred:
       raise errors.RunInterrupted(f"stopped by {name} before the first round of this process; "
                                   "run the same command to resume", signum)
-    sys.stderr.write(f"\n{name}: finishing the current round, then saving and stopping (send it "
+    sys.stderr.write(f"{nl}{name}: finishing the current round, then saving and stopping (send it "
                      "again to exit at once)\n")
     sys.stderr.flush()
 
@@ -673,6 +676,7 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
     writer.write(0, base)
   with open(base_path) as f:
     base = json.load(f)
+  stop.deferred = True  # from here on a signal lets the round finish and saves it
   log(f"base: training Pass@1 {base['train_pass1']:.3f}, test Pass@1 {base['test_pass1']:.3f}")
   if changes:  # --resume_with: recorded on the row of the round the run goes on from
     said = "; ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
@@ -684,7 +688,6 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
   last_eval = dict(base) if start == 0 else {}
   warned = set()
   bar = metrics_lib.progress(rounds, initial=start, desc="rounds")
-  stop.deferred = True
   try:
     for r in range(start, rounds):
       rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), r)

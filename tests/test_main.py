@@ -1,30 +1,46 @@
 """The entry point end to end: `python -m rft_jax.main` on the tiny runlocal config.
 
 One finished workdir (module fixture, about a minute on 2 CPU cores, warm start included) is
-shared by the assertions; a misspelled config key must fail before anything is written.
+shared by the assertions; errors a person can act on (a misspelled key, a bad value, a missing
+config file, a workdir in use) end in one line with nothing written; SIGTERM saves and stops.
 """
 
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from configs import l0_minimal
-from rft_jax import metrics
+from rft_jax import fileio, metrics, workdir as workdir_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = ("base_train_pass1", "base_test_pass1", "final_train_pass1", "final_test_pass1",
                 "rounds", "wall_s")
 
 
-def _main(*args, timeout=300) -> subprocess.CompletedProcess:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", RFT_PROGRESS="0")
+def _env() -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", RFT_PROGRESS="0", PYTHONUNBUFFERED="1")
   env.pop("XLA_FLAGS", None)  # the job as a user runs it: one CPU device, not the tests' 8
-  return subprocess.run([sys.executable, "-m", "rft_jax.main", *args], cwd=REPO_ROOT, env=env,
+  return env
+
+
+def _main(*args, timeout=300) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "rft_jax.main", *args], cwd=REPO_ROOT, env=_env(),
                         capture_output=True, text=True, timeout=timeout)
+
+
+def _listing(directory) -> dict:
+  out = {}
+  for root, dirs, files in os.walk(directory):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      st = os.stat(path)
+      out[os.path.relpath(path, directory)] = (st.st_size, st.st_mtime_ns)
+  return out
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +99,108 @@ def test_misspelled_config_key_fails_naming_it(tmp_path, override, key, hint):
   assert hint in proc.stderr
   assert "Traceback" not in proc.stderr, proc.stderr  # a message, not a stack dump
   assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def test_curves_png_and_file_modes(finished):
+  """The curves next to summary.json; files written atomically get the umask's mode, as any
+  other output (not mkstemp's 0600), and so do the warm start's folders (not mkdtemp's 0700)."""
+  workdir, proc = finished
+  with open(workdir / "curves.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert f"curves: {workdir / 'curves.png'}" in proc.stderr
+  mask = fileio.umask()  # the subprocess inherited this one
+  for name in ("summary.json", "base_eval.json", "checkpoints/fingerprint.json",
+               "base/base.json", "metrics.jsonl"):
+    assert os.stat(workdir / name).st_mode & 0o777 == 0o666 & ~mask, name
+  for name in ("base", "base/tokenizer"):
+    assert os.stat(workdir / name).st_mode & 0o777 == 0o777 & ~mask, name
+  assert not (workdir / workdir_lib.LOCK_INFO).exists()
+  assert proc.stderr.count("base policy") == 0 and proc.stdout.count("base policy") == 1
+
+
+def test_bad_values_one_line_each_before_any_work(tmp_path):
+  workdir = tmp_path / "bad"
+  proc = _main("--config=configs/l0_minimal.py:runlocal", f"--workdir={workdir}",
+               "--config.example.selection=medum", "--config.train.checkpoint_every=0",
+               "--config.rollout.num_samples=0", "--config.rollout.temperature=-1", timeout=120)
+  assert proc.returncode == 1
+  assert proc.stderr.splitlines() == [
+      "error: --config.rollout.num_samples=0: must be an integer >= 1",
+      "error: --config.train.checkpoint_every=0: must be an integer >= 1",
+      "error: --config.rollout.temperature=-1.0: must be a number >= 0",
+      "error: --config.example.selection='medum': must be one of id, index, easy, medium, hard, "
+      "extremely_hard"], proc.stderr
+  assert not workdir.exists()
+  # --debug: the same error with its traceback.
+  proc = _main("--config=configs/l0_minimal.py:runlocal", f"--workdir={workdir}",
+               "--config.train.mini_batches=3", "--debug", timeout=120)
+  assert proc.returncode == 1 and "Traceback" in proc.stderr
+  assert "ConfigError: --config.train.mini_batches=3: must divide the 1 rollouts" in proc.stderr
+
+
+@pytest.mark.parametrize("config,line", [
+    ("configs/no_such_layer.py", "error: --config=configs/no_such_layer.py: cannot load it "
+     "([Errno 2] No such file or directory: 'configs/no_such_layer.py')"),
+    ("configs/l0_minimal.py:runlocal,gg=4", "FATAL Flags parsing error: flag "
+     "--config=configs/l0_minimal.py:runlocal,gg=4: ValueError: unknown config argument 'gg'"),
+])
+def test_config_file_errors_are_one_line(tmp_path, config, line):
+  proc = _main(f"--config={config}", f"--workdir={tmp_path / 'w'}", timeout=120)
+  assert proc.returncode == 1
+  assert proc.stderr.splitlines()[0].startswith(line), proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_second_process_on_a_workdir_is_refused(finished):
+  """This process holds the finished run's workdir, as a run in progress would; the same
+  command in another process stops at once, naming the holder, and writes nothing."""
+  workdir, _ = finished
+  with workdir_lib.Lock(workdir) as lock:
+    lock.record()
+    before = _listing(workdir)
+    proc = _main("--config=configs/l0_minimal.py:runlocal", f"--workdir={workdir}", timeout=120)
+    assert _listing(workdir) == before
+  assert proc.returncode == 1
+  (line,) = proc.stderr.splitlines()
+  assert line.startswith(f"error: {workdir} is in use by another run (pid {os.getpid()} on "), line
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_round_and_exits_143(finished, tmp_path):
+  """SIGTERM in the rounds: the round finishes, is saved, one line says how to go on, exit 143;
+  a second SIGTERM right after the first exits at once. (Reuses the finished run's base.)"""
+  workdir = tmp_path / "run"
+  args = [sys.executable, "-m", "rft_jax.main", "--config=configs/l0_minimal.py:runlocal",
+          f"--workdir={workdir}", f"--config.warm_start.dir={finished[0] / 'base'}",
+          "--config.train.rounds=100000", "--config.train.checkpoint_every=100000"]
+
+  def start_and_signal(times: int) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # the rounds start right after the base's line
+      if line.startswith("base:"):
+        break
+    proc.send_signal(signal.SIGTERM)
+    said = ""
+    if times == 2:  # once the first is being handled (two pending signals would merge)
+      said = proc.stderr.readline()
+      assert said.startswith("SIGTERM: finishing the current round"), said
+      proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, proc.returncode, out, said + err)
+
+  first = start_and_signal(1)
+  assert first.returncode == 143, first.stderr
+  last = first.stderr.strip().splitlines()[-1]
+  assert last.startswith("stopped at round ") and last.endswith(
+      "; run the same command to resume"), first.stderr
+  assert "Traceback" not in first.stderr
+  k = int(last.split()[3].rstrip(";"))
+  assert str(k) in os.listdir(workdir / "checkpoints")
+  assert [r["step"] for r in metrics.read_metrics(workdir)] == list(range(k + 1))
+
+  second = start_and_signal(2)
+  assert second.returncode == 143, second.stderr
+  assert "SIGTERM again: exiting at once, without saving" in second.stderr
+  assert "Traceback" not in second.stderr
