@@ -80,3 +80,34 @@ def _os_message(e: OSError) -> str:
     if e.strerror:
       return f"{e.strerror}{where}"
   return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def quiet_closed_loop_noise() -> None:
+  """Drops the "RuntimeError: Event loop is closed" tracebacks a failed orbax restore leaves:
+  its reads still in flight call back into the event loop orbax closed when the error surfaced,
+  printing a traceback per array around the one-line message. Every other error still prints."""
+  import sys
+  import threading
+
+  def closed_loop(exc) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+  if getattr(sys.excepthook, "_quiet_closed_loop", False):
+    return
+  previous = (sys.excepthook, sys.unraisablehook, threading.excepthook)
+
+  def excepthook(kind, value, tb):
+    if not closed_loop(value):
+      previous[0](kind, value, tb)
+
+  def unraisablehook(unraisable):
+    if not closed_loop(unraisable.exc_value):
+      previous[1](unraisable)
+
+  def thread_excepthook(args):
+    if not closed_loop(args.exc_value):
+      previous[2](args)
+
+  excepthook._quiet_closed_loop = True
+  sys.excepthook, sys.unraisablehook, threading.excepthook = (excepthook, unraisablehook,
+                                                              thread_excepthook)

@@ -100,6 +100,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every step at INFO
   from rft_jax import errors
 
+  errors.quiet_closed_loop_noise()
   try:
     config = _load_config()
     from rft_jax import train  # after flag parsing: a bad flag fails before jax starts

@@ -8,6 +8,7 @@ config file, a workdir in use) end in one line with nothing written; SIGTERM sav
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,3 +205,23 @@ def test_sigterm_saves_the_round_and_exits_143(finished, tmp_path):
   assert second.returncode == 143, second.stderr
   assert "SIGTERM again: exiting at once, without saving" in second.stderr
   assert "Traceback" not in second.stderr
+
+
+def test_corrupt_checkpoint_is_one_line(finished, tmp_path):
+  """Garbage in the newest checkpoint's arrays: one line (not orbax's tracebacks, nor those of
+  its reads left in flight), naming the step and the way back; nothing is written."""
+  workdir = tmp_path / "copy"
+  shutil.copytree(finished[0], workdir)
+  rounds = l0_minimal.get_config("runlocal").train.rounds
+  for path in (workdir / "checkpoints" / str(rounds) / "state").rglob("*"):
+    if path.is_file() and "/d/" in str(path):
+      path.write_bytes(b"\0garbage" * 4)
+  before = _listing(workdir)
+  proc = _main("--config=configs/l0_minimal.py:runlocal", f"--workdir={workdir}", timeout=120)
+  assert proc.returncode == 1
+  (line,) = proc.stderr.splitlines()
+  assert line.startswith(f"error: checkpoint round {rounds} in {workdir / 'checkpoints'} cannot "
+                         "be read (ValueError: "), line
+  assert line.endswith(f"delete {workdir / 'checkpoints'}/{rounds} to resume from the one before "
+                       "it ([2]), or start over in a fresh --workdir")
+  assert _listing(workdir) == before

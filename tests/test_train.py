@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 
 import jax
@@ -619,3 +620,30 @@ def test_read_only_workdir_is_one_line_and_leaves_nothing(base_dir, tmp_path, mo
     assert os.listdir(workdir) == []
   finally:
     workdir.chmod(0o755)
+
+
+# orbax's reads left in flight call back into its closed event loop (main hides those).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_unreadable_checkpoint_is_one_line(reference, base_dir, tmp_path, no_retraining, damage):
+  """The newest checkpoint's array files overwritten or deleted: the message names the step and
+  the way back (the one before it), and nothing is written."""
+  workdir = tmp_path / "copy"
+  shutil.copytree(reference["workdir"], workdir)
+  data = [p for p in (workdir / "checkpoints" / str(ROUNDS) / "state").rglob("*")
+          if p.is_file() and "/d/" in str(p)]
+  assert data
+  for path in data:
+    if damage == "garbage":
+      path.write_bytes(b"\0garbage" * 4)
+    else:
+      path.unlink()
+  before = snapshot(workdir)
+  with pytest.raises(errors.CheckpointReadError) as info:
+    run(make_config(base_dir), workdir)
+  msg = str(info.value)
+  assert msg.startswith(f"checkpoint round {ROUNDS} in {workdir / 'checkpoints'} cannot be read ")
+  assert msg.endswith(f"delete {workdir / 'checkpoints'}/{ROUNDS} to resume from the one before "
+                      "it ([2]), or start over in a fresh --workdir")
+  assert "\n" not in msg
+  assert snapshot(workdir) == before

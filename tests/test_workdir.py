@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import types
 
 import pytest
 
@@ -171,3 +173,18 @@ def test_atomic_files_take_the_umask_not_0600(tmp_path, mask):
   assert os.stat(tmp_path / "a.json").st_mode & 0o777 == plain
   assert os.stat(tmp_path).st_mode & 0o777 == 0o777 & ~mask
   assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")] == []
+
+
+def test_closed_loop_noise_is_dropped_and_nothing_else(monkeypatch):
+  seen = []
+  monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: seen.append(value))
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+  monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_value))
+  errors.quiet_closed_loop_noise()
+  errors.quiet_closed_loop_noise()  # once is enough: not wrapped twice
+  noise, real = RuntimeError("Event loop is closed"), RuntimeError("a real one")
+  for exc in (noise, real):
+    sys.excepthook(type(exc), exc, None)
+    sys.unraisablehook(types.SimpleNamespace(exc_value=exc))
+    threading.excepthook(types.SimpleNamespace(exc_value=exc))
+  assert seen == [real, real, real]
