@@ -69,8 +69,15 @@ def actionable(exc: BaseException) -> str | None:
     e = e.__cause__ or e.__context__
   text = str(exc)
   if any(t in text for t in _OS_TEXTS):
-    return f"{type(exc).__name__}: {text.strip().splitlines()[0]}"
+    return f"{type(exc).__name__}: {short_reason(text)}"
   return None
+
+
+def short_reason(text: str, limit: int = 300) -> str:
+  """The first line of an error's text, without the spec tensorstore appends (kilobytes of
+  JSON), at most `limit` characters."""
+  line = (text.strip().splitlines() or [""])[0].split(" [tensorstore_spec")[0]
+  return line if len(line) <= limit else line[:limit] + " ..."
 
 
 def _os_message(e: OSError) -> str:

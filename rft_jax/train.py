@@ -629,12 +629,9 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
     try:
       state, extra = ckpt.restore(target)
     except Exception as e:  # a corrupt or partly deleted step folder
-      # tensorstore appends its whole spec (kilobytes of JSON) to the reason; keep the reason.
-      reason = (str(e).strip().splitlines() or [""])[0].split(" [tensorstore_spec")[0]
-      reason = reason if len(reason) <= 300 else reason[:300] + " ..."
       raise errors.CheckpointReadError(
           f"checkpoint round {step} in {ckpt.directory} cannot be read ({type(e).__name__}: "
-          f"{reason}); delete "
+          f"{errors.short_reason(str(e))}); delete "
           f"{ckpt.directory}/{step} to resume from the one before it "
           f"({ckpt.all_steps()[:-1] or 'none'}), or start over in a fresh --workdir") from e
     problem = _divergence(0.0, float(optax.global_norm(state.params)), norm_limit)

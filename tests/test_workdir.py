@@ -142,7 +142,8 @@ def test_actionable_errors_have_their_line():
       raise ValueError("tensorstore write failed") from e
   except ValueError as wrapped:
     assert errors.actionable(wrapped) == "No space left on device: /runs/l0/metrics.jsonl"
-  quoted = RuntimeError("Error writing chunk: No space left on device [os_error=28]\nmore")
+  quoted = RuntimeError("Error writing chunk: No space left on device [os_error=28] "
+                        '[tensorstore_spec=\'{"driver": "zarr", ...}\']\nmore')
   assert errors.actionable(quoted) == ("RuntimeError: Error writing chunk: No space left on "
                                        "device [os_error=28]")
   assert errors.actionable(FileNotFoundError("data file not found: x.jsonl")) == (
