@@ -7,10 +7,12 @@ use (rft_jax/models/fetch.py; `python -m rft_jax.models.fetch smollm2` does it a
 go through its chat template (ChatML, with its default system turn) with the paper's suffix.
 
 Settings, chosen before any layer ran and why:
-  task           the embedded arithmetic generator (two operations, symbol and word problems),
-                 with GSM8K's instruction ('... output the final answer after "####".'): its
-                 base Pass@1 (experiments/smollm2/base_rates) has questions in several
-                 difficulty buckets, where GSM8K's is near zero; GSM8K is the second dataset.
+  task           one-operation arithmetic ('What is 25 - 49?': operands 1..50, + and -, negative
+                 answers allowed), the paper's GSM8K instruction appended, graded by
+                 'final_answer' ('#### N', \\boxed{N} or 'the answer is N'). Why: SmolLM2-135M
+                 never writes '####' or \\boxed{} (0 of 112 base responses on two-operation
+                 problems, with either instruction) and gets two-operation problems wrong; it
+                 ends with 'So, the answer is N.' (experiments/smollm2/base_rates).
   max_new_tokens 256: long enough that few rollouts are truncated (base_rates measures it).
   dtype          float32 params and compute: this CPU has no fast bfloat16 matmul.
   learning rate  1e-6, the paper's (AdamW, constant, clip 1.0); issue 13's sweep revisits it.
@@ -29,7 +31,9 @@ def apply(c, runlocal: bool = False):
   """`c` (configs/common.py's base config) switched to SmolLM2; returns it."""
   c.model.checkpoint = CHECKPOINT
   c.model.dtype = "float32"
-  c.task.template = "gsm8k"
+  c.task.update(template="gsm8k", max_operand=50)
+  c.task.num_ops, c.task.word_prob, c.task.mul_prob, c.task.allow_negative = 1, 0.0, 0.0, True
+  c.task.grader = "final_answer"
   c.rollout.update(max_new_tokens=256, prompt_bucket=32)
   c.optimizer.learning_rate = 1e-6
   c.example.update(candidates=32, samples=8)

@@ -156,6 +156,8 @@ def build_task(task_cfg) -> Task:
     from rft_jax.data import prompts_text
 
     task.template = prompts_text.template(task_cfg.template)
+  if task_cfg.get("grader"):  # another grader than the task's own (configs/smollm2.py)
+    task.grader = task_cfg.grader
   return task
 
 
@@ -413,6 +415,10 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
   else:
     for key in ("task.train_path", "task.test_path"):
       check(key, lambda v: not v or os.path.isfile(v), "no such file")
+  from rft_jax import rewards
+
+  check("task.grader", lambda v: not v or v in rewards.GRADERS,
+        f"must be empty (the task's own) or one of {', '.join(sorted(rewards.GRADERS))}")
   if get("task.template"):
     from rft_jax.data import prompts_text
 

@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from configs import l0_minimal, l2_advantage
-from rft_jax import metrics
+from rft_jax import errors, metrics, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,6 +30,21 @@ def test_every_layer_accepts_base_smollm2():
                                                                                "gsm8k", 256)
   with pytest.raises(ValueError, match="unknown base 'nope'"):
     l0_minimal.get_config("base=nope")
+
+
+def test_smollm2_task_and_grader_override():
+  """configs/smollm2.py's task: one-operation problems graded by 'final_answer' (task.grader)."""
+  config = l0_minimal.get_config("base=smollm2")
+  train.validate_config(config)
+  task = train.build_task(config.task)
+  assert task.grader == "final_answer" and len(task.test) == 500
+  assert all(len(e.meta["expression"].split()) == 3 for e in task.test)
+  example = task.test[0]
+  assert task.grade(f"So, the answer is {example.answer}.", example) == 1.0
+  assert task.grade(f"#### {int(example.answer) + 1}", example) == 0.0
+  config.task.grader = "nope"
+  with pytest.raises(errors.ConfigError, match="--config.task.grader='nope': must be empty"):
+    train.validate_config(config)
 
 
 @pytest.mark.slow

@@ -103,6 +103,7 @@ def generate(
     allow_negative: bool = False,
     answer_only: bool = False,
     allow_fewer: bool = False,
+    num_ops: int = 2,
 ) -> list[Example]:
   """`n` distinct problems drawn from a Generator seeded by (seed, split).
 
@@ -114,15 +115,28 @@ def generate(
   `answer_only` solutions are the answer line alone ('#### 7'): with one-digit answers a
   completion is two tokens, few enough to list every one (rft_jax.bandit). `allow_fewer` returns
   what the ranges hold instead of raising when they hold fewer than n distinct problems.
+  `num_ops=1`: one operation, symbol problems only ('What is 25 - 49?'), for a small real model
+  that cannot do two (configs/smollm2.py); 2 is the embedded task's, drawn as it always was.
   """
   if max_operand < 2 or max_factor < 2:
     raise ValueError(f"max_operand={max_operand} and max_factor={max_factor} must be >= 2")
+  if num_ops not in (1, 2):
+    raise ValueError(f"num_ops={num_ops}: 1 or 2 operations")
+  if num_ops == 1 and word_prob > 0:
+    raise ValueError("num_ops=1 problems are symbol problems only: set word_prob=0")
   rng = _split_rng(seed, split)
   seen = set(exclude)
   examples: list[Example] = []
   misses = 0  # consecutive rejected draws: many in a row means the ranges are too small for n
   while len(examples) < n and misses < 10_000:
     misses += 1
+    if num_ops == 1:
+      example = _one_op(rng, len(examples), split, seen, max_operand, max_factor, mul_prob,
+                        allow_negative, answer_only)
+      if example is not None:
+        examples.append(example)
+        misses = 0
+      continue
     word = bool(rng.random() < word_prob)
     if rng.random() < mul_prob:
       op1 = "*"
@@ -153,7 +167,26 @@ def generate(
 
 
 RANGE_KEYS = ("max_operand", "max_factor", "mul_prob", "word_prob", "allow_negative",
-              "answer_only")
+              "answer_only", "num_ops")
+
+
+def _one_op(rng, index: int, split: str, seen: set, max_operand: int, max_factor: int,
+            mul_prob: float, allow_negative: bool, answer_only: bool) -> Example | None:
+  """One 'a op b' symbol problem not in `seen` (added to it), or None for a rejected draw."""
+  if rng.random() < mul_prob:
+    op, a = "*", int(rng.integers(2, max_factor + 1))
+  else:
+    op, a = ("+" if rng.random() < 0.5 else "-"), int(rng.integers(1, max_operand + 1))
+  b = int(rng.integers(1, max_operand + 1))
+  value = _OPS[op](a, b)
+  expr = f"{a} {op} {b}"
+  if (value < 0 and not allow_negative) or expr in seen:
+    return None
+  seen.add(expr)
+  question = _SYMBOL_FORMS[int(rng.integers(len(_SYMBOL_FORMS)))].format(expr=expr)
+  solution = f"#### {value}" if answer_only else f"{expr} = {value}\n#### {value}"
+  return Example(id=f"arith/{split}/{index}", question=question, answer=str(value),
+                 solution=solution, meta={"expression": expr, "form": "symbol"})
 
 
 def ranges_from_config(task_cfg) -> dict:

@@ -4,6 +4,7 @@ Each grader module exposes `grade(response, gold) -> Outcome`. Graders never rai
 response: anything unexpected is Outcome.ERROR (reward 0) so training goes on.
 
 Graders: 'arithmetic' (the embedded task), 'gsm8k' ('#### N' or \\boxed{N}, exact number),
+'final_answer' (gsm8k's, and 'the answer is N' as a third marker),
 'math' (\\boxed{} by normalized string, guards, then math-verify in a process pool with a hard
 timeout). A grader with a batched form (BATCH_GRADERS) grades a whole batch at once, so the
 math-verify work of a batch runs in parallel across the pool. docs/tasks.md has the rules.
@@ -12,6 +13,7 @@ math-verify work of a batch runs in parallel across the pool. docs/tasks.md has 
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,6 +24,8 @@ from rft_jax.rewards.base import Outcome
 GRADERS: dict[str, Callable[[str, str], Outcome]] = {
     "arithmetic": arithmetic.grade,
     "gsm8k": gsm8k.grade,
+    # gsm8k's rules plus 'the (final) answer is N' as a marker (small models; configs/smollm2.py)
+    "final_answer": functools.partial(gsm8k.grade, phrase=True),
     "math": math.grade,
 }
 

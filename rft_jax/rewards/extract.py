@@ -18,13 +18,15 @@ _BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 # so that they do not count.
 _BRACE = re.compile(r"\\[{}]|[{}]")
 _HASHES = re.compile(r"####")
+# 'The answer is 4.', 'the final answer is: $-24$' (the Qwen grader chain's phrase step).
+_ANSWER_PHRASE = re.compile(r"\b(?:final\s+)?answer\s+is\s*:?", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
 class Marker:
   """One final-answer marker found in a response: its kind, where it starts, its content."""
 
-  kind: str  # 'box' or 'hash'
+  kind: str  # 'box', 'hash' or 'phrase'
   start: int
   content: str
 
@@ -90,6 +92,20 @@ def find_hash_answer(text: str) -> Marker | None:
   end = text.find("\n", last.end())
   content = text[last.end():] if end < 0 else text[last.end():end]
   return Marker("hash", last.start(), content.strip())
+
+
+def find_answer_phrase(text: str) -> Marker | None:
+  """The last '(final) answer is ...' phrase: the rest of its line up to a sentence end."""
+  last = None
+  for last in _ANSWER_PHRASE.finditer(text):  # noqa: B007 (keeps the last match)
+    pass
+  if last is None:
+    return None
+  end = text.find("\n", last.end())
+  content = text[last.end():] if end < 0 else text[last.end():end]
+  # '... answer is 4. So we are done' -> '4.': the sentence the phrase opens.
+  sentence = re.split(r"(?<=[.!?])\s", content.strip(), maxsplit=1)[0]
+  return Marker("phrase", last.start(), sentence.strip())
 
 
 def strip_trailing_punct(s: str) -> str:

@@ -12,6 +12,11 @@ Rules (shared/GRADING.md, recommendation 2):
     and no percent rescaling (50 is not 0.5).
   * Hedging: if the response has several \\boxed{} and they do not all hold that same number,
     the answer is WRONG.
+  * Grader 'final_answer' (`grade(..., phrase=True)`): 'the (final) answer is N' is a third
+    marker (the Qwen grader chain's phrase step, GRADING.md section 1), for small instruct models
+    that state an answer that way and never write '####' (SmolLM2-135M: 0 of 112 base responses
+    held a '####' or \\boxed{} marker, experiments/smollm2/base_rates). Still no bare
+    "last number" fallback: the model has to say which number is its answer.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ import fractions
 import re
 
 from rft_jax.rewards.base import Outcome
-from rft_jax.rewards.extract import final_part, find_boxes, find_hash_answer
+from rft_jax.rewards.extract import (
+  final_part,
+  find_answer_phrase,
+  find_boxes,
+  find_hash_answer,
+)
 
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|mbox|mathrm)\s*\{([^{}]*)\}")
 _NUMBER = re.compile(r"^([-+\u2212]?)(\d+(?:\.\d*)?|\.\d+)")
@@ -59,14 +69,16 @@ def extract(response: str) -> str | None:
   return max(markers, key=lambda m: m.start).content
 
 
-def grade(response: str, gold: str) -> Outcome:
+def grade(response: str, gold: str, *, phrase: bool = False) -> Outcome:
+  """phrase: 'the (final) answer is N' counts as a final marker too (grader 'final_answer')."""
   gold_value = parse_number(gold)
   if gold_value is None:
     raise ValueError(f"GSM8K gold answer is not a number: {gold!r}")
   text = final_part(response)
   boxes = find_boxes(text)
   hashes = find_hash_answer(text)
-  markers = boxes + ([hashes] if hashes is not None else [])
+  said = find_answer_phrase(text) if phrase else None
+  markers = boxes + [m for m in (hashes, said) if m is not None]
   if not markers:
     return Outcome.NO_ANSWER
   final = max(markers, key=lambda m: m.start)

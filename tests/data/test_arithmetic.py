@@ -152,3 +152,28 @@ def test_ranges_from_config_reads_only_what_the_config_sets():
 
   cfg = ml_collections.ConfigDict(dict(name="arithmetic", max_operand=3, answer_only=True))
   assert arithmetic.ranges_from_config(cfg) == {"max_operand": 3, "answer_only": True}
+
+
+def test_one_operation_problems():
+  """num_ops=1: 'a op b' symbol problems, answers right, distinct, negatives only if allowed."""
+  examples = arithmetic.generate(3, 300, num_ops=1, word_prob=0.0, max_operand=50,
+                                 allow_negative=True, mul_prob=0.2)
+  exprs = [e.meta["expression"] for e in examples]
+  assert len(set(exprs)) == 300
+  for e in examples:
+    a, op, b = e.meta["expression"].split()
+    assert int(e.answer) == {"+": int(a) + int(b), "-": int(a) - int(b),
+                             "*": int(a) * int(b)}[op]
+    assert e.meta["expression"] in e.question and e.solution.endswith(f"#### {e.answer}")
+  assert any(int(e.answer) < 0 for e in examples)
+  assert all(int(e.answer) >= 0 for e in arithmetic.generate(3, 100, num_ops=1, word_prob=0.0))
+  with pytest.raises(ValueError, match="symbol problems only"):
+    arithmetic.generate(3, 10, num_ops=1)
+  with pytest.raises(ValueError, match="num_ops=3"):
+    arithmetic.generate(3, 10, num_ops=3, word_prob=0.0)
+
+
+def test_two_operation_stream_unchanged():
+  """Adding num_ops did not move the embedded task's draws (first test problem as before)."""
+  first = arithmetic.arithmetic_task(0, 50, 20).test[0]
+  assert (first.meta["expression"], first.answer) == ("8 - 1 - 2", "5")

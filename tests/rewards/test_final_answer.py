@@ -1,0 +1,37 @@
+"""Grader 'final_answer': gsm8k's rules plus 'the (final) answer is N' as a final-answer marker."""
+
+import pytest
+
+from rft_jax import rewards
+from rft_jax.rewards import extract
+from rft_jax.rewards.base import Outcome
+
+
+@pytest.mark.parametrize("response, gold, want", [
+    ("8 - 1 = 7, so the answer is 7.", "7", Outcome.CORRECT),           # SmolLM2's usual ending
+    ("So, the answer is 4.", "5", Outcome.WRONG),
+    ("The final answer is: $-24$", "-24", Outcome.CORRECT),             # colon, $...$
+    ("The answer is 3 apples.", "3", Outcome.CORRECT),                  # unit word after
+    ("The answer is 25 - 49 = -24", "-24", Outcome.NO_ANSWER),          # not a number alone
+    ("I think it is 4", "4", Outcome.NO_ANSWER),                        # no marker: no reward
+    ("The answer is 4. Wait, maybe 5", "4", Outcome.CORRECT),           # the phrase's sentence
+    ("the answer is 4.\nActually the answer is 6.", "6", Outcome.CORRECT),  # the last phrase
+    ("The answer is 6.\n#### 4", "4", Outcome.CORRECT),                  # the later marker wins
+    ("#### 4\nso the answer is 6", "6", Outcome.CORRECT),
+    ("answer is \\boxed{12}", "12", Outcome.CORRECT),                   # box after the phrase
+    ("ANSWER IS 1,080", "1080", Outcome.CORRECT),                       # case, thousands comma
+])
+def test_final_answer_cases(response, gold, want):
+  assert rewards.grade_outcome("final_answer", response, gold) == want
+
+
+def test_gsm8k_grader_ignores_the_phrase():
+  assert rewards.grade_outcome("gsm8k", "So, the answer is 4.", "4") == Outcome.NO_ANSWER
+  assert rewards.grade_outcome("gsm8k", "#### 4", "4") == Outcome.CORRECT
+
+
+def test_answer_phrase_marker():
+  marker = extract.find_answer_phrase("Step 1.\nThe final answer is 12. Done!\nbye")
+  assert (marker.kind, marker.content) == ("phrase", "12.")
+  assert marker.start == len("Step 1.\nThe ")  # where "final answer is" begins
+  assert extract.find_answer_phrase("no marker here") is None
