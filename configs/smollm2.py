@@ -7,18 +7,20 @@ use (rft_jax/models/fetch.py; `python -m rft_jax.models.fetch smollm2` does it a
 go through its chat template (ChatML, with its default system turn) with the paper's suffix.
 
 Settings, chosen before any layer ran and why:
-  task           one-operation arithmetic ('What is 25 - 49?': operands 1..50, + and -, negative
-                 answers allowed), the paper's GSM8K instruction appended, graded by
+  task           one-operation arithmetic ('What is 12 - 7?': operands 1..30, + and -, no
+                 negative answers: 1,365 distinct problems, 500 test and 800 training), the paper's GSM8K instruction appended, graded by
                  'final_answer' ('#### N', \\boxed{N} or 'the answer is N'). Why: SmolLM2-135M
                  never writes '####' or \\boxed{} (0 of 112 base responses on two-operation
-                 problems, with either instruction) and gets two-operation problems wrong; it
-                 ends with 'So, the answer is N.' (experiments/smollm2/base_rates).
+                 problems, with either instruction), gets two-operation problems wrong, and ends
+                 with 'So, the answer is N.' (experiments/smollm2/README.md).
+  example        the 'hard' bucket (0 < p < 0.3 at temperature 1): SmolLM2 samples so badly at
+                 temperature 1 (one-operation Pass@1 0/48 with operands to 50, 1/32 to 20;
+                 greedy 4/48, 2/32) that no question is medium; 32 candidates x 8 samples.
   max_new_tokens 256: long enough that few rollouts are truncated (base_rates measures it).
   dtype          float32 params and compute: this CPU has no fast bfloat16 matmul.
   learning rate  1e-6, the paper's (AdamW, constant, clip 1.0); issue 13's sweep revisits it.
   evaluation     100 test questions and 32 samples of the training question, every 25 rounds:
                  what the 2-core CPU affords (a 500-question evaluation is ~1e5 tokens, ~15 min).
-  difficulty     32 candidate questions x 8 samples for the bucket table (~5 min).
 Measured time of the command above: README ("L0 on SmolLM2").
 """
 
@@ -31,12 +33,12 @@ def apply(c, runlocal: bool = False):
   """`c` (configs/common.py's base config) switched to SmolLM2; returns it."""
   c.model.checkpoint = CHECKPOINT
   c.model.dtype = "float32"
-  c.task.update(template="gsm8k", max_operand=50)
-  c.task.num_ops, c.task.word_prob, c.task.mul_prob, c.task.allow_negative = 1, 0.0, 0.0, True
+  c.task.update(template="gsm8k", max_operand=30, n_train=800, n_test=500)
+  c.task.num_ops, c.task.word_prob, c.task.mul_prob = 1, 0.0, 0.0
   c.task.grader = "final_answer"
   c.rollout.update(max_new_tokens=256, prompt_bucket=32)
   c.optimizer.learning_rate = 1e-6
-  c.example.update(candidates=32, samples=8)
+  c.example.update(selection="hard", candidates=32, samples=8)
   c.train.update(eval_every=25, checkpoint_every=25)
   c.eval.update(test_size=100, train_samples=32, batch_size=64)
   if runlocal:  # seconds-to-minutes: a smoke run of the real model
