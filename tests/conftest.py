@@ -40,3 +40,14 @@ def smollm2_gguf() -> str:
     return fetch.fetch("smollm2", log=lambda msg: None)
   except fetch.FetchError as e:
     pytest.skip(f"SmolLM2 GGUF not available: {e}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+  """torch at one intra-op thread for a module: its threads contend with XLA's on a 2-core CPU
+  (10x slower generate); used by the modules that compare against transformers."""
+  torch = pytest.importorskip("torch")
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)

@@ -82,30 +82,31 @@ def find_boxes(text: str) -> list[Marker]:
   return boxes
 
 
-def find_hash_answer(text: str) -> Marker | None:
-  """The last '#### ...' marker: the rest of its line (GSM8K's final-answer format)."""
+def _after_last(pattern: re.Pattern, text: str) -> tuple[int, str] | None:
+  """(start of the last match of `pattern`, the rest of its line, stripped), or None."""
   last = None
-  for last in _HASHES.finditer(text):  # noqa: B007 (keeps the last match)
+  for last in pattern.finditer(text):  # noqa: B007 (keeps the last match)
     pass
   if last is None:
     return None
   end = text.find("\n", last.end())
-  content = text[last.end():] if end < 0 else text[last.end():end]
-  return Marker("hash", last.start(), content.strip())
+  return last.start(), (text[last.end():] if end < 0 else text[last.end():end]).strip()
+
+
+def find_hash_answer(text: str) -> Marker | None:
+  """The last '#### ...' marker: the rest of its line (GSM8K's final-answer format)."""
+  found = _after_last(_HASHES, text)
+  return None if found is None else Marker("hash", *found)
 
 
 def find_answer_phrase(text: str) -> Marker | None:
   """The last '(final) answer is ...' phrase: the rest of its line up to a sentence end."""
-  last = None
-  for last in _ANSWER_PHRASE.finditer(text):  # noqa: B007 (keeps the last match)
-    pass
-  if last is None:
+  found = _after_last(_ANSWER_PHRASE, text)
+  if found is None:
     return None
-  end = text.find("\n", last.end())
-  content = text[last.end():] if end < 0 else text[last.end():end]
   # '... answer is 4. So we are done' -> '4.': the sentence the phrase opens.
-  sentence = re.split(r"(?<=[.!?])\s", content.strip(), maxsplit=1)[0]
-  return Marker("phrase", last.start(), sentence.strip())
+  start, content = found
+  return Marker("phrase", start, re.split(r"(?<=[.!?])\s", content, maxsplit=1)[0].strip())
 
 
 def strip_trailing_punct(s: str) -> str:

@@ -50,13 +50,8 @@ LAYER_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
                "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-  """torch's intra-op threads contend with XLA's on a 2-core CPU."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
+# torch's intra-op threads contend with XLA's on a 2-core CPU (conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- K-quant blocks, from ggml's block_q*_K structs and dequantize_row_q*_K loops ---------------

@@ -134,13 +134,8 @@ def make_checkpoint(directory, family: str, *, seed: int = 0, torch_dtype=None,
   return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-  """torch's intra-op threads contend with XLA's on a 2-core CPU (10x slower generate)."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
+# torch's intra-op threads contend with XLA's on a 2-core CPU (conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
