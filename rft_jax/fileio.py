@@ -5,6 +5,7 @@ Readers (and a run resumed after a crash) see the old file or the new one, never
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -50,3 +51,12 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: Any, **dump_kwargs) -> None:
   dump_kwargs.setdefault("indent", 1)
   write_atomic(path, json.dumps(obj, **dump_kwargs) + "\n")
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+  """Hex sha256 of a file, read in 1 MiB blocks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()

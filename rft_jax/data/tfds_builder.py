@@ -17,12 +17,12 @@ when they change. tensorflow_datasets is imported only when a function here is c
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
+from rft_jax import fileio
 from rft_jax.data.base import Example
 
 TASKS = ("gsm8k", "math")
@@ -43,14 +43,6 @@ def _load(task: str, path: str, split: str, drop_bad: bool) -> list[Example]:
     return load_gsm8k(path, split, drop_bad=drop_bad)
   from rft_jax.data.math import load_math
   return load_math(path, split, drop_bad=drop_bad)
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 @functools.cache
@@ -84,7 +76,8 @@ def builder_class():
               "meta_json": text,  # the Example's meta, exactly
           }),
           metadata=tfds.core.MetadataDict(
-              sources={k: _sha256(v) for k, v in self._files.items()}, drop_bad=self._drop_bad),
+              sources={k: fileio.sha256_of(v) for k, v in self._files.items()},
+              drop_bad=self._drop_bad),
           disable_shuffling=True,  # keep file order: the data source yields the loader's order
       )
 
@@ -123,7 +116,8 @@ def build(task: str, files: Mapping[str, str | os.PathLike], data_dir: str | os.
   mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
   if builder.is_prepared():
     stored = dict(builder.info.metadata or {})
-    wanted = {"sources": {k: _sha256(v) for k, v in files.items()}, "drop_bad": drop_bad}
+    wanted = {"sources": {k: fileio.sha256_of(v) for k, v in files.items()},
+              "drop_bad": drop_bad}
     if stored != wanted:
       mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # regenerate from the new files
       builder = cls(config=task, data_dir=os.fspath(data_dir), files=files, drop_bad=drop_bad,

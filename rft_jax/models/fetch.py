@@ -17,12 +17,13 @@ is used as it is, after its sha256 is checked.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
+
+from rft_jax.fileio import sha256_of
 
 MODELS = {
     "smollm2": dict(
@@ -54,14 +55,6 @@ def _spec(name: str) -> dict:
     return MODELS[name]
   except KeyError:
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
-
-
-def sha256_of(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def _manual_hint(name: str, spec: dict, target: str) -> str:
