@@ -131,3 +131,14 @@ def bigram_logp(params, tokens):
   logp = jnp.take_along_axis(logprobs, tokens[..., None], axis=-1)[..., 0]
   entropy = -jnp.sum(jnp.exp(logprobs) * logprobs, axis=-1)
   return logp, entropy
+
+
+def finite_differences(reference, d, h=1e-6):
+  """Central differences of reference(d) w.r.t. d["logp"], at the masked-in tokens only."""
+  fd = np.zeros_like(d["logp"])
+  for i, t in zip(*np.nonzero(d["mask"])):
+    up, down = dict(d, logp=d["logp"].copy()), dict(d, logp=d["logp"].copy())
+    up["logp"][i, t] += h
+    down["logp"][i, t] -= h
+    fd[i, t] = (reference(up) - reference(down)) / (2 * h)
+  return fd

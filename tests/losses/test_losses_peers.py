@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import peer_refs as ref
 import pytest
-from losses_testlib import pad_time
+from losses_testlib import finite_differences, pad_time
 
 import rft_jax.losses as rl
 
@@ -88,16 +88,6 @@ def _ours(transform, batch, logp):
   return float(loss), np.asarray(grad), {k: float(v) for k, v in metrics.items()}
 
 
-def _finite_differences(reference, d, h=1e-6):
-  fd = np.zeros_like(d["logp"])
-  for i, t in zip(*np.nonzero(d["mask"])):
-    up, down = dict(d, logp=d["logp"].copy()), dict(d, logp=d["logp"].copy())
-    up["logp"][i, t] += h
-    down["logp"][i, t] -= h
-    fd[i, t] = (reference(up) - reference(down)) / (2 * h)
-  return fd
-
-
 def _check(transform, batch, logp, reference, padded=True):
   """Loss and gradient of the chain against the reference, on the batch and (padded) on the
   batch with 3 extra columns of hostile garbage."""
@@ -106,7 +96,7 @@ def _check(transform, batch, logp, reference, padded=True):
   expected = reference(d)
   assert abs(expected) > 1e-6, "a vanishing reference loss would make the comparison weak"
   assert loss == pytest.approx(expected, rel=1e-12, abs=1e-13)
-  fd = _finite_differences(reference, d)
+  fd = finite_differences(reference, d)
   assert np.abs(fd).max() > 1e-3
   np.testing.assert_allclose(grad, fd, atol=1e-6)
   if padded:
