@@ -17,7 +17,7 @@ import pytest
 
 from configs import l0_minimal
 from rft_jax import fileio, metrics, workdir as workdir_lib
-from tests.test_workdir import listing
+from tests.test_checkpoint import snapshot
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = ("base_train_pass1", "base_test_pass1", "final_train_pass1", "final_test_pass1",
@@ -150,9 +150,9 @@ def test_second_process_on_a_workdir_is_refused(finished):
   workdir, _ = finished
   with workdir_lib.Lock(workdir) as lock:
     lock.record()
-    before = listing(workdir)
+    before = snapshot(workdir)
     proc = _main("--config=configs/l0_minimal.py:runlocal", f"--workdir={workdir}", timeout=120)
-    assert listing(workdir) == before
+    assert snapshot(workdir) == before
   assert proc.returncode == 1
   (line,) = proc.stderr.splitlines()
   assert line.startswith(f"error: {workdir} is in use by another run (pid {os.getpid()} on "), line
@@ -207,7 +207,7 @@ def test_corrupt_checkpoint_is_one_line(finished, tmp_path):
   for path in (workdir / "checkpoints" / str(rounds) / "state").rglob("*"):
     if path.is_file() and "/d/" in str(path):
       path.write_bytes(b"\0garbage" * 4)
-  before = listing(workdir)
+  before = snapshot(workdir)
   proc = _main("--config=configs/l0_minimal.py:runlocal", f"--workdir={workdir}", timeout=120)
   assert proc.returncode == 1
   (line,) = proc.stderr.splitlines()
@@ -215,4 +215,4 @@ def test_corrupt_checkpoint_is_one_line(finished, tmp_path):
                          "be read (ValueError: "), line
   assert line.endswith(f"delete {workdir / 'checkpoints'}/{rounds} to resume from the one before "
                        "it ([2]), or start over in a fresh --workdir")
-  assert listing(workdir) == before
+  assert snapshot(workdir) == before

@@ -13,19 +13,9 @@ import pytest
 
 from rft_jax import checkpoint as checkpoint_lib, errors, fileio, workdir
 from rft_jax.data.jsonl import DataError
+from tests.test_checkpoint import snapshot
 
 FP = {"model": {"d_model": 16}, "optimizer": {"learning_rate": 0.001}, "seed": 0}
-
-
-def listing(directory) -> dict:
-  """{relative path: (size, mtime_ns)} of every file and folder under `directory`."""
-  out = {}
-  for root, dirs, files in os.walk(directory):
-    for name in dirs + files:
-      path = os.path.join(root, name)
-      st = os.stat(path)
-      out[os.path.relpath(path, directory)] = (st.st_size, st.st_mtime_ns)
-  return out
 
 
 # -- the lock -----------------------------------------------------------------------------------
@@ -91,7 +81,7 @@ def test_claim_writes_the_fingerprint_of_an_empty_workdir(tmp_path):
 def test_claim_refuses_other_settings_once_a_run_wrote_anything(tmp_path, artifact):
   workdir.claim(str(tmp_path), FP)
   (tmp_path / artifact).write_text("{}\n")
-  before = listing(tmp_path)
+  before = snapshot(tmp_path)
   other = {**FP, "model": {"d_model": 32}, "seed": 3}
   with pytest.raises(checkpoint_lib.IncompatibleCheckpointError) as info:
     workdir.claim(str(tmp_path), other)
@@ -99,7 +89,7 @@ def test_claim_refuses_other_settings_once_a_run_wrote_anything(tmp_path, artifa
   assert f"holds a run ({artifact}) made with other settings" in msg
   assert "model.d_model: stored 16, now 32" in msg and "seed: stored 0, now 3" in msg
   assert "--resume_with" not in msg  # neither key may change on a resume
-  assert listing(tmp_path) == before  # nothing written
+  assert snapshot(tmp_path) == before  # nothing written
 
 
 def test_claim_resume_with_lets_the_named_keys_change(tmp_path):
