@@ -58,10 +58,13 @@ from rft_jax.data import selection
 from rft_jax.data.base import Example, Task
 from rft_jax.models.policy import Policy
 
+EVALS_DIR = "evals"  # per-sample rewards of each evaluation (rft_jax.evaluation.save_rewards)
+
 # Settings that may change between a run and its resumption (they do not change what a round
 # computes); everything else of the config enters the checkpoint's fingerprint.
 RESUMABLE_KEYS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
-                  "eval.batch_size", "warm_start.dir", "diagnostics.p_correct_window",
+                  "eval.batch_size", "eval.curve_test_size", "warm_start.dir",
+                  "diagnostics.p_correct_window",
                   "diagnostics.exact_arms", "diagnostics.max_arms")
 
 # Keys added after runs had been checkpointed (dotted paths of any depth), with their default:
@@ -397,6 +400,7 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
               "diagnostics.p_correct_window", "diagnostics.max_arms"):
     check(key, *at_least(1))
   for key in ("train.rounds", "train.logprob_chunk", "rollout.top_k", "eval.test_size",
+              "eval.curve_test_size",
               "example.index", "optimizer.warmup_steps"):
     check(key, *at_least(0))
   for key in ("rollout.temperature", "eval.temperature", "optimizer.learning_rate",
@@ -650,12 +654,21 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
     log(f"resumed from round {start} in {workdir}")
   writer = metrics_lib.MetricWriter(workdir, resume_step=start if start else -1)
 
-  def evaluate(params, round_index: int) -> dict:
-    return evaluation.evaluate(
-        policy.replace(params=params), task, train_examples, test_examples,
+  # Evaluations between the base and the last round may use the first curve_test_size test
+  # questions only (a curve), the base and final ones all test_size (the layer comparison).
+  curve_examples = test_examples[:config.eval.curve_test_size or len(test_examples)]
+
+  def evaluate(params, round_index: int, *, full: bool = True) -> dict:
+    """Metrics of one evaluation; every sample's reward goes to evals/round_<r>.json."""
+    examples = test_examples if full else curve_examples
+    rewards = evaluation.evaluation_rewards(
+        policy.replace(params=params), task, train_examples, examples,
         jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), round_index),
         train_samples=config.eval.train_samples, temperature=config.eval.temperature,
         greedy=config.eval.greedy, **_gen_kwargs(config, mesh))
+    evaluation.save_rewards(os.path.join(workdir, EVALS_DIR), round_index, rewards,
+                            [e.id for e in train_examples], [e.id for e in examples])
+    return evaluation.summarize(rewards)
 
   # Bandit diagnostics: p(correct | training questions) from each round's rollouts (that round,
   # and the last `p_correct_window` rounds pooled), and the exact optimal-arm probability when
@@ -750,7 +763,7 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
         log(_collapse_warning(kind, row, log_vocab, diag.p_correct_window, done))
       row.update(exact_arms(state.params))
       if done % config.train.eval_every == 0 or done == rounds:
-        last_eval = evaluate(state.params, done)
+        last_eval = evaluate(state.params, done, full=done == rounds)
         row.update(last_eval)
         bar.set_postfix(train=f"{last_eval['train_pass1']:.2f}",
                         test=f"{last_eval['test_pass1']:.2f}")
