@@ -58,8 +58,10 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The training question(s): a difficulty bucket of the base policy (data.selection), an id,
   # or an index into the training pool; num_examples > 1 draws that many from the bucket.
+  # table: a difficulty table file shared by runs with the same base and example settings (the
+  # pipeline sets it): read when it exists, written after sampling when it does not.
   c.example = dict(selection="medium", example_id="", index=0, num_examples=1, candidates=64,
-                   samples=16, seed=0)
+                   samples=16, seed=0, table="")
 
   # Rollouts per round: prompts_per_round questions x num_samples (G) samples each.
   c.rollout = dict(num_samples=1, prompts_per_round=1, max_new_tokens=32, temperature=1.0,

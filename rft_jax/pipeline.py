@@ -172,14 +172,19 @@ def base_dir(root: str, config) -> str:
 
 def _comparable(config_json: dict) -> dict:
   d = json.loads(json.dumps(config_json))
-  d.get("warm_start", {}).pop("dir", None)  # the same root may be named by another path
+  # Paths into the root: the same root may be named by another path, or be another checkout's.
+  d.get("warm_start", {}).pop("dir", None)
+  d.get("example", {}).pop("table", None)
   return d
 
 
 def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
          quick: bool = False, overrides: dict | None = None,
          base: str = "") -> list[tuple[Run, object]]:
-  """[(run, its config)], each config with its seed and the shared base directory set."""
+  """[(run, its config)], each config with its seed, the shared base directory and the shared
+  difficulty table set."""
+  from rft_jax.data import selection
+
   out = []
   for spec in specs:
     for seed in range(seeds):
@@ -187,6 +192,8 @@ def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
       config.seed = seed
       if not config.model.checkpoint:
         config.warm_start.dir = base_dir(root, config)
+      if config.example.selection in selection.BUCKETS:
+        config.example.table = difficulty_path(root, config)
       out.append((Run(spec, seed, os.path.join(root, spec_dir(spec), f"seed{seed}")), config))
   return out
 
@@ -295,8 +302,8 @@ def remaining_time(durations: Sequence[float], left: int, parallel: int = 1) -> 
   return f"about {when} left ({left} run{'s' * (left != 1)} at {each / 60:.0f} min each)"
 
 
-def execute(runs: Sequence[Run], parallel: int = 1, log=print,
-            durations: Sequence[float] = (), after_run=None) -> dict[str, bool]:
+def execute(runs: Sequence[Run], parallel: int = 1, log=print, durations: Sequence[float] = (),
+            after_run=None) -> dict[str, bool]:
   """Runs each run (in-process one after another, or `parallel` subprocesses at once).
 
   durations: wall seconds of runs finished before (for the time estimate); after_run(run, ok)
@@ -399,6 +406,30 @@ def restore_published(run: Run, config, dest: str) -> bool:
   shutil.copytree(record, tmp)
   _replace_dir(tmp, run.workdir)
   return True
+
+
+# Config sections and keys that do not change a run's difficulty table (train.training_examples:
+# the base policy's samples of example.candidates questions); all others key the shared table.
+_NOT_IN_DIFFICULTY = ("seed", "loss", "optimizer", "train", "diagnostics", "example.selection",
+                      "example.num_examples", "example.example_id", "example.index",
+                      "rollout.num_samples", "rollout.prompts_per_round", "eval.test_size",
+                      "eval.train_samples", "eval.greedy", "eval.curve_test_size",
+                      "eval.temperature", "warm_start.dir", "example.table")
+
+
+def difficulty_path(root: str, config) -> str:
+  """<root>/difficulty/<hash>.json: the difficulty table every run with these settings shares
+  (L0 and L4's buckets draw from one table; config example.table), so it is sampled once per
+  pipeline, not once per run."""
+  from rft_jax import warm_start
+
+  d = _flat(json.loads(config.to_json()))
+  key = {k: v for k, v in d.items()
+         if not any(k == n or k.startswith(n + ".") for n in _NOT_IN_DIFFICULTY)}
+  if not config.model.checkpoint:
+    key["base"] = warm_start.base_fingerprint(config)
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+  return os.path.join(root, "difficulty", f"{digest}.json")
 
 
 def git_commit(paths: Sequence[str], message: str, log=print, attempts: int = 5) -> bool:

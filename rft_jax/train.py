@@ -63,7 +63,7 @@ EVALS_DIR = "evals"  # per-sample rewards of each evaluation (rft_jax.evaluation
 # Settings that may change between a run and its resumption (they do not change what a round
 # computes); everything else of the config enters the checkpoint's fingerprint.
 RESUMABLE_KEYS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
-                  "eval.batch_size", "eval.curve_test_size", "warm_start.dir",
+                  "eval.batch_size", "eval.curve_test_size", "warm_start.dir", "example.table",
                   "diagnostics.p_correct_window",
                   "diagnostics.exact_arms", "diagnostics.max_arms")
 
@@ -192,6 +192,10 @@ def training_examples(config, task: Task, policy: Policy, workdir: str, mesh,
   path = os.path.join(workdir, "difficulty.json")
   if os.path.exists(path):
     table = selection.load_table(path)
+  elif ex.table and os.path.exists(ex.table):  # sampled by another run with these settings
+    table = selection.load_table(ex.table)
+    selection.save_table(path, table)
+    log(f"difficulty table from {ex.table}: {table['counts']}")
   else:
     candidates = pool[:ex.candidates]
 
@@ -202,6 +206,9 @@ def training_examples(config, task: Task, policy: Policy, workdir: str, mesh,
 
     table = selection.estimate_difficulty(candidates, sample, ex.samples)
     selection.save_table(path, table)
+    if ex.table:  # for the other runs with these settings (rft_jax.pipeline.difficulty_path)
+      os.makedirs(os.path.dirname(os.path.abspath(ex.table)), exist_ok=True)
+      selection.save_table(ex.table, table)
     log(f"difficulty of {len(candidates)} candidate questions: {table['counts']}")
   ids = sorted(row["id"] for row in table["rows"] if row["bucket"] == ex.selection)
   if len(ids) < ex.num_examples:
