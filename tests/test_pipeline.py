@@ -157,6 +157,8 @@ def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys
   assert len(shared) == 1
   tables = [open(f"{root}/{layer}/seed0/difficulty.json").read() for layer in ("l1", "l2")]
   assert tables[0] == tables[1] == open(f"{root}/difficulty/{shared[0]}").read()
+  assert "difficulty table from " in open(f"{root}/l2/seed0/log.txt").read()
+  assert "difficulty table from " not in open(f"{root}/l1/seed0/log.txt").read()
   # One commit per finished run, holding its record (no checkpoints) and the report so far.
   log = git(repo, "log", "--format=%s").splitlines()
   assert len(log) == 2 and log[1].startswith("experiments: l1/seed0 finished in ")
