@@ -179,10 +179,10 @@ def _comparable(config_json: dict) -> dict:
 
 
 def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
-         quick: bool = False, overrides: dict | None = None,
-         base: str = "") -> list[tuple[Run, object]]:
+         quick: bool = False, overrides: dict | None = None, base: str = "",
+         tables: str = "") -> list[tuple[Run, object]]:
   """[(run, its config)], each config with its seed, the shared base directory and the shared
-  difficulty table set."""
+  difficulty table (in `tables`, default <root>/difficulty) set."""
   from rft_jax.data import selection
 
   out = []
@@ -193,7 +193,8 @@ def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
       if not config.model.checkpoint:
         config.warm_start.dir = base_dir(root, config)
       if config.example.selection in selection.BUCKETS:
-        config.example.table = difficulty_path(root, config)
+        config.example.table = difficulty_path(tables or os.path.join(root, "difficulty"),
+                                               config)
       out.append((Run(spec, seed, os.path.join(root, spec_dir(spec), f"seed{seed}")), config))
   return out
 
@@ -417,10 +418,10 @@ _NOT_IN_DIFFICULTY = ("seed", "loss", "optimizer", "train", "diagnostics", "exam
                       "eval.temperature", "warm_start.dir", "example.table")
 
 
-def difficulty_path(root: str, config) -> str:
-  """<root>/difficulty/<hash>.json: the difficulty table every run with these settings shares
-  (L0 and L4's buckets draw from one table; config example.table), so it is sampled once per
-  pipeline, not once per run."""
+def difficulty_path(directory: str, config) -> str:
+  """<directory>/<hash>.json: the difficulty table every run with these settings shares (L0
+  and L4's buckets draw from one table; config example.table), so it is sampled once, not once
+  per run."""
   from rft_jax import warm_start
 
   d = _flat(json.loads(config.to_json()))
@@ -429,7 +430,7 @@ def difficulty_path(root: str, config) -> str:
   if not config.model.checkpoint:
     key["base"] = warm_start.base_fingerprint(config)
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-  return os.path.join(root, "difficulty", f"{digest}.json")
+  return os.path.join(directory, f"{digest}.json")
 
 
 def git_commit(paths: Sequence[str], message: str, log=print, attempts: int = 5) -> bool:
@@ -451,15 +452,19 @@ def git_commit(paths: Sequence[str], message: str, log=print, attempts: int = 5)
 def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipeline", *,
                  quick: bool = False, runlocal: bool = False, parallel: int = 1,
                  overrides: dict | None = None, command: str | None = None, base: str = "",
-                 publish_dir: str = "", commit: bool = False, log=print) -> str:
+                 publish_dir: str = "", commit: bool = False, drop_checkpoints: bool = False,
+                 tables: str = "", log=print) -> str:
   """Plans, runs what is not done yet, writes the report; returns the report's path.
 
   publish_dir: each finished run's record (PUBLISHED) is copied to publish_dir/<layer>/seed<k>
   as it finishes, with the report, and (commit) committed to git; runs recorded there with
-  the same config count as done, so the pipeline continues in a fresh checkout."""
+  the same config count as done, so the pipeline continues in a fresh checkout.
+  drop_checkpoints: a finished run's checkpoints are deleted (a SmolLM2 run's are 1.6 GB each).
+  tables: where difficulty tables are shared (default <root>/difficulty; one folder for several
+  roots, e.g. a learning-rate sweep, samples each table once)."""
   specs = parse_layers(specs if isinstance(specs, str) else ",".join(specs))
   planned = plan(specs, seeds, root, runlocal=runlocal, quick=quick, overrides=overrides,
-                 base=base)
+                 base=base, tables=tables)
   for run, config in planned:
     _write_config(run, config)
   if publish_dir:
@@ -494,6 +499,8 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
     return path
 
   def after_run(run: Run, ok: bool) -> None:
+    if ok and drop_checkpoints:  # a finished run is never resumed; its summary marks it done
+      shutil.rmtree(os.path.join(run.workdir, "checkpoints"), ignore_errors=True)
     if not (ok and publish_dir):
       return
     publish(run, publish_dir)
@@ -946,6 +953,10 @@ def _parser() -> argparse.ArgumentParser:
                  "report to DIR as it finishes; runs recorded there count as done")
   p.add_argument("--commit", action="store_true", help="with --publish: git-commit DIR after "
                  "each finished run")
+  p.add_argument("--tables", default="", metavar="DIR", help="folder of shared difficulty "
+                 "tables (default ROOT/difficulty)")
+  p.add_argument("--drop_checkpoints", action="store_true", help="delete a run's checkpoints "
+                 "once it has finished (its record stays)")
   p.add_argument("--report_only", action="store_true", help="only (re)write the report")
   p.add_argument("--dry_run", action="store_true", help="print the plan and stop")
   p.add_argument("--run_one", metavar="WORKDIR", help=argparse.SUPPRESS)
@@ -981,7 +992,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
   specs, args.seeds = parse_layers(args.layers or "quick"), args.seeds or 3
   if args.dry_run:
     for run, config in plan(specs, args.seeds, root, runlocal=args.runlocal, quick=args.quick,
-                            overrides=overrides, base=args.base):
+                            overrides=overrides, base=args.base, tables=args.tables):
       state = "done" if is_done(run.workdir) else "to run"
       print(f"{run.workdir}: {run.spec} seed {run.seed}, {config.train.rounds} rounds, "
             f"base {config.warm_start.dir or config.model.checkpoint} ({state})")
@@ -992,7 +1003,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     raise errors.ConfigError("--commit needs --publish=DIR (the folder to commit)")
   path = run_pipeline(specs, args.seeds, root, quick=args.quick, runlocal=args.runlocal,
                       parallel=args.parallel, overrides=overrides, command=command,
-                      base=args.base, publish_dir=args.publish, commit=args.commit)
+                      base=args.base, publish_dir=args.publish, commit=args.commit,
+                      drop_checkpoints=args.drop_checkpoints, tables=args.tables)
   print(f"report: {path}")
   return 0
 

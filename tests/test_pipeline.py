@@ -145,7 +145,8 @@ def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys
   argv = ["--layers=l1,l2", "--seeds=1", "--runlocal", f"--root={root}",
           "--set", "train.rounds=2", "--set", "eval.greedy=false",
           "--set", "example.selection=extremely_hard"]
-  assert pipeline.main(argv + [f"--publish={published}", "--commit"]) == 0
+  assert pipeline.main(argv + [f"--publish={published}", "--commit", "--drop_checkpoints"]) == 0
+  assert not os.path.exists(f"{root}/l1/seed0/checkpoints")
   for layer in ("l1", "l2"):
     with open(f"{root}/{layer}/seed0/summary.json") as f:
       assert json.load(f)["rounds"] == 2
@@ -260,7 +261,8 @@ def test_layers_share_one_difficulty_table_unless_it_would_differ(tmp_path):
   path = lambda spec, **overrides: pipeline.difficulty_path(
       str(tmp_path), pipeline.layer_config(spec, overrides=overrides))
   one = path("l0")
-  assert one.startswith(f"{tmp_path}/difficulty/") and one.endswith(".json")
+  assert one.startswith(f"{tmp_path}/") and one.endswith(".json")
+  assert pipeline.plan(["l0"], 1, "r", tables="t")[0][1].example.table.startswith("t/")
   # Seeds, rollouts per round, the loss, the bucket drawn from: the same table.
   assert {path(s) for s in ("l1", "l1:g=16", "l2", "l3", "l4:bucket=hard", "l4:bucket=easy")} == {
       one}

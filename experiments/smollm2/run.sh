@@ -21,7 +21,8 @@ if [[ "$what" == all || "$what" == sweep ]]; then
         --root="runs/smollm2/lr_sweep/lr$lr" --set optimizer.learning_rate="$lr" \
         --set train.rounds=100 --set train.eval_every=50 --set train.checkpoint_every=10 \
         --set eval.test_size=100 --set eval.train_samples=32 \
-        --publish="experiments/smollm2/lr_sweep/lr$lr" --commit
+        --tables=runs/smollm2/difficulty --publish="experiments/smollm2/lr_sweep/lr$lr" \
+        --commit --drop_checkpoints
     done
   done
 fi
