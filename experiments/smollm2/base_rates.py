@@ -211,8 +211,9 @@ def main() -> int:
               "load": os.getloadavg()}
     fileio.write_json_atomic(str(path), result)
     write_table(out)
-    print(f"{name}: T=1 {result['sampled']['pass1']:.3f}, greedy {result['greedy']['pass1']:.3f}"
-          f", truncated {result['sampled']['truncated']:.2f}", flush=True)
+    print(f"{name}{tag}: T={args.temperature:g} {result['sampled']['pass1']:.3f}, greedy "
+          f"{result['greedy']['pass1']:.3f}, truncated {result['sampled']['truncated']:.2f}",
+          flush=True)
   return 0
 
 
