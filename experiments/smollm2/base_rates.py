@@ -136,7 +136,7 @@ def difficulty(policy, task, questions: int, samples: int, max_new_tokens: int,
 def write_table(out: pathlib.Path) -> None:
   rows = ["Sampled at temperature 1 unless the setting's name ends in _T<t>.", "",
           "| setting | sampled Pass@1 [95% CI] | greedy Pass@1 [95% CI] | n | "
-          "truncated (T=1 / greedy) | mean tokens (T=1) |", "|---|---|---|---|---|---|"]
+          "truncated (sampled / greedy) | mean tokens (sampled) |", "|---|---|---|---|---|---|"]
   for path in sorted(out.glob("*.json")):
     if path.name.endswith(".difficulty.json"):
       continue
