@@ -202,7 +202,7 @@ def training_examples(config, task: Task, policy: Policy, workdir: str, mesh,
     def sample(chunk, n):
       return evaluation.sample_rewards(
           policy, task, chunk, jax.random.PRNGKey(ex.seed), num_samples=n,
-          temperature=config.rollout.temperature, **_gen_kwargs(config, mesh))
+          temperature=config.rollout.temperature, desc="difficulty", **_gen_kwargs(config, mesh))
 
     table = selection.estimate_difficulty(candidates, sample, ex.samples)
     selection.save_table(path, table)
