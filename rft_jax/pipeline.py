@@ -171,7 +171,11 @@ def base_dir(root: str, config) -> str:
 
 
 def _comparable(config_json: dict) -> dict:
-  d = json.loads(json.dumps(config_json))
+  """A run's config as the pipeline compares it: keys added since at their defaults count as
+  absent (train.LATER_KEYS), so records of earlier commits still count as the same run."""
+  from rft_jax import train
+
+  d = train.drop_later_defaults(json.loads(json.dumps(config_json)))
   # Paths into the root: the same root may be named by another path, or be another checkout's.
   d.get("warm_start", {}).pop("dir", None)
   d.get("example", {}).pop("table", None)
@@ -788,10 +792,11 @@ def plot_layer(results: Sequence[dict], title: str, path_prefix: str) -> list[st
   plt.close(fig)
 
   window = 5
-  fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+  fig, axes = plt.subplots(1, 4, figsize=(14, 3))
   for ax, key, name in ((axes[0], "reward", "mean reward of the round's rollouts"),
                         (axes[1], "signal_frac", "signal_frac (non-zero advantage)"),
-                        (axes[2], "entropy", "policy entropy (nats/token)")):
+                        (axes[2], "entropy", "policy entropy (nats/token)"),
+                        (axes[3], "length", "response length (tokens)")):
     _band(ax, [_smooth(round_curve(r, key), window) for r in rows], seeds=False)
     ax.set(title=name, xlabel="round")
     ax.grid(alpha=0.3)

@@ -355,12 +355,18 @@ def _pop_path(d: dict, key: str, default=_NO_DEFAULT) -> None:
     del parent[part]
 
 
+def drop_later_defaults(d: dict) -> dict:
+  """Nested config dict `d` without the LATER_KEYS that hold their default (in place), so a
+  config from before a key existed and one with the key at its default compare equal."""
+  for key, default in LATER_KEYS.items():
+    _pop_path(d, key, default)
+  return d
+
+
 def fingerprint(config) -> dict:
   """The config minus the settings a resumed run may change (RESUMABLE_KEYS) and the later
   keys at their defaults (LATER_KEYS)."""
-  d = json.loads(config.to_json())
-  for key, default in LATER_KEYS.items():
-    _pop_path(d, key, default)
+  d = drop_later_defaults(json.loads(config.to_json()))
   for key in RESUMABLE_KEYS:
     _pop_path(d, key)  # a section of resumable keys only goes too (runs from before it match)
   return d

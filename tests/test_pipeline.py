@@ -116,8 +116,15 @@ def test_plan_shares_one_base_and_fixes_seeds(tmp_path):
              for _, c in planned)
   with pytest.raises(ValueError, match="no such config field"):
     pipeline.plan(["l0"], 1, str(tmp_path), overrides={"train.roundz": "4"})
-  # A workdir remembers its settings: the same run with others stops.
+  # A workdir remembers its settings: the same run with others stops. A key added since
+  # (train.LATER_KEYS) at its default is not another setting: the record predates the key.
   run, config = planned[0]
+  pipeline._write_config(run, config)
+  with open(os.path.join(run.workdir, "config.json")) as f:
+    older = json.load(f)
+  del older["train"]["logprob_chunk"]
+  with open(os.path.join(run.workdir, "config.json"), "w") as f:
+    json.dump(older, f)
   pipeline._write_config(run, config)
   config.train.epochs = 3
   with pytest.raises(ValueError, match="train.epochs"):
