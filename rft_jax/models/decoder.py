@@ -35,6 +35,8 @@ import jax.numpy as jnp
 Array = jax.Array
 
 VARIANTS = ("llama", "qwen2", "olmo2")
+# The projections a LoRA adapter can sit on (attention q, k, v, o; SwiGLU gate, up, down).
+LORA_MODULES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,11 @@ class ModelConfig:
   dtype:        compute dtype ("float32" or "bfloat16"); params stay `param_dtype` masters and
                 logits are always float32.
   remat:        recompute each layer's activations in the backward pass (memory for compute).
+  lora_rank:    r > 0 adds a low-rank update to each projection named in `lora_modules`
+                (models.lora): y = x W + (lora_alpha / r) (x A) B, A [in, r], B [r, out], B
+                zero-initialized so the adapted model starts as the base. The adapter params sit
+                beside their weight (`q_lora_a`, `q_lora_b`); a params tree without them (the
+                base) runs with the adapters off.
   """
 
   vocab_size: int
@@ -67,24 +74,39 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_modules: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.variant not in VARIANTS:
       raise ValueError(f"unknown model variant {self.variant!r}; supported: {VARIANTS}")
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+    if self.lora_rank < 0:
+      raise ValueError(f"lora_rank={self.lora_rank} must be >= 0 (0 = no adapters)")
+    unknown = [m for m in self.lora_modules if m not in LORA_MODULES]
+    if unknown:
+      raise ValueError(f"lora modules {unknown} are not projections of the decoder; choose "
+                       f"among {', '.join(LORA_MODULES)}")
+    if self.lora_rank and not self.lora_modules:
+      raise ValueError(f"lora_rank={self.lora_rank} with no lora_modules: name the projections "
+                       f"to adapt ({', '.join(LORA_MODULES)})")
 
   @classmethod
   def from_dict(cls, d) -> ModelConfig:
     d = dict(d)
     if d.get("rope_scaling") is not None:
       d["rope_scaling"] = tuple(d["rope_scaling"])
+    if "lora_modules" in d:
+      d["lora_modules"] = tuple(d["lora_modules"])
     return cls(**d)
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     if d["rope_scaling"] is not None:
       d["rope_scaling"] = list(d["rope_scaling"])
+    d["lora_modules"] = list(d["lora_modules"])
     return d
 
 
@@ -171,6 +193,30 @@ def _param(module, name, init, shape, axes, dtype):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
+def _project(module, name: str, x: Array, w: Array, config: ModelConfig) -> Array:
+  """x [B, T, I] times the weight w [..., O] (I inputs) -> [B, T, O], in compute dtype,
+  plus the LoRA update (lora_alpha / r) (x A) B when `name` is adapted and the params hold
+  its adapter (a params tree without adapters, the base, runs with them off).
+
+  Adapter params: A [I, r] ~ N(0, 1 / I), B [r, O] = 0, in param dtype;
+  replicated (no logical axes): they are small next to w.
+  """
+  dt = jnp.dtype(config.dtype)
+  w = w.reshape(x.shape[-1], -1)  # o [H, E, D] -> [H E, D]; q [D, H, E] -> [D, H E]
+  out = _dense(x, w.astype(dt))
+  r = config.lora_rank
+  if not r or name not in config.lora_modules:
+    return out
+  a_name, b_name = f"{name}_lora_a", f"{name}_lora_b"
+  if not (module.is_initializing() or module.has_variable("params", a_name)):
+    return out
+  a = _param(module, a_name, nn.initializers.normal(stddev=w.shape[0] ** -0.5),
+             (w.shape[0], r), (None, None), config.param_dtype)
+  b = _param(module, b_name, nn.initializers.zeros, (r, w.shape[1]), (None, None),
+             config.param_dtype)
+  return out + (config.lora_alpha / r) * _dense(_dense(x, a.astype(dt)), b.astype(dt))
+
+
 class RMSNorm(nn.Module):
   """y = x / sqrt(mean(x^2) + eps) * w, computed in float32."""
 
@@ -199,9 +245,9 @@ class Attention(nn.Module):
     wv = _param(self, "v", init, (c.d_model, k_heads, e), ("embed", "kv_heads", "head_dim"), pdt)
     wo = _param(self, "o", nn.initializers.normal(stddev=(h * e) ** -0.5), (h, e, c.d_model),
                 ("heads", "head_dim", "embed"), pdt)
-    q = _dense(x, wq.astype(dt)).reshape(*x.shape[:2], h, e)
-    k = _dense(x, wk.astype(dt)).reshape(*x.shape[:2], k_heads, e)
-    v = _dense(x, wv.astype(dt)).reshape(*x.shape[:2], k_heads, e)
+    q = _project(self, "q", x, wq, c).reshape(*x.shape[:2], h, e)
+    k = _project(self, "k", x, wk, c).reshape(*x.shape[:2], k_heads, e)
+    v = _project(self, "v", x, wv, c).reshape(*x.shape[:2], k_heads, e)
     if c.qkv_bias:
       zeros = nn.initializers.zeros
       q = q + _param(self, "q_bias", zeros, (h, e), ("heads", "head_dim"), pdt).astype(dt)
@@ -235,7 +281,7 @@ class Attention(nn.Module):
     # [B, K, G*T, S] x [B, K, S, E] as batched matmuls; only the small result is transposed.
     out = jnp.einsum("bkgts,bkse->bkgte", probs, values.astype(dt))
     out = out.transpose(0, 3, 1, 2, 4).reshape(q.shape)
-    out = _dense(out.reshape(*out.shape[:2], h * e), wo.astype(dt).reshape(h * e, c.d_model))
+    out = _project(self, "o", out.reshape(*out.shape[:2], h * e), wo, c)
     return out, cache
 
 
@@ -247,14 +293,14 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.config
-    dt, pdt = jnp.dtype(c.dtype), c.param_dtype
+    pdt = c.param_dtype
     init = nn.initializers.normal(stddev=c.d_model ** -0.5)
     gate = _param(self, "gate", init, (c.d_model, c.d_ff), ("embed", "mlp"), pdt)
     up = _param(self, "up", init, (c.d_model, c.d_ff), ("embed", "mlp"), pdt)
     down = _param(self, "down", nn.initializers.normal(stddev=c.d_ff ** -0.5),
                   (c.d_ff, c.d_model), ("mlp", "embed"), pdt)
-    hidden = nn.silu(_dense(x, gate.astype(dt))) * _dense(x, up.astype(dt))
-    return _dense(hidden, down.astype(dt))
+    hidden = nn.silu(_project(self, "gate", x, gate, c)) * _project(self, "up", x, up, c)
+    return _project(self, "down", hidden, down, c)
 
 
 class Block(nn.Module):
