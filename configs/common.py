@@ -49,12 +49,13 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Empty checkpoint = the embedded decoder below, warm-started; else a Hugging Face directory.
   # Memory and adapters (rft_jax.train.apply_model_options; docs/scale.md): remat recomputes
-  # each decoder block in the backward pass; compute_dtype "bfloat16" computes in bf16 over
+  # each decoder block in the backward pass; attn_chunk > 0 computes the trainer's attention
+  # that many queries at a time (exact; 0 = all at once); compute_dtype "bfloat16" computes in bf16 over
   # float32 params ("" = as loaded); lora.rank > 0 trains rank-r adapters on the listed
   # projections (q,k,v,o,gate,up,down) instead of every param, scaled by alpha / rank.
   c.model = dict(checkpoint="", dtype="float32", d_model=128, n_layers=2, n_heads=4,
                  n_kv_heads=2, head_dim=32, d_ff=384, rope_theta=10000.0, remat=False,
-                 compute_dtype="",
+                 attn_chunk=0, compute_dtype="",
                  lora=dict(rank=0, alpha=16.0, modules="q,k,v,o,gate,up,down"))
 
   # Supervised warm start of the embedded model, stopped at a middling test Pass@1.

@@ -58,6 +58,7 @@ from rft_jax import (
 from rft_jax.data import selection
 from rft_jax.data.base import Example, Task
 from rft_jax.models import lora
+from rft_jax.models.decoder import ModelConfig
 from rft_jax.models.policy import Policy
 
 # Settings that may change between a run and its resumption (they do not change what a round
@@ -88,6 +89,7 @@ LATER_KEYS = {
     # compute_dtype "" keeps the loaded dtype; lora.rank 0 trains every parameter.
     "train.micro_batch_size": 0,
     "model.remat": False,
+    "model.attn_chunk": 0,
     "model.compute_dtype": "",
     "model.lora.rank": 0,
     "model.lora.alpha": 16.0,
@@ -239,6 +241,44 @@ def make_optimizer(opt_cfg) -> optax.GradientTransformation:
                   weight_decay=opt_cfg.weight_decay))
 
 
+def init_optimizer(optimizer: optax.GradientTransformation, params, mesh=None):
+  """optimizer.init(params) with every copy of the params tree inside the state (AdamW's mu,
+  nu) placed like the params and the rest (step counts) replicated on `mesh`.
+
+  jit alone would not: zeros_like(params) does not read the params, so XLA leaves the moments
+  unsplit, and under fsdp each device would hold the whole optimizer state (twice the params).
+  `params` may be real arrays or ShapeDtypeStructs with shardings (the planner's); mesh=None
+  or params without NamedShardings: plain jit.
+  """
+  def spec(x):
+    return getattr(x, "sharding", None)
+
+  shardings = jax.tree.map(spec, params)
+  if mesh is None or not all(isinstance(s, jax.sharding.NamedSharding)
+                             for s in jax.tree.leaves(shardings)):
+    return jax.jit(optimizer.init)(params)
+  shape = jax.eval_shape(optimizer.init, params)
+  out = optax.tree_map_params(optimizer, lambda _, s: s, shape, shardings,
+                              transform_non_params=lambda _: sharding.replicated(mesh))
+  init = jax.jit(optimizer.init, out_shardings=out)
+  if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params)):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shape,
+                        out)
+  return init(params)
+
+
+def configure_model(model_cfg, model_config: ModelConfig) -> ModelConfig:
+  """`model_config` with the config's model.remat, attn_chunk, compute_dtype and lora (keys a
+  config lacks keep their LATER_KEYS defaults)."""
+  get = lambda key: model_cfg.get(key, LATER_KEYS[f"model.{key}"])
+  opts = model_cfg.get("lora") or {}
+  lget = lambda key: opts.get(key, LATER_KEYS[f"model.lora.{key}"])
+  config = dataclasses.replace(model_config, remat=bool(get("remat")),
+                               attn_chunk=int(get("attn_chunk")),
+                               dtype=get("compute_dtype") or model_config.dtype)
+  return lora.configure(config, lget("rank"), lget("alpha"), lget("modules"))
+
+
 def apply_model_options(model_cfg, policy: Policy, seed: int = 0) -> tuple[Policy, Any]:
   """The config's memory and adapter options on the base policy -> (policy, frozen).
 
@@ -248,12 +288,7 @@ def apply_model_options(model_cfg, policy: Policy, seed: int = 0) -> tuple[Polic
   the base params: not trained, not checkpointed, and the KL reference (adapters off);
   without, frozen = None and every param is trained. Keys a config lacks keep their defaults.
   """
-  get = lambda key: model_cfg.get(key, LATER_KEYS[f"model.{key}"])
-  opts = model_cfg.get("lora") or {}
-  lget = lambda key: opts.get(key, LATER_KEYS[f"model.lora.{key}"])
-  config = dataclasses.replace(policy.config, remat=bool(get("remat")),
-                               dtype=get("compute_dtype") or policy.config.dtype)
-  config = lora.configure(config, lget("rank"), lget("alpha"), lget("modules"))
+  config = configure_model(model_cfg, policy.config)
   if not config.lora_rank:
     return policy.replace(config=config), None
   adapters = lora.init_adapters(config, jax.random.PRNGKey(seed))
@@ -449,7 +484,7 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
               "example.num_examples", "example.candidates", "example.samples",
               "diagnostics.p_correct_window", "diagnostics.max_arms"):
     check(key, *at_least(1))
-  for key in ("train.rounds", "train.logprob_chunk", "train.micro_batch_size",
+  for key in ("train.rounds", "train.logprob_chunk", "train.micro_batch_size", "model.attn_chunk",
               "model.lora.rank", "rollout.top_k", "eval.test_size",
               "example.index", "optimizer.warmup_steps"):
     check(key, *at_least(0))
@@ -696,7 +731,7 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
 
   trained = policy.params if frozen is None else lora.split(policy.params)[1]
   state = TrainState(round=jnp.zeros((), jnp.int32), params=trained,
-                     opt_state=jax.jit(optimizer.init)(trained),
+                     opt_state=init_optimizer(optimizer, trained, mesh),
                      loss_state=transform.init())
   state = sharding.on_mesh(state, mesh)
   start, wall_before = 0, 0.0

@@ -43,7 +43,7 @@ from rft_jax.models.policy import Policy
 
 PARAMS_FILE = "params.msgpack"
 # model.* settings applied to the base after it is loaded or made (train.apply_model_options).
-AFTER_BASE_KEYS = ("remat", "compute_dtype", "lora")
+AFTER_BASE_KEYS = ("remat", "attn_chunk", "compute_dtype", "lora")
 INFO_FILE = "base.json"
 
 

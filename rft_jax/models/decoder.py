@@ -48,6 +48,9 @@ class ModelConfig:
   dtype:        compute dtype ("float32" or "bfloat16"); params stay `param_dtype` masters and
                 logits are always float32.
   remat:        recompute each layer's activations in the backward pass (memory for compute).
+  attn_chunk:   > 0: a forward without a cache (the trainer's) computes attention this many
+                queries at a time, each chunk recomputed in the backward pass (exact; memory
+                of one chunk's scores instead of all T x S).
   lora_rank:    r > 0 adds a low-rank update to each projection named in `lora_modules`
                 (models.lora): y = x W + (lora_alpha / r) (x A) B, A [in, r], B [r, out], B
                 zero-initialized so the adapted model starts as the base. The adapter params sit
@@ -74,6 +77,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  attn_chunk: int = 0
   lora_rank: int = 0
   lora_alpha: float = 16.0
   lora_modules: tuple[str, ...] = ()
@@ -189,6 +193,50 @@ def _dense(x: Array, w: Array) -> Array:
   return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+def _attention(qg: Array, keys: Array, values: Array, visible: Array) -> Array:
+  """softmax(q k^T / sqrt(E)) v over the visible slots.
+
+  qg [B, T, K, G, E] (query heads grouped by kv head), keys, values [B, K, S, E],
+  visible [B, T, S] -> [B, K, G, T, E]. Scores and softmax in float32.
+  """
+  e = qg.shape[-1]
+  scores = jnp.einsum("btkge,bkse->bkgts", qg, keys).astype(jnp.float32)
+  scores = scores * (e ** -0.5)
+  # A finite floor, not -inf: a padding query with no visible key gives a harmless uniform row.
+  scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+  # [B, K, G*T, S] x [B, K, S, E] as batched matmuls; only the small result is transposed.
+  return jnp.einsum("bkgts,bkse->bkgte", probs, values)
+
+
+def _chunked_attention(qg: Array, keys: Array, values: Array, visible: Array,
+                       chunk: int) -> Array:
+  """_attention computed `chunk` queries at a time, each chunk recomputed in the backward pass.
+
+  Exact, not an approximation: each query's softmax runs over all S slots, so chunking the
+  queries only changes which rows are computed together. A lax.scan over the chunks with a
+  checkpointed body keeps one chunk's scores [B, K, G, chunk, S] alive, in the forward and in
+  the backward pass, instead of [B, K, G, T, S] per layer (at T = S = 1536 tokens the full
+  scores of a micro-batch of 4 are half a gigabyte per layer). T is padded to a multiple of
+  chunk with rows that see no slot (uniform, sliced off).
+  """
+  b, t = qg.shape[:2]
+  n = -(-t // chunk)
+  pad = n * chunk - t
+  qc = jnp.pad(qg, [(0, 0), (0, pad)] + [(0, 0)] * 3)
+  vc = jnp.pad(visible, [(0, 0), (0, pad), (0, 0)])
+  qc = jnp.moveaxis(qc.reshape(b, n, chunk, *qg.shape[2:]), 1, 0)  # [C, B, chunk, K, G, E]
+  vc = jnp.moveaxis(vc.reshape(b, n, chunk, vc.shape[-1]), 1, 0)  # [C, B, chunk, S]
+
+  @jax.checkpoint
+  def one(q, vis):
+    return _attention(q, keys, values, vis)
+
+  _, out = jax.lax.scan(lambda _, xs: (None, one(*xs)), None, (qc, vc))  # [C, B, K, G, c, E]
+  out = jnp.moveaxis(out, 0, 3)  # [B, K, G, C, chunk, E]
+  return out.reshape(*out.shape[:3], n * chunk, out.shape[-1])[:, :, :, :t]
+
+
 def _param(module, name, init, shape, axes, dtype):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
@@ -273,13 +321,11 @@ class Attention(nn.Module):
                                                    <= q_slots[None, :, None])  # [B, T, S]
 
     qg = q.reshape(q.shape[0], t, k_heads, h // k_heads, e)  # query heads grouped by kv head
-    scores = jnp.einsum("btkge,bkse->bkgts", qg, keys.astype(dt)).astype(jnp.float32)
-    scores = scores * (e ** -0.5)
-    # A finite floor, not -inf: a padding query with no visible key gives a harmless uniform row.
-    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    # [B, K, G*T, S] x [B, K, S, E] as batched matmuls; only the small result is transposed.
-    out = jnp.einsum("bkgts,bkse->bkgte", probs, values.astype(dt))
+    keys, values = keys.astype(dt), values.astype(dt)
+    if cache is None and c.attn_chunk and t > c.attn_chunk:
+      out = _chunked_attention(qg, keys, values, visible, c.attn_chunk)
+    else:
+      out = _attention(qg, keys, values, visible)
     out = out.transpose(0, 3, 1, 2, 4).reshape(q.shape)
     out = _project(self, "o", out.reshape(*out.shape[:2], h * e), wo, c)
     return out, cache
