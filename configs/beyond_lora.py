@@ -1,0 +1,31 @@
+"""Beyond the paper, LoRA: L2 trained through rank-r adapters instead of every parameter.
+
+Parent: L2 (configs/l2_advantage.py). Changes: model.lora.rank (default 8; the variants rank=1
+and rank=64; L2 itself is the full fine-tuning it is compared with). Adapters y = x W +
+(alpha / r) (x A) B sit on every attention and MLP projection (q, k, v, o, gate, up, down;
+rft_jax/models/lora.py) with alpha = 16; only A and B are trained, optimized and checkpointed,
+and a KL term's reference is the base with the adapters off (no second copy of the params).
+The learning rate stays L2's, so the layer isolates the rank: does RL through a rank-r update
+learn, and generalize, like updating every weight? (Adapters hold r (I + O) numbers per weight:
+the embedded default's 2 x 7 adapted matrices have ~4.6k numbers at rank 8, against ~0.4M
+parameters in full.)
+
+Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the first time):
+
+  python -m rft_jax.main --config=configs/beyond_lora.py:rank=8 --workdir=runs/lora_r8
+
+Expected: rank 64 close to L2; rank 1 slower (its update is one direction per weight), but on
+one training question a small update may be all RL needs (the bandit view: moving probability
+onto the arms that are already sampled). Not yet measured with several seeds (docs/scale.md).
+"""
+
+from configs import l2_advantage, layers
+
+ARGS = dict(rank=8)
+
+
+def get_config(arg: str | None = None):
+  own, rest = layers.split_arg(arg, ARGS)
+  c = l2_advantage.get_config(rest)
+  c.model.lora.rank = own.rank
+  return c
