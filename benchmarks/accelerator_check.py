@@ -29,13 +29,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from configs import l2_advantage  # noqa: E402
-from rft_jax import losses, plan as plan_lib, sampling, sharding, train  # noqa: E402
-from rft_jax.models import Decoder, ModelConfig, abstract_params, init_params  # noqa: E402
+from configs import l2_advantage
+from rft_jax import losses, plan as plan_lib, sampling, sharding, train
+from rft_jax.models import Decoder, ModelConfig, abstract_params, init_params
 
 PROMPT, RESPONSE = 512, 1024
 # --smoke: the same script on a tiny model and short lengths (checks it runs, on any machine).

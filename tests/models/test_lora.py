@@ -154,7 +154,6 @@ def test_configure_and_config_errors():
 def test_merged_export_loads_as_a_plain_model(tmp_path):
   from rft_jax import models
   from rft_jax.models.policy import Policy
-
   from tests.models.test_hf_parity import make_tokenizer
 
   tok = make_tokenizer("qwen2")
