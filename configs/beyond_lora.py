@@ -14,9 +14,11 @@ Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the
 
   python -m rft_jax.main --config=configs/beyond_lora.py:rank=8 --workdir=runs/lora_r8
 
-Expected: rank 64 close to L2; rank 1 slower (its update is one direction per weight), but on
-one training question a small update may be all RL needs (the bandit view: moving probability
-onto the arms that are already sampled). Not yet measured with several seeds (docs/scale.md).
+Measured (docs/scale.md; pipeline --quick, 3 seeds): at L2's learning rate 3e-5 the adapters
+barely move and nothing is learned in 60 rounds (L2 reaches training Pass@1 0.9 in 52 rounds);
+at 3e-4 (--set optimizer.learning_rate=3e-4 for all four) every rank reaches it, in 50 / 30 / 40
+rounds for rank 1 / 8 / 64 against 15 for full fine-tuning, and test Pass@1 falls less (0.31-0.32
+against 0.29, from 0.34).
 """
 
 from configs import l2_advantage, layers
