@@ -14,6 +14,9 @@ Command (embedded default; 2-core CPU: ~1-2 min, + ~6 min for the warm start the
 
   python -m rft_jax.main --config=configs/beyond_lora.py:rank=8 --workdir=runs/lora_r8
 
+Expected: a rank-r update learns one training question too, more slowly than full fine-tuning
+at the same learning rate, and changes the rest of the policy less.
+
 Measured (docs/scale.md; pipeline --quick, 3 seeds): at L2's learning rate 3e-5 the adapters
 barely move and nothing is learned in 60 rounds (L2 reaches training Pass@1 0.9 in 52 rounds);
 at 3e-4 (--set optimizer.learning_rate=3e-4 for all four) every rank reaches it, in 50 / 30 / 40
