@@ -80,9 +80,9 @@ def test_adapter_gradient_is_the_chain_rule_through_the_merged_weight():
     out, _ = Decoder(config).apply({"params": params}, tokens, pos, mask)
     return jnp.sum(jax.nn.log_softmax(out) * weights)
 
-  g_adapters = jax.grad(lambda a: loss(CONFIG, lora.combine(base, a)))(adapters)
+  g_adapters = jax.jit(jax.grad(lambda a: loss(CONFIG, lora.combine(base, a))))(adapters)
   merged = lora.merge(CONFIG, lora.combine(base, adapters))
-  g_merged = jax.grad(lambda p: loss(BASE, p))(merged)
+  g_merged = jax.jit(jax.grad(lambda p: loss(BASE, p)))(merged)
   s = CONFIG.lora_alpha / CONFIG.lora_rank
   for layer, module, name in [("layer_0", "attn", "q"), ("layer_1", "attn", "o"),
                               ("layer_1", "mlp", "down"), ("layer_0", "mlp", "gate")]:
