@@ -8,7 +8,7 @@ to configs/common.py.
 
 Lineage (why these parents: see each file's docstring):
 
-  l0 ─ l1 ─┬─ l2 ─┬─ kl, entropy, aggregation, history, baseline_only
+  l0 ─ l1 ─┬─ l2 ─┬─ kl, entropy, aggregation, history, baseline_only, lora
            │      ├─ offpolicy ─ clip_higher
            │      └─ trainset ─ batch
            ├─ l3   (an affine reward map is invisible under L2's (R - mean) / std)
@@ -92,6 +92,8 @@ LAYERS: dict[str, Layer] = {layer.name: layer for layer in [
           {"window=32": _CHAIN + ("loss.history_baseline.window",)}),
     Layer("baseline_only", "configs.beyond_baseline_only", "l2", _CHAIN,
           {"grad=2": _CHAIN + ("loss.baseline_only.num_grad",)}),
+    Layer("lora", "configs.beyond_lora", "l2", ("model.lora.rank",),
+          {"rank=1": ("model.lora.rank",), "rank=64": ("model.lora.rank",)}),
 ]}
 
 # Named layer lists for the runner (rft_jax.pipeline --layers=paper).
@@ -105,7 +107,7 @@ PRESETS = {
                 "l4:bucket=hard", "l4:bucket=extremely_hard"],
     "beyond": ["l2", "trainset", "batch", "kl", "entropy", "aggregation",
                "aggregation:agg=seq_mean_token_sum_norm", "offpolicy", "clip_higher",
-               "history", "baseline_only"],
+               "history", "baseline_only", "lora:rank=1", "lora", "lora:rank=64"],
 }
 
 
