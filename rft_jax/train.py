@@ -778,9 +778,9 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
   # questions only (a curve), the base and final ones all test_size (the layer comparison).
   curve_examples = test_examples[:config.eval.curve_test_size or len(test_examples)]
 
-  def evaluate(params, round_index: int, *, full: bool = True) -> dict:
+  def evaluate(params, round_index: int, *, all_questions: bool = True) -> dict:
     """Metrics of one evaluation; every sample's reward goes to evals/round_<r>.json."""
-    examples = test_examples if full else curve_examples
+    examples = test_examples if all_questions else curve_examples
     rewards = evaluation.evaluation_rewards(
         policy.replace(params=full(params)), task, train_examples, examples,
         jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), round_index),
@@ -885,7 +885,7 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
         log(_collapse_warning(kind, row, log_vocab, diag.p_correct_window, done))
       row.update(exact_arms(state.params))
       if done % config.train.eval_every == 0 or done == rounds:
-        last_eval = evaluate(state.params, done, full=done == rounds)
+        last_eval = evaluate(state.params, done, all_questions=done == rounds)
         row.update(last_eval)
         bar.set_postfix(train=f"{last_eval['train_pass1']:.2f}",
                         test=f"{last_eval['test_pass1']:.2f}")
