@@ -102,23 +102,39 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def _row_range(index, rows: int) -> tuple[int, int]:
+  start, stop, _ = (index[0] if index else slice(None)).indices(rows)
+  return start, stop
+
+
 def local_rows(x: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-  """(row indices, rows) of the leading axis held by this process's devices, ascending: the
-  process's share of a batch split over the mesh (all rows when the batch is replicated)."""
+  """(row indices, rows) of the leading axis of `x` that this process grades, ascending: the
+  rows its devices hold, less those a lower-numbered process also holds (a batch too small to
+  split is replicated; its rows then count once, on process 0). All rows in one process."""
   if x.is_fully_addressable:
     return np.arange(x.shape[0]), np.asarray(jax.device_get(x))
-  pieces = {}
+  if any(s.data.shape[1:] != x.shape[1:] for s in x.addressable_shards):
+    whole = to_host(x)  # split along another axis too: gathered, and graded by process 0
+    return (np.arange(x.shape[0]), whole) if is_main() else (np.zeros(0, np.int64), whole[:0])
+  owner: dict[tuple[int, int], int] = {}
+  for device, index in x.sharding.devices_indices_map(x.shape).items():
+    block = _row_range(index, x.shape[0])
+    owner[block] = min(owner.get(block, device.process_index), device.process_index)
+  mine = {}
   for shard in x.addressable_shards:
-    start, stop, _ = shard.index[0].indices(x.shape[0]) if shard.index else (0, x.shape[0], 1)
-    if start not in pieces:  # a row block replicated over several local devices: once
-      pieces[start] = (np.arange(start, stop), np.asarray(shard.data))
-  blocks = [pieces[k] for k in sorted(pieces)]
-  return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+    block = _row_range(shard.index, x.shape[0])
+    if owner[block] == jax.process_index() and block not in mine:
+      mine[block] = np.asarray(shard.data)
+  blocks = sorted(mine)
+  if not blocks:
+    return np.zeros(0, np.int64), np.zeros((0, *x.shape[1:]), x.dtype)
+  return (np.concatenate([np.arange(*b) for b in blocks]),
+          np.concatenate([mine[b] for b in blocks]))
 
 
 def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
-  """The [total, ...] array of the per-row `values` each process computed for its `rows`, on
-  every process (together the processes' rows cover 0..total-1; a row held twice is equal)."""
+  """The [total, ...] array of the per-row `values` each process computed for its `rows`
+  (local_rows': together they cover 0..total-1 once), on every process."""
   values = np.asarray(values)
   rows = np.asarray(rows, np.int64)
   out = np.zeros((total, *values.shape[1:]), values.dtype)

@@ -75,11 +75,15 @@ def snapshot(directory) -> dict:
 
 
 def checkpoint_state(workdir, step: int) -> dict:
-  """The saved TrainState of checkpoint `step` as a nested dict of arrays."""
+  """The saved TrainState of checkpoint `step` as a nested dict of arrays on one device (saved
+  on any mesh, by any number of processes)."""
   checkpointer = ocp.StandardCheckpointer()
+  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   try:
-    return checkpointer.restore(os.path.join(os.path.abspath(workdir), "checkpoints", str(step),
-                                             "state"))
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          checkpointer.metadata(path).item_metadata.tree)
+    return checkpointer.restore(path, target)
   finally:
     checkpointer.close()
 

@@ -1,0 +1,200 @@
+"""One run on several JAX processes (--multihost): 2 processes x 2 CPU devices on localhost, their
+collectives through gloo, against 1 process x 4 devices.
+
+The runs share one base policy (the first run's warm start) and small evaluations. What is
+compared: metrics.jsonl row by row and the final checkpoint's params. They are not bit-identical:
+the gradient all-reduce over the data axis (the sum of the devices' partial gradients, in the
+train step and the warm start) goes through gloo across processes, which adds the four partial
+sums in another order than XLA's in-process all-reduce; that float32 rounding (about 1e-7
+relative per round) is bounded here at 1e-6 (tests.test_train.assert_same_rows / _tree).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rft_jax import metrics
+from tests.test_main import REPO_ROOT, _env
+from tests.test_train import assert_same_rows, assert_same_tree, checkpoint_state
+
+# Small evaluations (one compiled sampler shape) keep each launch to seconds of compilation.
+SMALL = ("--config.eval.test_size=8", "--config.eval.batch_size=8",
+         "--config.eval.train_samples=1")
+L0 = "--config=configs/l0_minimal.py:runlocal"
+L2 = "--config=configs/l2_advantage.py:runlocal"
+L2_ROUNDS = 6  # room to kill the run after round 3, between its checkpoints (every 2 rounds)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def launch(workdir, *args, processes: int = 2, devices: int = 4,
+           timeout_s: int = 60) -> list[subprocess.Popen]:
+  """`python -m rft_jax.main` as `processes` processes of devices // processes CPU devices each
+  (--multihost when more than one); output in <workdir>.logs/<process>.{out,err}."""
+  env = dict(_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // processes}")
+  logs = f"{workdir}.logs"
+  os.makedirs(logs, exist_ok=True)
+  port = _free_port()
+  procs = []
+  for i in range(processes):
+    multihost = [] if processes == 1 else [
+        "--multihost", f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
+        f"--process_id={i}", f"--multihost_timeout={timeout_s}"]
+    with open(f"{logs}/{i}.out", "w") as out, open(f"{logs}/{i}.err", "w") as err:
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "rft_jax.main", f"--workdir={workdir}", *args, *multihost],
+          cwd=REPO_ROOT, env=env, stdout=out, stderr=err))
+  return procs
+
+
+def stderr(workdir, process: int = 0) -> str:
+  with open(f"{workdir}.logs/{process}.err") as f:
+    return f.read()
+
+
+def finish(workdir, procs, timeout=600) -> None:
+  for i, p in enumerate(procs):
+    p.wait(timeout=timeout)
+    assert p.returncode == 0, f"process {i}:\n{stderr(workdir, i)[-5000:]}"
+
+
+def run(workdir, *args, processes: int = 2, **kwargs):
+  finish(workdir, launch(workdir, *args, processes=processes, **kwargs))
+  return metrics.read_metrics(workdir)
+
+
+def wait_for_row(workdir, step: int, procs) -> None:
+  """Until metrics.jsonl holds round `step` (the rounds are under way); fails if a process
+  ended first."""
+  while not any(r["step"] >= step for r in metrics.read_metrics(workdir)):
+    assert all(p.poll() is None for p in procs), stderr(workdir)[-5000:]
+    time.sleep(0.05)
+
+
+def final_params(workdir, rounds: int):
+  return checkpoint_state(workdir, rounds)["params"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  return tmp_path_factory.mktemp("multihost")
+
+
+@pytest.fixture(scope="module")
+def base(root):
+  """One process x 4 devices, L0: the reference, whose warm start every other run reuses."""
+  rows = run(root / "l0_single", L0, *SMALL, processes=1)
+  return root / "l0_single" / "base", rows
+
+
+def shared(base_dir):
+  return (*SMALL, f"--config.warm_start.dir={base_dir}")
+
+
+@pytest.mark.slow
+def test_l0_on_two_processes_equals_one(base, root):
+  base_dir, want = base
+  rounds = want[-1]["step"]
+  got = run(root / "l0_multi", L0, *shared(base_dir))
+  assert_same_rows(got, want)
+  assert_same_tree(final_params(root / "l0_multi", rounds),
+                   final_params(root / "l0_single", rounds))
+  # One log (process 0's), one summary; every process ended the same way.
+  assert "base:" not in stderr(root / "l0_multi", 1)
+  with open(root / "l0_multi" / "summary.json") as f:
+    assert json.load(f)["rounds"] == rounds
+
+
+@pytest.mark.slow
+def test_fsdp_across_processes_gives_the_data_mesh_losses(base, root):
+  """Params split along `embed` over an fsdp axis of 4 devices, 2 on each process."""
+  base_dir, want = base
+  got = run(root / "l0_fsdp", L0, *shared(base_dir), "--config.mesh.data=1",
+            "--config.mesh.fsdp=4")
+  assert_same_rows([{k: r[k] for k in ("step", "loss", "entropy", "reward") if k in r}
+                    for r in got],
+                   [{k: r[k] for k in ("step", "loss", "entropy", "reward") if k in r}
+                    for r in want])
+
+
+@pytest.mark.slow
+def test_l2_killed_on_both_processes_resumes_to_the_one_process_numbers(base, root):
+  """L2 (8 rollouts a round, split over the 4 devices): both processes killed after round 3
+  (checkpoint 2 saved), the same command again resumes and ends where 1 process x 4 devices
+  does, row by row and in the final params."""
+  base_dir, _ = base
+  args = (L2, *shared(base_dir), f"--config.train.rounds={L2_ROUNDS}")
+  want = run(root / "l2_single", *args, processes=1)
+  workdir = root / "l2_multi"
+  procs = launch(workdir, *args)
+  wait_for_row(workdir, 3, procs)
+  for p in procs:
+    p.send_signal(signal.SIGSTOP)  # both frozen at once, then killed
+  for p in procs:
+    p.kill()
+    p.wait(timeout=60)
+  assert not (workdir / "summary.json").exists()
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "fingerprint.json"]
+  finish(workdir, launch(workdir, *args))
+  assert "resumed from round 2" in open(f"{workdir}.logs/0.out").read()
+  assert_same_rows(metrics.read_metrics(workdir), want)
+  assert_same_tree(final_params(workdir, L2_ROUNDS), final_params(root / "l2_single", L2_ROUNDS))
+
+
+@pytest.mark.slow
+def test_a_killed_process_ends_the_other_with_a_message(base, root):
+  """Process 1 killed during the rounds: process 0 does not hang; within the --multihost_timeout
+  (the runtime's heartbeat timeout) it exits, naming the task that stopped."""
+  base_dir, _ = base
+  workdir = root / "killed"
+  procs = launch(workdir, L0, *shared(base_dir), "--config.train.rounds=100000",
+                 "--config.train.checkpoint_every=100000", timeout_s=10)
+  wait_for_row(workdir, 1, procs)
+  procs[1].kill()
+  procs[0].wait(timeout=300)  # a hang fails here
+  assert procs[0].returncode != 0
+  said = stderr(workdir, 0)
+  assert "The following tasks are unhealthy (stopped sending heartbeats):\n1\n" in said, said
+
+
+def test_a_peer_that_never_joins_is_one_line_within_the_timeout(tmp_path):
+  """Process 0 of 2 alone: after --multihost_timeout it ends with one line saying what to do,
+  not the runtime's abort, and writes nothing."""
+  workdir = tmp_path / "alone"
+  port = _free_port()
+  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  done = subprocess.run(
+      [sys.executable, "-m", "rft_jax.main", L0, f"--workdir={workdir}", "--multihost",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", "--process_id=0",
+       "--multihost_timeout=3"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+      timeout=120)
+  assert done.returncode == 1
+  last = done.stderr.strip().splitlines()[-1]
+  assert last == (f"error: process 0 of 2 (coordinator localhost:{port}): not every process "
+                  "joined within 3 s; start the same command on every host (each with its own "
+                  "--process_id), with the coordinator's address reachable from all of them"), \
+      done.stderr
+  assert not workdir.exists()
+
+
+def test_multihost_flags_go_together(tmp_path):
+  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  done = subprocess.run(
+      [sys.executable, "-m", "rft_jax.main", L0, f"--workdir={tmp_path / 'w'}", "--multihost",
+       "--num_processes=2"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+      timeout=120)
+  assert done.returncode == 1
+  assert done.stderr.splitlines() == [
+      "error: --coordinator_address, --num_processes and --process_id go together (or none of "
+      "them, where JAX detects the cluster)"], done.stderr
+  assert not (tmp_path / "w").exists()
