@@ -88,13 +88,13 @@ def checkpoint_state(workdir, step: int) -> dict:
     checkpointer.close()
 
 
-def assert_same_rows(got: list[dict], want: list[dict]):
+def assert_same_rows(got: list[dict], want: list[dict], rel_tol=1e-6):
   assert [r["step"] for r in got] == [r["step"] for r in want]
   for g, w in zip(got, want):
     assert g.keys() == w.keys(), (g["step"], g.keys() ^ w.keys())
     for k, v in w.items():
       if isinstance(v, float):
-        assert math.isclose(g[k], v, rel_tol=1e-6, abs_tol=1e-6), (w["step"], k, g[k], v)
+        assert math.isclose(g[k], v, rel_tol=rel_tol, abs_tol=1e-6), (w["step"], k, g[k], v)
       else:
         assert g[k] == v, (w["step"], k, g[k], v)
 
