@@ -602,7 +602,7 @@ def run(config, workdir: str, log=print, resume_with: Sequence[str] = ()) -> dic
 
 @dataclasses.dataclass(frozen=True)
 class Loop:
-  """What every round of a run reads and never changes (built once, by _setup)."""
+  """What every round of a run reads and never changes (built once, by make_loop)."""
 
   config: Any
   task: Task
@@ -630,7 +630,8 @@ class Graded:
   outcomes: dict[str, int]  # outcome name -> rollouts, summed over the processes
 
 
-def _setup(config, workdir: str, task: Task, mesh, log) -> Loop:
+def make_loop(config, workdir: str, task: Task, mesh, log=print) -> Loop:
+  """The base policy, the training questions and everything else the rounds share."""
   policy, base_info = warm_start.base_policy(config, task, workdir, mesh, log=log)
   train_examples = training_examples(config, task, policy, workdir, mesh, log=log)
   log("training question(s): " + "; ".join(f"{e.id}: {e.question!r} (answer {e.answer})"
@@ -813,7 +814,7 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                      fingerprint=fingerprint(config),
                                      defaults=fingerprint_defaults())
-  loop = _setup(config, workdir, task, mesh, log)
+  loop = make_loop(config, workdir, task, mesh, log)
   state, extra = restore_phase(loop, ckpt, initial_state(loop))
   start, wall_before = int(state.round), float(extra.get("wall_s", 0.0))
   if start:

@@ -29,6 +29,7 @@ from rft_jax import (
   fileio,
   losses,
   metrics,
+  sharding,
   train,
   warm_start,
   workdir as workdir_lib,
@@ -158,6 +159,26 @@ def test_reference_run(reference):
   moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), final["params"],
                        reference["base_params"])
   assert max(jax.tree.leaves(moved)) > 1e-3  # training really changed the policy
+
+
+def test_the_phases_alone_make_the_runs_first_round(reference, base_dir, tmp_path, no_retraining):
+  """evaluate, then rollout -> grade -> train step, called one by one outside run(): rows 0 and
+  1 of the reference run, number for number."""
+  config = make_config(base_dir)
+  loop = train.make_loop(config, str(tmp_path), train.build_task(config.task),
+                         sharding.build_mesh(**config.mesh), log=lambda message: None)
+  state = train.initial_state(loop)
+  base = train.evaluate_phase(loop, state.params, 0)
+  assert base == {k: v for k, v in reference["rows"][0].items() if k != "step"}
+  questions, rollout = train.rollout_phase(loop, state.params, 0)
+  graded = train.grade_phase(loop, questions, rollout)
+  rows = len(questions) * config.rollout.num_samples
+  assert graded.rewards.shape == graded.lengths.shape == (rows,)
+  assert sum(graded.outcomes.values()) == rows
+  state, row = train.train_phase(loop, state, questions, rollout, graded)
+  assert int(state.round) == 1
+  want = reference["rows"][1]
+  assert {k: want[k] for k in row} == row
 
 
 def test_resume_with_more_rounds_equals_uninterrupted(reference, base_dir, tmp_path,
