@@ -79,7 +79,10 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Training Pass@1 = mean of train_samples samples of the training question(s); test Pass@1 =
   # one sample per test question (test_size 0 = all); greedy accuracy on the test set too.
-  c.eval = dict(train_samples=64, test_size=0, batch_size=256, greedy=True, temperature=1.0)
+  # curve_test_size: evaluations between the first and the last round on the first N test
+  # questions only (0 = all test_size), so a long test set costs two full evaluations per run.
+  c.eval = dict(train_samples=64, test_size=0, batch_size=256, greedy=True, temperature=1.0,
+                curve_test_size=0)
 
   # Bandit diagnostics logged every round (rft_jax.train, rft_jax.bandit): p(correct | training
   # question) from the round's rollouts and pooled over the last p_correct_window rounds, with

@@ -11,14 +11,23 @@ The counting maths lives in evaluation_math (pure NumPy).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from rft_jax import distributed, evaluation_math, metrics as metrics_lib, sampling, sharding
+from rft_jax import (
+  distributed,
+  evaluation_math,
+  fileio,
+  metrics as metrics_lib,
+  sampling,
+  sharding,
+)
 from rft_jax.data.base import Example, Task
 from rft_jax.models.policy import Policy
 
@@ -120,27 +129,72 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
   return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def evaluation_rewards(policy: Policy, task: Task, train_examples: Sequence[Example],
+                       test_examples: Sequence[Example], rng: jax.Array, *, train_samples: int,
+                       temperature: float = 1.0, greedy: bool = True,
+                       **kwargs) -> dict[str, np.ndarray]:
+  """The 0/1 reward of every evaluation sample: 'train' [Q, train_samples], 'test' [N] (one
+  sample each) and 'test_greedy' [N]. Keys of empty sets are left out.
+
+  The samples depend on `rng` and on each question's position only, so two policies evaluated
+  with the same rng on the same questions are compared sample for sample (paired differences).
+  """
+  train_rng, test_rng = jax.random.split(rng)
+  out: dict[str, np.ndarray] = {}
+  if train_examples:
+    out["train"] = sample_rewards(policy, task, train_examples, train_rng,
+                                  num_samples=train_samples, temperature=temperature, **kwargs)
+  if test_examples:
+    out["test"] = sample_rewards(policy, task, test_examples, test_rng, num_samples=1,
+                                 temperature=temperature, desc="test", **kwargs)[:, 0]
+    if greedy:
+      out["test_greedy"] = sample_rewards(policy, task, test_examples, test_rng, num_samples=1,
+                                          temperature=0.0, desc="greedy", **kwargs)[:, 0]
+  return out
+
+
+def save_rewards(directory: str, round_index: int, rewards: dict[str, np.ndarray],
+                 train_ids: Sequence[str], test_ids: Sequence[str]) -> str:
+  """Writes evaluation_rewards of round `round_index` to <directory>/round_<r>.json (atomically)
+  with the questions' ids, for paired comparisons between runs; returns the path."""
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f"round_{round_index:06d}.json")
+  fileio.write_json_atomic(path, {
+      "round": round_index, "train_ids": list(train_ids), "test_ids": list(test_ids),
+      **{k: np.asarray(v, np.float64).tolist() for k, v in rewards.items()}})
+  return path
+
+
+def load_rewards(path: str) -> dict:
+  """save_rewards' file back: ids as lists, rewards as float arrays."""
+  with open(path) as f:
+    d = json.load(f)
+  return {k: np.asarray(v) if k in ("train", "test", "test_greedy") else v for k, v in d.items()}
+
+
+def summarize(rewards: dict[str, np.ndarray], pass_k: Sequence[int] = ()) -> dict[str, float]:
+  """evaluation_rewards -> training Pass@1 (with its Wilson 95% interval) and Pass@k, test
+  Pass@1 and greedy accuracy, as the metrics rows hold them."""
+  out: dict[str, float] = {}
+  if "train" in rewards:
+    r = np.asarray(rewards["train"], np.float32)
+    out["train_pass1"] = evaluation_math.pass_at_1(r)
+    out["train_pass1_low"], out["train_pass1_high"] = wilson_interval(float(r.sum()), r.size)
+    for k in pass_k:
+      if k <= r.shape[1]:
+        out[f"train_pass{k}"] = evaluation_math.pass_at_k(r, k)
+  if "test" in rewards:
+    out["test_pass1"] = evaluation_math.pass_at_1(np.reshape(rewards["test"], (-1, 1)))
+  if "test_greedy" in rewards:
+    out["test_greedy"] = evaluation_math.pass_at_1(np.reshape(rewards["test_greedy"], (-1, 1)))
+  return out
+
+
 def evaluate(policy: Policy, task: Task, train_examples: Sequence[Example],
              test_examples: Sequence[Example], rng: jax.Array, *, train_samples: int,
              temperature: float = 1.0, greedy: bool = True, pass_k: Sequence[int] = (),
              **kwargs) -> dict[str, Any]:
   """Training Pass@1 (k samples each, Wilson 95% interval), test Pass@1, greedy, Pass@k."""
-  train_rng, test_rng = jax.random.split(rng)
-  out: dict[str, Any] = {}
-  if train_examples:
-    r = sample_rewards(policy, task, train_examples, train_rng, num_samples=train_samples,
-                       temperature=temperature, **kwargs)
-    out["train_pass1"] = evaluation_math.pass_at_1(r)
-    out["train_pass1_low"], out["train_pass1_high"] = wilson_interval(float(r.sum()), r.size)
-    for k in pass_k:
-      if k <= train_samples:
-        out[f"train_pass{k}"] = evaluation_math.pass_at_k(r, k)
-  if test_examples:
-    r = sample_rewards(policy, task, test_examples, test_rng, num_samples=1,
-                       temperature=temperature, desc="test", **kwargs)
-    out["test_pass1"] = evaluation_math.pass_at_1(r)
-    if greedy:
-      r = sample_rewards(policy, task, test_examples, test_rng, num_samples=1, temperature=0.0,
-                         desc="greedy", **kwargs)
-      out["test_greedy"] = evaluation_math.pass_at_1(r)
-  return out
+  return summarize(evaluation_rewards(policy, task, train_examples, test_examples, rng,
+                                      train_samples=train_samples, temperature=temperature,
+                                      greedy=greedy, **kwargs), pass_k)

@@ -43,6 +43,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -147,12 +148,13 @@ def apply_overrides(config, overrides: dict) -> None:
 
 
 def layer_config(spec: str, *, runlocal: bool = False, quick: bool = False,
-                 overrides: dict | None = None):
-  """The layer's config with the pipeline's settings (not yet the seed or the directories)."""
+                 overrides: dict | None = None, base: str = ""):
+  """The layer's config with the pipeline's settings (not yet the seed or the directories);
+  `base` names another base model for it (configs/common.py's base=, e.g. smollm2)."""
   layers = _layers_module()
   name, _, arg = spec.partition(":")
-  if runlocal:
-    arg = ",".join(filter(None, [arg, "runlocal"]))
+  arg = ",".join(filter(None, [arg, f"base={base}" if base else "", "runlocal" if runlocal
+                               else ""]))
   config = layers.get(name).get_config(arg)
   if quick:
     apply_overrides(config, QUICK)
@@ -175,12 +177,13 @@ def _comparable(config_json: dict) -> dict:
 
 
 def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
-         quick: bool = False, overrides: dict | None = None) -> list[tuple[Run, object]]:
+         quick: bool = False, overrides: dict | None = None,
+         base: str = "") -> list[tuple[Run, object]]:
   """[(run, its config)], each config with its seed and the shared base directory set."""
   out = []
   for spec in specs:
     for seed in range(seeds):
-      config = layer_config(spec, runlocal=runlocal, quick=quick, overrides=overrides)
+      config = layer_config(spec, runlocal=runlocal, quick=quick, overrides=overrides, base=base)
       config.seed = seed
       if not config.model.checkpoint:
         config.warm_start.dir = base_dir(root, config)
@@ -281,13 +284,34 @@ def prepare_bases(planned: Sequence[tuple[Run, object]], log=print) -> None:
                            sharding.build_mesh(**config.mesh), log=log)
 
 
-def execute(runs: Sequence[Run], parallel: int = 1, log=print) -> dict[str, bool]:
-  """Runs each run (in-process one after another, or `parallel` subprocesses at once)."""
-  results = {}
+def remaining_time(durations: Sequence[float], left: int, parallel: int = 1) -> str:
+  """'about 2.5 h left (4 runs at 37 min each)': the mean of the finished runs' wall times
+  times the runs left (divided among `parallel` at once); '' before any run has finished."""
+  if not durations or left <= 0:
+    return ""
+  each = float(np.mean(durations))
+  total = each * math.ceil(left / max(1, parallel))
+  when = f"{total / 3600:.1f} h" if total >= 5400 else f"{total / 60:.0f} min"
+  return f"about {when} left ({left} run{'s' * (left != 1)} at {each / 60:.0f} min each)"
+
+
+def execute(runs: Sequence[Run], parallel: int = 1, log=print,
+            durations: Sequence[float] = (), after_run=None) -> dict[str, bool]:
+  """Runs each run (in-process one after another, or `parallel` subprocesses at once).
+
+  durations: wall seconds of runs finished before (for the time estimate); after_run(run, ok)
+  is called as each run ends (the pipeline publishes it there)."""
+  results, durations = {}, list(durations)
+  after_run = after_run or (lambda run, ok: None)
   if parallel <= 1:
     for i, run in enumerate(runs):
-      log(f"run {i + 1}/{len(runs)}: {run.label}")
+      eta = remaining_time(durations, len(runs) - i)
+      log(f"run {i + 1}/{len(runs)}: {run.label}" + (f"; {eta}" if eta else ""))
+      t = time.time()
       results[run.label] = run_one(run.workdir, run.label)
+      if results[run.label]:
+        durations.append(time.time() - t)
+      after_run(run, results[run.label])
     return results
   pending, active = list(runs), {}
   while pending or active:
@@ -307,37 +331,157 @@ def execute(runs: Sequence[Run], parallel: int = 1, log=print) -> dict[str, bool
       out.close()
       del active[label]
       results[label] = proc.returncode == 0 and is_done(run.workdir)
+      if results[label] and _wall(run.workdir):
+        durations.append(_wall(run.workdir))
+      eta = remaining_time(durations, len(pending) + len(active), parallel)
       log(f"{'done' if results[label] else 'FAILED'} {label} (rc {proc.returncode}; "
-          f"log {os.path.join(run.workdir, 'log.txt')})")
+          f"log {os.path.join(run.workdir, 'log.txt')})" + (f"; {eta}" if eta else ""))
+      after_run(run, results[label])
   return results
+
+
+def _wall(workdir: str) -> float | None:
+  """The wall seconds summary.json records for a finished run (None if it does not)."""
+  with open(os.path.join(workdir, "summary.json")) as f:
+    return json.load(f).get("wall_s")
+
+
+# A finished run's record, as --publish copies it (everything but checkpoints and TensorBoard).
+PUBLISHED = ("config.json", "summary.json", "metrics.jsonl", "difficulty.json", "base_eval.json",
+             "evals", "log.txt", "curves.png")
+
+
+def _replace_dir(src: str, dst: str) -> None:
+  """Moves folder src to dst, replacing what is there, never leaving dst half-written."""
+  old = dst + ".old"
+  if os.path.exists(old):
+    shutil.rmtree(old)
+  if os.path.exists(dst):
+    os.replace(dst, old)
+  os.replace(src, dst)
+  if os.path.exists(old):
+    shutil.rmtree(old)
+
+
+def publish(run: Run, dest: str) -> str:
+  """Copies a finished run's record (PUBLISHED) to dest/<layer>/seed<k>; returns that folder."""
+  target = os.path.join(dest, run.label)
+  tmp = target + ".tmp"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  os.makedirs(tmp)
+  for name in PUBLISHED:
+    src = os.path.join(run.workdir, name)
+    if os.path.isdir(src):
+      shutil.copytree(src, os.path.join(tmp, name))
+    elif os.path.exists(src):
+      shutil.copy2(src, os.path.join(tmp, name))
+  _replace_dir(tmp, target)
+  return target
+
+
+def restore_published(run: Run, config, dest: str) -> bool:
+  """A run finished in an earlier sitting (maybe on another machine) counts as done: when
+  dest holds its record made with the same config and the root does not, the record is copied
+  into the run's workdir (the report reads it there). True if it was."""
+  record = os.path.join(dest, run.label)
+  if is_done(run.workdir) or not os.path.exists(os.path.join(record, "summary.json")):
+    return False
+  with open(os.path.join(record, "config.json")) as f:
+    if _flat(_comparable(json.load(f))) != _flat(_comparable(json.loads(config.to_json()))):
+      return False  # made with other settings: run it again (_write_config keeps the new one)
+  if os.path.exists(os.path.join(run.workdir, "checkpoints")):
+    return False  # an unfinished run of its own is here: let it resume instead
+  os.makedirs(os.path.dirname(run.workdir), exist_ok=True)
+  tmp = run.workdir + ".tmp"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  shutil.copytree(record, tmp)
+  _replace_dir(tmp, run.workdir)
+  return True
+
+
+def git_commit(paths: Sequence[str], message: str, log=print, attempts: int = 5) -> bool:
+  """`git add` + `git commit` of exactly `paths` (other staged changes stay staged); retried
+  while another git command holds the index. False (and a log line) if it could not."""
+  cwd = os.path.dirname(os.path.abspath(paths[0]))
+  for attempt in range(attempts):
+    add = subprocess.run(["git", "add", "--", *paths], cwd=cwd, capture_output=True, text=True)
+    commit = add if add.returncode else subprocess.run(
+        ["git", "commit", "-q", "-m", message, "--", *paths], cwd=cwd, capture_output=True,
+        text=True)
+    if commit.returncode == 0 or "nothing to commit" in commit.stdout + commit.stderr:
+      return True
+    time.sleep(2 ** attempt)
+  log(f"could not commit {', '.join(paths)}: {(commit.stderr or commit.stdout).strip()}")
+  return False
 
 
 def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipeline", *,
                  quick: bool = False, runlocal: bool = False, parallel: int = 1,
-                 overrides: dict | None = None, command: str | None = None,
-                 log=print) -> str:
-  """Plans, runs what is not done yet, writes the report; returns the report's path."""
+                 overrides: dict | None = None, command: str | None = None, base: str = "",
+                 publish_dir: str = "", commit: bool = False, log=print) -> str:
+  """Plans, runs what is not done yet, writes the report; returns the report's path.
+
+  publish_dir: each finished run's record (PUBLISHED) is copied to publish_dir/<layer>/seed<k>
+  as it finishes, with the report, and (commit) committed to git; runs recorded there with
+  the same config count as done, so the pipeline continues in a fresh checkout."""
   specs = parse_layers(specs if isinstance(specs, str) else ",".join(specs))
-  planned = plan(specs, seeds, root, runlocal=runlocal, quick=quick, overrides=overrides)
+  planned = plan(specs, seeds, root, runlocal=runlocal, quick=quick, overrides=overrides,
+                 base=base)
   for run, config in planned:
     _write_config(run, config)
+  if publish_dir:
+    restored = [run.label for run, config in planned
+                if restore_published(run, config, publish_dir)]
+    if restored:
+      log(f"{len(restored)} finished run(s) taken from {publish_dir}: {', '.join(restored)}")
   todo = [run for run, _ in planned if not is_done(run.workdir)]
   log(f"{len(planned)} runs, {len(planned) - len(todo)} already complete, {len(todo)} to run")
+  # The report covers every layer this root has run, also those of earlier invocations.
+  before = read_settings(root)
+  all_specs = list(dict.fromkeys([*before.get("layers", []), *specs]))
+  all_seeds = max(seeds, before.get("seeds", 0))
+  commands = list(dict.fromkeys(c for c in [*before.get("commands", []), command] if c))
+  settings = {"layers": all_specs, "seeds": all_seeds, "quick": quick, "runlocal": runlocal,
+              "overrides": overrides or {}, "base": base, "parallel": parallel,
+              "commands": commands}
+
+  def report() -> str:
+    with open(os.path.join(root, SETTINGS_FILE), "w") as f:
+      json.dump(settings, f, indent=1)
+    path = write_report(root, all_specs, all_seeds, settings=settings)
+    if publish_dir:
+      os.makedirs(publish_dir, exist_ok=True)
+      shutil.copy2(path, os.path.join(publish_dir, "report.md"))
+      shutil.copy2(os.path.join(root, SETTINGS_FILE), os.path.join(publish_dir, SETTINGS_FILE))
+      tmp = os.path.join(publish_dir, "plots.tmp")
+      if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+      shutil.copytree(os.path.join(root, "plots"), tmp)
+      _replace_dir(tmp, os.path.join(publish_dir, "plots"))
+    return path
+
+  def after_run(run: Run, ok: bool) -> None:
+    if not (ok and publish_dir):
+      return
+    publish(run, publish_dir)
+    report()
+    if commit:
+      with open(os.path.join(run.workdir, "summary.json")) as f:
+        s = json.load(f)
+      git_commit([publish_dir], f"experiments: {run.label} finished in {root} (test Pass@1 "
+                 f"{s['base_test_pass1']:.3f} -> {s['final_test_pass1']:.3f}, training "
+                 f"{s['base_train_pass1']:.3f} -> {s['final_train_pass1']:.3f}, "
+                 f"{s['wall_s'] / 60:.0f} min)", log=log)
+
   t0 = time.time()
   if todo:
     prepare_bases([(r, c) for r, c in planned if r in todo], log=log)
-    execute(todo, parallel=parallel, log=log)
-  # The report covers every layer this root has run, also those of earlier invocations.
-  before = read_settings(root)
-  specs = list(dict.fromkeys([*before.get("layers", []), *specs]))
-  seeds = max(seeds, before.get("seeds", 0))
-  commands = list(dict.fromkeys(c for c in [*before.get("commands", []), command] if c))
-  settings = {"layers": specs, "seeds": seeds, "quick": quick, "runlocal": runlocal,
-              "overrides": overrides or {}, "parallel": parallel, "commands": commands,
-              "wall_s_last_invocation": time.time() - t0}
-  with open(os.path.join(root, SETTINGS_FILE), "w") as f:
-    json.dump(settings, f, indent=1)
-  return write_report(root, specs, seeds, settings=settings)
+    done_before = [w for r, _ in planned if is_done(r.workdir) and (w := _wall(r.workdir))]
+    execute(todo, parallel=parallel, log=log, durations=done_before, after_run=after_run)
+  settings["wall_s_last_invocation"] = time.time() - t0
+  return report()
 
 
 def read_settings(root: str) -> dict:
@@ -412,6 +556,7 @@ def seed_result(workdir: str) -> dict:
       summary = json.load(f)
     out.update(status="done", wall_s=summary.get("wall_s"), rounds=summary.get("rounds"),
                questions=summary.get("training_questions"))
+  out["evals"] = _base_and_final_evals(workdir) if out["status"] == "done" else {}
   out.update(
       base_train=train[0][1] if train and train[0][0] == 0 else None,
       base_test=test[0][1] if test and test[0][0] == 0 else None,
@@ -419,6 +564,96 @@ def seed_result(workdir: str) -> dict:
       last_round=train[-1][0] if train else None,
       rounds_to=rounds_to(rows), test_change=mean_abs_change([v for _, v in test]),
       rows=rows)
+  return out
+
+
+def _base_and_final_evals(workdir: str) -> dict:
+  """{'base': ..., 'final': ...}: the per-sample rewards of round 0 and of the last evaluation
+  (rft_jax.evaluation.save_rewards), for the runs that kept them."""
+  from rft_jax import evaluation, train
+
+  folder = os.path.join(workdir, train.EVALS_DIR)
+  if not os.path.isdir(folder):
+    return {}
+  files = sorted(f for f in os.listdir(folder) if f.startswith("round_") and f.endswith(".json"))
+  if not files or files[0] != "round_000000.json":
+    return {}
+  return {"base": evaluation.load_rewards(os.path.join(folder, files[0])),
+          "final": evaluation.load_rewards(os.path.join(folder, files[-1]))}
+
+
+def bootstrap(a: Sequence, b: Sequence | None = None, *, paired: bool = True, boots: int = 2000,
+              seed: int = 0) -> tuple[float, float, float]:
+  """(estimate, low, high): a 95% percentile bootstrap interval of
+
+      mean over seeds s of mean_i a[s][i]    (minus the same of b, when given)
+
+  a, b: per seed (index = seed), the 0/1 rewards of one evaluation (questions, or question x
+  sample). Two levels, since both vary: seeds are resampled with replacement (training
+  randomness), then each chosen seed's samples (evaluation randomness). Paired (same questions,
+  same evaluation rng: rft_jax.evaluation's common random numbers) resamples the same indices
+  of a[s] and b[s], so the difference's interval is as narrow as the pairing allows."""
+  a = [np.asarray(x, float).ravel() for x in a]
+  b = None if b is None else [np.asarray(x, float).ravel() for x in b]
+  if not a or (b is not None and len(b) != len(a)):
+    raise ValueError(f"need the same number of seeds on both sides, got {len(a)} and "
+                     f"{None if b is None else len(b)}")
+  if paired and b is not None and any(x.shape != y.shape for x, y in zip(a, b)):
+    raise ValueError("paired samples need the same number of samples per seed")
+  estimate = float(np.mean([x.mean() for x in a]))
+  if b is not None:
+    estimate -= float(np.mean([y.mean() for y in b]))
+  rng = np.random.default_rng(seed)
+  stats = np.empty(boots)
+  for t in range(boots):
+    total = 0.0
+    for s in rng.integers(0, len(a), len(a)):
+      i = rng.integers(0, a[s].size, a[s].size)
+      total += a[s][i].mean()
+      if b is not None:
+        j = i if paired else rng.integers(0, b[s].size, b[s].size)
+        total -= b[s][j].mean()
+    stats[t] = total / len(a)
+  low, high = np.percentile(stats, [2.5, 97.5])
+  return estimate, float(low), float(high)
+
+
+def _interval(x: tuple[float, float, float] | None, signed: bool = False) -> str:
+  if x is None:
+    return "–"
+  sign = "+" if signed else ""
+  return f"{x[0]:{sign}.3f} [{x[1]:{sign}.3f}, {x[2]:{sign}.3f}]"
+
+
+def paired_rows(per_layer: dict[str, list[dict]]) -> list[dict]:
+  """Per layer: final test / greedy / training Pass@1 with intervals, and the differences from
+  its parent layer (when in the report) and from its own base policy, paired by seed (and by
+  question where both sides evaluated the same ones). Complete runs that kept their evaluation
+  samples only; a difference uses the seeds both sides have."""
+  out = []
+  for spec, results in per_layer.items():
+    runs = {k: r["evals"] for k, r in enumerate(results) if r.get("evals")}
+    parent_spec = _changes(spec)[0]
+    parent = {k: r["evals"] for k, r in enumerate(per_layer.get(parent_spec, [])) if r.get("evals")}
+    row = {"spec": spec, "parent": parent_spec if parent_spec in per_layer else "",
+           "seeds": len(runs)}
+    for key, name in (("test", "test"), ("test_greedy", "greedy"), ("train", "train")):
+      have = [k for k in runs if key in runs[k]["final"]]
+      if not have:
+        continue
+      final = [runs[k]["final"][key] for k in have]
+      row[name] = bootstrap(final)
+      row[f"{name}_vs_base"] = bootstrap(final, [runs[k]["base"][key] for k in have])
+      both = [k for k in have if key in parent.get(k, {}).get("final", {})]
+      if row["parent"] and both:
+        ids = "test_ids" if key != "train" else "train_ids"
+        mine, theirs = [runs[k]["final"] for k in both], [parent[k]["final"] for k in both]
+        same = all(m[ids] == t[ids] and m[key].shape == t[key].shape
+                   for m, t in zip(mine, theirs))
+        row[f"{name}_vs_parent"] = bootstrap([m[key] for m in mine], [t[key] for t in theirs],
+                                             paired=same)
+        row[f"{name}_vs_parent_seeds"] = len(both)
+    out.append(row)
   return out
 
 
@@ -607,6 +842,22 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
                f"| {_fmt(agg['base_test'])} | {_fmt(agg['final_test'])} | {_fmt_rounds(agg)} "
                f"| {_num(spread)} | {_fmt(agg['test_change'])} "
                f"| {done}/{len(results)} done" + (f", {failed} failed" if failed else "") + " |")
+  paired = [row for row in paired_rows(per_layer) if row["seeds"]]
+  if paired:
+    out += ["", "With intervals (95% two-level bootstrap over seeds and evaluation samples, "
+            "rft_jax.pipeline.bootstrap): final Pass@1 of the complete runs, its difference from "
+            "the parent layer (paired by seed and question) and from the run's own base policy. "
+            "An interval that holds 0 is a difference not shown.", "",
+            "| layer | seeds | test Pass@1 | Δ vs parent | Δ vs base | greedy | Δ greedy vs "
+            "parent | training Pass@1 | Δ training vs base |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in paired:
+      vs = f" ({row['parent']})" if row.get("test_vs_parent") else ""
+      out.append(f"| {row['spec']} | {row['seeds']} | {_interval(row.get('test'))} "
+                 f"| {_interval(row.get('test_vs_parent'), True)}{vs} "
+                 f"| {_interval(row.get('test_vs_base'), True)} | {_interval(row.get('greedy'))} "
+                 f"| {_interval(row.get('greedy_vs_parent'), True)} "
+                 f"| {_interval(row.get('train'))} | {_interval(row.get('train_vs_base'), True)} |")
   if any(r["rows"] for rs in per_layer.values() for r in rs):
     overview = plot_overview(per_layer, os.path.join(plots, "overview.png"))
     out += ["", f"![overview]({os.path.relpath(overview, root)})"]
@@ -657,6 +908,13 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--parallel", type=int, default=1, help="runs at once (subprocesses)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="config override for every run, e.g. --set train.rounds=100")
+  p.add_argument("--base", default="", help="another base model for every layer (configs/"
+                 "common.py's base=NAME, e.g. smollm2)")
+  p.add_argument("--publish", default="", metavar="DIR", help="copy each finished run's record "
+                 "(config, summary, metrics, per-sample evaluations, log; no checkpoints) and the "
+                 "report to DIR as it finishes; runs recorded there count as done")
+  p.add_argument("--commit", action="store_true", help="with --publish: git-commit DIR after "
+                 "each finished run")
   p.add_argument("--report_only", action="store_true", help="only (re)write the report")
   p.add_argument("--dry_run", action="store_true", help="print the plan and stop")
   p.add_argument("--run_one", metavar="WORKDIR", help=argparse.SUPPRESS)
@@ -692,15 +950,18 @@ def _main(argv: Sequence[str] | None = None) -> int:
   specs, args.seeds = parse_layers(args.layers or "quick"), args.seeds or 3
   if args.dry_run:
     for run, config in plan(specs, args.seeds, root, runlocal=args.runlocal, quick=args.quick,
-                            overrides=overrides):
+                            overrides=overrides, base=args.base):
       state = "done" if is_done(run.workdir) else "to run"
       print(f"{run.workdir}: {run.spec} seed {run.seed}, {config.train.rounds} rounds, "
             f"base {config.warm_start.dir or config.model.checkpoint} ({state})")
     return 0
   command = "python -m rft_jax.pipeline " + shlex.join(
       list(argv) if argv is not None else sys.argv[1:])
+  if args.commit and not args.publish:
+    raise errors.ConfigError("--commit needs --publish=DIR (the folder to commit)")
   path = run_pipeline(specs, args.seeds, root, quick=args.quick, runlocal=args.runlocal,
-                      parallel=args.parallel, overrides=overrides, command=command)
+                      parallel=args.parallel, overrides=overrides, command=command,
+                      base=args.base, publish_dir=args.publish, commit=args.commit)
   print(f"report: {path}")
   return 0
 

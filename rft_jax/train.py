@@ -60,10 +60,13 @@ from rft_jax.data import selection
 from rft_jax.data.base import Example, Task
 from rft_jax.models.policy import Policy
 
+EVALS_DIR = "evals"  # per-sample rewards of each evaluation (rft_jax.evaluation.save_rewards)
+
 # Settings that may change between a run and its resumption (they do not change what a round
 # computes); everything else of the config enters the checkpoint's fingerprint.
 RESUMABLE_KEYS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
-                  "eval.batch_size", "warm_start.dir", "diagnostics.p_correct_window",
+                  "eval.batch_size", "eval.curve_test_size", "warm_start.dir",
+                  "diagnostics.p_correct_window",
                   "diagnostics.exact_arms", "diagnostics.max_arms")
 
 # Keys added after runs had been checkpointed (dotted paths of any depth), with their default:
@@ -400,6 +403,7 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
               "diagnostics.p_correct_window", "diagnostics.max_arms"):
     check(key, *at_least(1))
   for key in ("train.rounds", "train.logprob_chunk", "rollout.top_k", "eval.test_size",
+              "eval.curve_test_size",
               "example.index", "optimizer.warmup_steps"):
     check(key, *at_least(0))
   for key in ("rollout.temperature", "eval.temperature", "optimizer.learning_rate",
@@ -605,6 +609,7 @@ class Loop:
   """What every round of a run reads and never changes (built once, by make_loop)."""
 
   config: Any
+  workdir: str
   task: Task
   policy: Policy            # the base policy: tokenizer, decoder, pad / EOS ids, base params
   mesh: Any
@@ -645,7 +650,7 @@ def make_loop(config, workdir: str, task: Task, mesh, log=print) -> Loop:
     log(f"exact optimal-arm probability over {sum(a.num_arms for a in arm_sets):,} arms "
         f"({sum(a.num_optimal for a in arm_sets):,} optimal) of {len(arm_sets)} question(s)")
   return Loop(
-      config=config, task=task, policy=policy, mesh=mesh, train_examples=train_examples,
+      config=config, workdir=workdir, task=task, policy=policy, mesh=mesh, train_examples=train_examples,
       test_examples=list(task.test[:config.eval.test_size] if config.eval.test_size
                          else task.test),
       prompts=prompts, prompt_len=sampling.bucket_length(max(map(len, prompts)),
@@ -763,16 +768,24 @@ def train_phase(loop: Loop, state: TrainState, questions: list[int], rollout: sa
   return state, row
 
 
-def evaluate_phase(loop: Loop, params, round_index: int) -> dict:
+def evaluate_phase(loop: Loop, params, round_index: int, *, full: bool = True) -> dict:
   """Training and test Pass@1 (and greedy accuracy) of `params`, the samples split over the
-  processes and their rewards gathered; the exact optimal-arm probability is separate
-  (exact_arms_phase)."""
+  processes and their rewards gathered; every sample's reward goes to evals/round_<r>.json
+  (process 0). Evaluations between the base and the last round (full=False) may use the first
+  eval.curve_test_size test questions only (a curve); the base and final ones all of test_size
+  (the layer comparison). The exact optimal-arm probability is separate (exact_arms_phase)."""
   config = loop.config
-  return evaluation.evaluate(
-      loop.policy.replace(params=params), loop.task, loop.train_examples, loop.test_examples,
+  examples = (loop.test_examples if full else
+              loop.test_examples[:config.eval.curve_test_size or len(loop.test_examples)])
+  rewards = evaluation.evaluation_rewards(
+      loop.policy.replace(params=params), loop.task, loop.train_examples, examples,
       jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), round_index),
       train_samples=config.eval.train_samples, temperature=config.eval.temperature,
       greedy=config.eval.greedy, **_gen_kwargs(config, loop.mesh))
+  if distributed.is_main():
+    evaluation.save_rewards(os.path.join(loop.workdir, EVALS_DIR), round_index, rewards,
+                            [e.id for e in loop.train_examples], [e.id for e in examples])
+  return evaluation.summarize(rewards)
 
 
 def exact_arms_phase(loop: Loop, params) -> dict:
@@ -861,7 +874,7 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
         log(_collapse_warning(kind, row, loop.log_vocab, diag.p_correct_window, done))
       row.update(exact_arms_phase(loop, state.params))
       if done % config.train.eval_every == 0 or done == rounds:
-        last_eval = evaluate_phase(loop, state.params, done)
+        last_eval = evaluate_phase(loop, state.params, done, full=done == rounds)
         row.update(last_eval)
         bar.set_postfix(train=f"{last_eval['train_pass1']:.2f}",
                         test=f"{last_eval['test_pass1']:.2f}")

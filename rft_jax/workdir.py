@@ -28,7 +28,8 @@ from rft_jax import checkpoint as checkpoint_lib, errors, fileio
 
 LOCK_INFO = ".lock"
 # What a run leaves in its workdir besides checkpoints/ (base/: the default warm_start.dir).
-RUN_FILES = ("base", "difficulty.json", "base_eval.json", "metrics.jsonl", "tb", "summary.json")
+RUN_FILES = ("base", "difficulty.json", "base_eval.json", "evals", "metrics.jsonl", "tb",
+             "summary.json")
 
 
 class Lock:

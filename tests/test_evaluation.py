@@ -94,3 +94,35 @@ def test_wilson_interval_against_known_values():
   low, high = evaluation.wilson_interval(0, 10)
   assert low == 0.0 and 0.27 < high < 0.28  # 3.84 / 13.84 = 0.2775
   assert evaluation.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_summarize_by_hand(tmp_path):
+  rewards = {"train": np.array([[1.0, 0.0], [1.0, 1.0]]), "test": np.array([1.0, 0.0, 0.0, 1.0]),
+             "test_greedy": np.array([0.0, 0.0, 0.0, 1.0])}
+  out = evaluation.summarize(rewards, pass_k=(2, 4))
+  # 3 of 4 training samples; Pass@2 = 1 for both questions (each has a correct one among 2);
+  # Pass@4 is skipped (only 2 samples per question).
+  assert out["train_pass1"] == 0.75 and out["train_pass2"] == 1.0 and "train_pass4" not in out
+  assert (out["train_pass1_low"], out["train_pass1_high"]) == evaluation.wilson_interval(3, 4)
+  assert out["test_pass1"] == 0.5 and out["test_greedy"] == 0.25
+  assert evaluation.summarize({"test": np.array([0.0, 1.0])}) == {"test_pass1": 0.5}
+  path = evaluation.save_rewards(str(tmp_path / "evals"), 25, rewards, ["q7", "q9"],
+                                 ["a", "b", "c", "d"])
+  assert path.endswith("round_000025.json")
+  back = evaluation.load_rewards(path)
+  assert back["round"] == 25 and back["train_ids"] == ["q7", "q9"] and back["test_ids"][3] == "d"
+  for key, value in rewards.items():
+    np.testing.assert_array_equal(back[key], value)
+
+
+def test_evaluate_is_summarize_of_the_per_sample_rewards(tasks):
+  task = tasks["gsm8k"]
+  items = list(task.test[:8])
+  policy = tiny_policy(task, 8)
+  kwargs = dict(train_samples=2, max_new_tokens=4, batch_size=8, prompt_bucket=64)
+  rewards = evaluation.evaluation_rewards(policy, task, items[:2], items, jax.random.PRNGKey(3),
+                                          **kwargs)
+  assert rewards["train"].shape == (2, 2) and rewards["test"].shape == rewards[
+      "test_greedy"].shape == (8,)
+  assert evaluation.evaluate(policy, task, items[:2], items, jax.random.PRNGKey(3),
+                             **kwargs) == evaluation.summarize(rewards)

@@ -2,7 +2,9 @@
 
 import json
 import os
+import subprocess
 
+import numpy as np
 import pytest
 
 from rft_jax import pipeline
@@ -122,18 +124,55 @@ def test_plan_shares_one_base_and_fixes_seeds(tmp_path):
     pipeline._write_config(run, config)
 
 
+def git(repo, *args) -> str:
+  return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                        text=True).stdout
+
+
 def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys):
-  """Two tiny layers x 1 seed, one after another in-process; then again: nothing reruns."""
+  """Two tiny layers x 1 seed, one after another in-process, published and committed as each
+  finishes; then again: nothing reruns, also in a fresh root that has only the published
+  records (another checkout)."""
   root = str(tmp_path / "pipe")
+  repo = tmp_path / "repo"
+  repo.mkdir()
+  git(repo, "init", "-q")
+  for who in ("AUTHOR", "COMMITTER"):
+    monkeypatch.setenv(f"GIT_{who}_NAME", "test")
+    monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.com")
+  published = repo / "published"
   argv = ["--layers=l1,l2", "--seeds=1", "--runlocal", f"--root={root}",
           "--set", "train.rounds=2", "--set", "eval.greedy=false"]
-  assert pipeline.main(argv) == 0
+  assert pipeline.main(argv + [f"--publish={published}", "--commit"]) == 0
   for layer in ("l1", "l2"):
     with open(f"{root}/{layer}/seed0/summary.json") as f:
       assert json.load(f)["rounds"] == 2
   report = open(f"{root}/report.md").read()
   assert "| l1 |" in report and "| l2 |" in report and "1/1 done" in report
   assert "python -m rft_jax.pipeline --layers=l1,l2" in report
+  # One commit per finished run, holding its record (no checkpoints) and the report so far.
+  log = git(repo, "log", "--format=%s").splitlines()
+  assert len(log) == 2 and log[1].startswith("experiments: l1/seed0 finished in ")
+  files = set(git(repo, "ls-files").splitlines())
+  for layer in ("l1", "l2"):
+    assert {f"published/{layer}/seed0/{name}" for name in (
+        "config.json", "summary.json", "metrics.jsonl", "log.txt",
+        "evals/round_000000.json", "evals/round_000002.json")} <= files
+  assert not any("checkpoints" in f for f in files)
+  assert {"published/report.md", "published/pipeline.json",
+          "published/plots/overview.png"} <= files
+  # The paired table: l2 against its parent l1 and against its own base, with intervals.
+  l2_row = next(line for line in report.splitlines()
+                if line.startswith("| l2 | 1 |"))
+  assert "(l1)" in l2_row and l2_row.count("[") == 5  # greedy is off: '–' in its 2 columns
+  assert l2_row.count(" – ") == 2
+  # A fresh root: the published records count as done, the report is made from them.
+  fresh = str(tmp_path / "fresh")
+  monkeypatch.setattr(pipeline, "execute", lambda *a, **k: pytest.fail("a run was redone"))
+  fresh_argv = [a.replace(root, fresh) for a in argv] + [f"--publish={published}"]
+  assert pipeline.main(fresh_argv) == 0
+  assert open(f"{fresh}/report.md").read().count("1/1 done") == 2
+  monkeypatch.undo()
   for name in ("overview", "l1_pass1", "l2_diagnostics"):
     assert os.path.exists(f"{root}/plots/{name}.png")
   stamp = os.path.getmtime(f"{root}/l1/seed0/summary.json")
@@ -206,3 +245,43 @@ def test_every_layer_runs(tmp_path):
   failed = {s: open(f"{root}/{pipeline.spec_dir(s)}/seed0/error.txt").read().splitlines()[-1]
             for s in specs if not pipeline.is_done(f"{root}/{pipeline.spec_dir(s)}/seed0")}
   assert not failed, failed
+
+
+def test_remaining_time_by_hand():
+  assert pipeline.remaining_time([], 5) == ""
+  assert pipeline.remaining_time([600.0, 1200.0], 0) == ""
+  # mean 15 min x 3 runs = 45 min; 2 at once: ceil(3 / 2) = 2 rounds of runs = 30 min
+  assert pipeline.remaining_time([600.0, 1200.0], 3) == "about 45 min left (3 runs at 15 min each)"
+  assert pipeline.remaining_time([600.0, 1200.0], 3, parallel=2).startswith("about 30 min left")
+  assert pipeline.remaining_time([3600.0], 4) == "about 4.0 h left (4 runs at 60 min each)"
+
+
+def test_bootstrap_intervals():
+  rng = np.random.default_rng(0)
+  a = [rng.integers(0, 2, 400).astype(float) for _ in range(3)]
+  # A run against itself, paired: every resample differs by exactly 0.
+  assert pipeline.bootstrap(a, a) == (0.0, 0.0, 0.0)
+  # Paired, one side shifted by a constant: the difference is that constant, without spread.
+  est, low, high = pipeline.bootstrap([x + 0.25 for x in a], a)
+  assert est == pytest.approx(0.25) and low == pytest.approx(0.25) and high == pytest.approx(0.25)
+  # One seed, 2,500 coin flips at p = 0.3: the percentile interval is the normal one,
+  # p +- 1.96 sqrt(p (1 - p) / n) = 0.3 +- 0.018, to bootstrap noise.
+  one = [np.r_[np.ones(750), np.zeros(1750)]]
+  est, low, high = pipeline.bootstrap(one, boots=4000)
+  assert est == 0.3
+  assert low == pytest.approx(0.3 - 0.018, abs=0.003) and high == pytest.approx(0.3 + 0.018,
+                                                                                abs=0.003)
+  # Seeds that disagree widen the interval beyond the within-seed noise: seeds at 0.1 / 0.5 /
+  # 0.9 (400 samples each) give a mean of 0.5 whose interval spans most of [0.1, 0.9].
+  spread = [np.r_[np.ones(k), np.zeros(400 - k)] for k in (40, 200, 360)]
+  est, low, high = pipeline.bootstrap(spread)
+  assert est == pytest.approx(0.5) and low < 0.25 and high > 0.75
+  # Unpaired differences of correlated samples are wider than paired ones.
+  b = [np.where(rng.random(400) < 0.1, 1 - x, x) for x in a]  # 10% of answers flipped
+  _, pl, ph = pipeline.bootstrap(a, b)
+  _, ul, uh = pipeline.bootstrap(a, b, paired=False)
+  assert ph - pl < 0.6 * (uh - ul)
+  with pytest.raises(ValueError, match="same number of seeds"):
+    pipeline.bootstrap(a, a[:2])
+  with pytest.raises(ValueError, match="same number of samples"):
+    pipeline.bootstrap(a, [x[:10] for x in a])

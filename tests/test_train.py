@@ -26,6 +26,7 @@ from configs import common, l0_minimal
 from rft_jax import (
   checkpoint as checkpoint_lib,
   errors,
+  evaluation,
   fileio,
   losses,
   metrics,
@@ -179,6 +180,39 @@ def test_the_phases_alone_make_the_runs_first_round(reference, base_dir, tmp_pat
   assert int(state.round) == 1
   want = reference["rows"][1]
   assert {k: want[k] for k in row} == row
+
+
+def test_every_evaluation_sample_is_kept(reference):
+  """evals/round_<r>.json holds the rewards behind each evaluation row of metrics.jsonl."""
+  rows = {r["step"]: r for r in reference["rows"]}
+  files = sorted((reference["workdir"] / train.EVALS_DIR).iterdir())
+  assert [f.name for f in files] == ["round_000000.json", "round_000002.json", "round_000004.json"]
+  for f in files:
+    saved = evaluation.load_rewards(str(f))
+    row = rows[saved["round"]]
+    assert len(saved["test_ids"]) == len(saved["test"]) == 8
+    assert row["test_pass1"] == float(np.mean(saved["test"]))
+    assert row["test_greedy"] == float(np.mean(saved["test_greedy"]))
+    assert row["train_pass1"] == float(np.mean(saved["train"]))
+
+
+def test_curve_evaluations_use_the_first_test_questions(reference, base_dir, tmp_path,
+                                                        no_retraining):
+  """eval.curve_test_size: the base and last evaluations see all test_size questions, those in
+  between the first curve_test_size; the run is otherwise the reference run."""
+  summary, _ = run(make_config(base_dir, eval__curve_test_size=3), tmp_path)
+  evals = tmp_path / train.EVALS_DIR
+  sizes = {f.name: len(evaluation.load_rewards(str(f))["test_ids"])
+           for f in evals.iterdir()}
+  assert sizes == {"round_000000.json": 8, "round_000002.json": 3, "round_000004.json": 8}
+  full = evaluation.load_rewards(str(reference["workdir"] / train.EVALS_DIR / "round_000002.json"))
+  part = evaluation.load_rewards(str(evals / "round_000002.json"))
+  assert part["test_ids"] == full["test_ids"][:3]
+  assert summary["final_test_pass1"] == reference["summary"]["final_test_pass1"]
+  assert_same_rows([{k: v for k, v in r.items() if not k.startswith("test_")}
+                    for r in metrics.read_metrics(tmp_path)],
+                   [{k: v for k, v in r.items() if not k.startswith("test_")}
+                    for r in reference["rows"]])
 
 
 def test_resume_with_more_rounds_equals_uninterrupted(reference, base_dir, tmp_path,

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from rft_jax import evaluation, fileio, models, rewards as rewards_lib, sampling
-from rft_jax.data import arithmetic, gsm8k, math as math_data, prompts_text
+from rft_jax.data import arithmetic, gsm8k, math as math_data, prompts_text, selection
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -50,6 +50,7 @@ def settings() -> dict:
 
   return {
       "smollm2_one_op": (smollm2_task, prompts_text.GSM8K),
+      "smollm2_one_op_answer_is": (smollm2_task, prompts_text.ANSWER_IS),
       "one_op_50": (one_op_50, prompts_text.GSM8K),
       "arith_symbol": (arith(word_prob=0.0, mul_prob=0.0), prompts_text.GSM8K),
       "arith_symbol_boxed": (arith(word_prob=0.0, mul_prob=0.0), prompts_text.GSM8K_BOXED),
@@ -93,6 +94,32 @@ def measure(policy, task, n: int, max_new_tokens: int, temperature: float, seed:
           "example": texts[0][:400]}
 
 
+def difficulty(policy, task, questions: int, samples: int, max_new_tokens: int) -> dict:
+  """The difficulty buckets of L4 (rft_jax.data.selection) over the first `questions` training
+  questions, `samples` each at temperature 1, and the fraction of those rollouts truncated."""
+  examples = list(task.train[:questions])
+  prompts = [policy.encode_prompt(task.prompt_text(e)) for e in examples]
+  per_batch = max(1, 32 // samples)
+  t = time.time()
+  texts, truncated = [], 0
+  for i in range(0, questions, per_batch):
+    tokens, mask = sampling.left_pad(prompts[i:i + per_batch], policy.pad_id, bucket=32)
+    out = policy.generate(tokens, max_new_tokens, temperature=1.0, prompt_mask=mask,
+                          num_samples=samples, rng=jax.random.fold_in(jax.random.PRNGKey(1), i))
+    toks, msk = jax.device_get((out.tokens, out.mask))
+    for row in range(toks.shape[0]):
+      length = int(msk[row].sum())
+      truncated += not (length and int(toks[row][length - 1]) in policy.eos_ids)
+      texts.append(policy.decode_completion(toks[row], msk[row]))
+    print(f"  difficulty: {min(i + per_batch, questions)}/{questions} questions", flush=True)
+  rewards, outcomes = task.grade_batch(texts, [e for e in examples for _ in range(samples)])
+  table = selection.difficulty_table(examples, np.reshape(rewards, (questions, samples)))
+  return {"counts": table["counts"], "pass1": float(np.mean(rewards)),
+          "truncated": truncated / len(texts), "outcomes": dict(outcomes),
+          "questions": questions, "samples": samples, "wall_s": time.time() - t,
+          "pass_rates": [row["pass_rate"] for row in table["rows"]]}
+
+
 def write_table(out: pathlib.Path) -> None:
   rows = ["| setting | temperature 1 Pass@1 [95% CI] | greedy Pass@1 [95% CI] | n | "
           "truncated (T=1 / greedy) | mean tokens (T=1) |", "|---|---|---|---|---|---|"]
@@ -105,6 +132,17 @@ def write_table(out: pathlib.Path) -> None:
     rows.append(f"| {name} | {s['pass1']:.3f} [{s['low']:.3f}, {s['high']:.3f}] | "
                 f"{g['pass1']:.3f} [{g['low']:.3f}, {g['high']:.3f}] | {s['n']} | "
                 f"{s['truncated']:.2f} / {g['truncated']:.2f} | {s['mean_length']:.0f} |")
+  rows += ["", "Difficulty buckets (L4's thresholds) of training questions at temperature 1:", "",
+           "| setting | questions x samples | easy / medium / hard / extremely hard | Pass@1 | "
+           "truncated |", "|---|---|---|---|---|"]
+  for name in settings():
+    path = out / f"{name}.difficulty.json"
+    if path.exists():
+      r = json.loads(path.read_text())
+      c = r["counts"]
+      rows.append(f"| {name} | {r['questions']} x {r['samples']} | {c['easy']} / {c['medium']} / "
+                  f"{c['hard']} / {c['extremely_hard']} | {r['pass1']:.3f} | "
+                  f"{r['truncated']:.2f} |")
   fileio.write_atomic(out / "results.md", "\n".join(rows) + "\n")
 
 
@@ -113,11 +151,35 @@ def main() -> int:
   ap.add_argument("--n", type=int, default=64)
   ap.add_argument("--max-new-tokens", type=int, default=256)
   ap.add_argument("--out", default=str(ROOT / "experiments" / "smollm2" / "base_rates"))
+  ap.add_argument("--only", default="", help="comma-separated settings (default: all)")
+  ap.add_argument("--difficulty", type=int, default=0, metavar="Q",
+                  help="also the L4 buckets: Q training questions x --samples at temperature 1")
+  ap.add_argument("--samples", type=int, default=8)
   args = ap.parse_args()
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   policy = models.load("smollm2")
+  only = [w for w in args.only.split(",") if w]
+  unknown = sorted(set(only) - set(settings()))
+  if unknown:
+    ap.error(f"unknown settings {unknown}; known: {', '.join(settings())}")
   for name, (make_task, template) in settings().items():
+    if only and name not in only:
+      continue
+    if args.difficulty:
+      path = out / f"{name}.difficulty.json"
+      if path.exists():
+        print(f"{name}: difficulty done, skipped")
+        continue
+      task = make_task()
+      task.template = template
+      result = {"setting": name, "template": template, "max_new_tokens": args.max_new_tokens,
+                **difficulty(policy, task, args.difficulty, args.samples, args.max_new_tokens),
+                "load": os.getloadavg()}
+      fileio.write_json_atomic(str(path), result)
+      write_table(out)
+      print(f"{name}: buckets {result['counts']}, truncated {result['truncated']:.2f}", flush=True)
+      continue
     path = out / f"{name}.json"
     if path.exists():
       print(f"{name}: done, skipped")

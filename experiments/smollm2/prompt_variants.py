@@ -12,13 +12,13 @@ from __future__ import annotations
 import base_rates
 
 from rft_jax import models
-from rft_jax.data import arithmetic
+from rft_jax.data import arithmetic, prompts_text
 
 VARIANTS = {
     "gsm8k_suffix": "{question} Let's think step by step and output the final answer after "
                     "\"####\".",
     "plain": "{question}",
-    "answer_is": "{question} End your answer with \"The answer is N.\"",
+    "answer_is": prompts_text.ANSWER_IS,
 }
 
 

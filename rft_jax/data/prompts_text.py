@@ -18,11 +18,16 @@ GSM8K_BOXED = "{question} " + BOXED_INSTRUCTION.replace("{}", "{{}}")
 # The paper's MATH prompt (graded by rewards 'math').
 MATH = "{question} " + BOXED_INSTRUCTION.replace("{}", "{{}}")
 
-TEMPLATES = {"gsm8k": GSM8K, "gsm8k_boxed": GSM8K_BOXED, "math": MATH}
+# Not the paper's: an instruction small instruct models follow (SmolLM2-135M ends its answers with
+# 'The answer is N.' but never writes '####' or \boxed{}; experiments/smollm2/README.md). Graded
+# by 'final_answer'.
+ANSWER_IS = "{question} End your answer with \"The answer is N.\""
+
+TEMPLATES = {"gsm8k": GSM8K, "gsm8k_boxed": GSM8K_BOXED, "math": MATH, "answer_is": ANSWER_IS}
 
 
 def template(name: str) -> str:
-  """The template called `name` ('gsm8k', 'gsm8k_boxed', 'math')."""
+  """The template called `name` ('gsm8k', 'gsm8k_boxed', 'math', 'answer_is')."""
   try:
     return TEMPLATES[name]
   except KeyError:
