@@ -2,15 +2,24 @@
 
     summary = run(config, workdir)
 
-One round (DESIGN.md, "Data flow of one round"):
-  1. the round's questions (prompts_per_round of the training set) x G rollouts, sampled by the
-     jitted sampler from the current params (rng = fold_in(seed, round): resumable bit for bit);
-  2. the grader turns each completion into a reward;
-  3. `train_step`: the loss chain (config.loss) over the policy's log-probs of the rollouts,
-     AdamW, `epochs x mini_batches` updates on the round's rollouts (1 x 1 = on-policy);
-  4. every eval_every rounds: training Pass@1 (k samples of the training questions) and test
-     Pass@1 (one sample per test question) plus greedy accuracy; metrics.jsonl and TensorBoard;
-     an orbax checkpoint every checkpoint_every rounds. A restart in the same workdir resumes.
+One round (DESIGN.md, "Data flow of one round"), each step a function of its own:
+  1. rollout_phase: the round's questions (prompts_per_round of the training set) x G rollouts,
+     sampled by the jitted sampler from the current params (rng = fold_in(seed, round):
+     resumable bit for bit);
+  2. grade_phase: the grader turns each completion into a reward;
+  3. train_phase (`train_step`): the loss chain (config.loss) over the policy's log-probs of the
+     rollouts, AdamW, `epochs x mini_batches` updates on the round's rollouts (1 x 1 =
+     on-policy);
+  4. evaluate_phase, every eval_every rounds: training Pass@1 (k samples of the training
+     questions) and test Pass@1 (one sample per test question) plus greedy accuracy;
+     metrics.jsonl and TensorBoard;
+  5. checkpoint_phase: an orbax checkpoint every checkpoint_every rounds. A restart in the same
+     workdir resumes (restore_phase).
+
+Over several JAX processes (--multihost, rft_jax.distributed) every process runs the same
+rounds on the global mesh: each grades the rollouts its devices hold and the results are
+gathered (grade_phase), evaluations likewise; process 0 writes the files, every process its
+checkpoint shards.
 
 A run owns its workdir (rft_jax.workdir: a lock, the config's fingerprint checked before anything
 is written); the config is validated first (validate_config). A non-finite loss or non-finite /
