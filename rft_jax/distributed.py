@@ -35,7 +35,7 @@ class DistributedError(errors.RunError):
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int = 300, exit=os._exit) -> None:
+               process_id: int | None = None, timeout_s: int = 300) -> None:
   """jax.distributed.initialize; every argument None where JAX detects the cluster (TPU pods,
   SLURM, Open MPI, or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables).
 
@@ -61,7 +61,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                      "same command on every host (each with its own --process_id), with the "
                      "coordinator's address reachable from all of them\n")
     sys.stderr.flush()
-    exit(1)
+    os._exit(1)  # the main thread is inside the runtime's connect call
 
   watchdog = threading.Timer(timeout_s, give_up)
   watchdog.daemon = True
