@@ -48,8 +48,15 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 train_path="", test_path="", template="")
 
   # Empty checkpoint = the embedded decoder below, warm-started; else a Hugging Face directory.
+  # Memory and adapters (rft_jax.train.apply_model_options; docs/scale.md): remat recomputes
+  # each decoder block in the backward pass; attn_chunk > 0 computes the trainer's attention
+  # that many queries at a time (exact; 0 = all at once); compute_dtype "bfloat16" computes in bf16 over
+  # float32 params ("" = as loaded); lora.rank > 0 trains rank-r adapters on the listed
+  # projections (q,k,v,o,gate,up,down) instead of every param, scaled by alpha / rank.
   c.model = dict(checkpoint="", dtype="float32", d_model=128, n_layers=2, n_heads=4,
-                 n_kv_heads=2, head_dim=32, d_ff=384, rope_theta=10000.0)
+                 n_kv_heads=2, head_dim=32, d_ff=384, rope_theta=10000.0, remat=False,
+                 attn_chunk=0, compute_dtype="",
+                 lora=dict(rank=0, alpha=16.0, modules="q,k,v,o,gate,up,down"))
 
   # Supervised warm start of the embedded model, stopped at a middling test Pass@1.
   c.warm_start = dict(dir="", seed=0, corpus_size=10000, batch_size=64, learning_rate=3e-3,
@@ -58,8 +65,10 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The training question(s): a difficulty bucket of the base policy (data.selection), an id,
   # or an index into the training pool; num_examples > 1 draws that many from the bucket.
+  # table: a difficulty table file shared by runs with the same base and example settings (the
+  # pipeline sets it): read when it exists, written after sampling when it does not.
   c.example = dict(selection="medium", example_id="", index=0, num_examples=1, candidates=64,
-                   samples=16, seed=0)
+                   samples=16, seed=0, table="")
 
   # Rollouts per round: prompts_per_round questions x num_samples (G) samples each.
   c.rollout = dict(num_samples=1, prompts_per_round=1, max_new_tokens=32, temperature=1.0,
@@ -74,8 +83,10 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # logprob_chunk: completion positions whose log-probs (and their gradient) the train step
   # computes at a time, so its memory grows with the chunk, not with completion length x vocab
   # (rft_jax.logprobs.head_logprobs_and_entropy; 0 = all at once; float rounding differs only).
+  # micro_batch_size: rollouts whose forward and backward run at once, gradients summed over an
+  # update's micro-batches (0 = the whole mini-batch at once; float rounding differs only).
   c.train = dict(rounds=100, epochs=1, mini_batches=1, eval_every=10, checkpoint_every=20,
-                 logprob_chunk=128)
+                 logprob_chunk=128, micro_batch_size=0)
 
   # Training Pass@1 = mean of train_samples samples of the training question(s); test Pass@1 =
   # one sample per test question (test_size 0 = all); greedy accuracy on the test set too.

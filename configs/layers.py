@@ -8,7 +8,7 @@ to configs/common.py.
 
 Lineage (why these parents: see each file's docstring):
 
-  l0 ─ l1 ─┬─ l2 ─┬─ kl, entropy, aggregation, history, baseline_only
+  l0 ─ l1 ─┬─ l2 ─┬─ kl, entropy, aggregation, history, baseline_only, lora
            │      ├─ offpolicy ─ clip_higher
            │      └─ trainset ─ batch
            ├─ l3   (an affine reward map is invisible under L2's (R - mean) / std)
@@ -92,6 +92,8 @@ LAYERS: dict[str, Layer] = {layer.name: layer for layer in [
           {"window=32": _CHAIN + ("loss.history_baseline.window",)}),
     Layer("baseline_only", "configs.beyond_baseline_only", "l2", _CHAIN,
           {"grad=2": _CHAIN + ("loss.baseline_only.num_grad",)}),
+    Layer("lora", "configs.beyond_lora", "l2", ("model.lora.rank",),
+          {"rank=1": ("model.lora.rank",), "rank=64": ("model.lora.rank",)}),
 ]}
 
 # Named layer lists for the runner (rft_jax.pipeline --layers=paper).
@@ -99,9 +101,13 @@ PRESETS = {
     "quick": ["l0", "l1", "l2", "l3", "l4"],
     "paper": ["l0", "l1:g=4", "l1", "l1:g=16", "l2", "l3", "l3:neg=m10", "l4:bucket=easy",
               "l4:bucket=hard", "l4", "l5"],
+    # Issue 13's layers on a real LLM (run with --base=smollm2): L5's other base is the
+    # embedded default's own pipeline (experiments/bottom_up), not a layer of this one.
+    "smollm2": ["l0", "l1:g=4", "l1", "l1:g=16", "l2", "l3", "l3:neg=m10", "l4:bucket=easy",
+                "l4:bucket=hard", "l4:bucket=extremely_hard"],
     "beyond": ["l2", "trainset", "batch", "kl", "entropy", "aggregation",
                "aggregation:agg=seq_mean_token_sum_norm", "offpolicy", "clip_higher",
-               "history", "baseline_only"],
+               "history", "baseline_only", "lora:rank=1", "lora", "lora:rank=64"],
 }
 
 

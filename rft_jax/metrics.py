@@ -165,13 +165,14 @@ class PlainProgress:
   """
 
   def __init__(self, total: int, initial: int = 0, desc: str | None = None,
-               every_s: float | None = None, file=None):
+               every_s: float | None = None, file=None, final_line: bool = True):
     self.total, self.n, self.desc = total, initial, desc or "progress"
+    self.final_line = final_line  # False: a transient bar's, silent unless it lasts
     self.every_s = PLAIN_EVERY_S if every_s is None else every_s
     self.file = file or sys.stderr
     self.postfix: dict[str, Any] = {}
     self._t0 = self._last = time.time()
-    self._closed = False
+    self._closed = self._spoke = False
 
   def update(self, n: int = 1) -> None:
     self.n += n
@@ -187,10 +188,11 @@ class PlainProgress:
   def close(self) -> None:
     if not self._closed:
       self._closed = True
-      self._say()
+      if self.final_line or self._spoke:  # a transient bar that spoke ends its lines
+        self._say()
 
   def _say(self) -> None:
-    self._last = time.time()
+    self._last, self._spoke = time.time(), True
     pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
     extra = "".join(f", {k}={v}" for k, v in self.postfix.items())
     self.file.write(f"{self.desc}: {self.n}/{self.total}{pct} {self._last - self._t0:.0f}s"
@@ -209,14 +211,15 @@ def progress(total: int, initial: int = 0, desc: str | None = None, leave: bool 
   """Progress on stderr: a tqdm bar on a terminal, plain lines (PlainProgress) otherwise.
 
   RFT_PROGRESS=1 forces bars, RFT_PROGRESS=0 hides all progress. leave=False: a transient bar
-  (an evaluation's), cleared when it closes and silent when the output is not a terminal.
+  (an evaluation's), cleared when it closes; when the output is not a terminal it prints only
+  if it lasts longer than PLAIN_EVERY_S (a real model's 20-minute evaluation in a log file).
   Use `bar.update(n)` and `bar.set_postfix(loss=..., pass1=...)`; they work the same on all of
   them, so callers need no branches.
   """
   env = os.environ.get("RFT_PROGRESS", "")
   tty = sys.stderr.isatty()
-  if env == "" and not tty and leave:
-    return PlainProgress(total, initial=initial, desc=desc)
+  if env == "" and not tty:
+    return PlainProgress(total, initial=initial, desc=desc, final_line=leave)
   show = tty if env == "" else env != "0"
   return tqdm.tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, disable=not show,
                    dynamic_ncols=True, leave=leave, **kwargs)

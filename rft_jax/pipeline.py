@@ -171,15 +171,24 @@ def base_dir(root: str, config) -> str:
 
 
 def _comparable(config_json: dict) -> dict:
-  d = json.loads(json.dumps(config_json))
-  d.get("warm_start", {}).pop("dir", None)  # the same root may be named by another path
+  """A run's config as the pipeline compares it: keys added since at their defaults count as
+  absent (train.LATER_KEYS), so records of earlier commits still count as the same run."""
+  from rft_jax import train
+
+  d = train.drop_later_defaults(json.loads(json.dumps(config_json)))
+  # Paths into the root: the same root may be named by another path, or be another checkout's.
+  d.get("warm_start", {}).pop("dir", None)
+  d.get("example", {}).pop("table", None)
   return d
 
 
 def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
-         quick: bool = False, overrides: dict | None = None,
-         base: str = "") -> list[tuple[Run, object]]:
-  """[(run, its config)], each config with its seed and the shared base directory set."""
+         quick: bool = False, overrides: dict | None = None, base: str = "",
+         tables: str = "") -> list[tuple[Run, object]]:
+  """[(run, its config)], each config with its seed, the shared base directory and the shared
+  difficulty table (in `tables`, default <root>/difficulty) set."""
+  from rft_jax.data import selection
+
   out = []
   for spec in specs:
     for seed in range(seeds):
@@ -187,6 +196,9 @@ def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
       config.seed = seed
       if not config.model.checkpoint:
         config.warm_start.dir = base_dir(root, config)
+      if config.example.selection in selection.BUCKETS:
+        config.example.table = difficulty_path(tables or os.path.join(root, "difficulty"),
+                                               config)
       out.append((Run(spec, seed, os.path.join(root, spec_dir(spec), f"seed{seed}")), config))
   return out
 
@@ -295,8 +307,8 @@ def remaining_time(durations: Sequence[float], left: int, parallel: int = 1) -> 
   return f"about {when} left ({left} run{'s' * (left != 1)} at {each / 60:.0f} min each)"
 
 
-def execute(runs: Sequence[Run], parallel: int = 1, log=print,
-            durations: Sequence[float] = (), after_run=None) -> dict[str, bool]:
+def execute(runs: Sequence[Run], parallel: int = 1, log=print, durations: Sequence[float] = (),
+            after_run=None) -> dict[str, bool]:
   """Runs each run (in-process one after another, or `parallel` subprocesses at once).
 
   durations: wall seconds of runs finished before (for the time estimate); after_run(run, ok)
@@ -401,6 +413,30 @@ def restore_published(run: Run, config, dest: str) -> bool:
   return True
 
 
+# Config sections and keys that do not change a run's difficulty table (train.training_examples:
+# the base policy's samples of example.candidates questions); all others key the shared table.
+_NOT_IN_DIFFICULTY = ("seed", "loss", "optimizer", "train", "diagnostics", "example.selection",
+                      "example.num_examples", "example.example_id", "example.index",
+                      "rollout.num_samples", "rollout.prompts_per_round", "eval.test_size",
+                      "eval.train_samples", "eval.greedy", "eval.curve_test_size",
+                      "eval.temperature", "warm_start.dir", "example.table")
+
+
+def difficulty_path(directory: str, config) -> str:
+  """<directory>/<hash>.json: the difficulty table every run with these settings shares (L0
+  and L4's buckets draw from one table; config example.table), so it is sampled once, not once
+  per run."""
+  from rft_jax import warm_start
+
+  d = _flat(json.loads(config.to_json()))
+  key = {k: v for k, v in d.items()
+         if not any(k == n or k.startswith(n + ".") for n in _NOT_IN_DIFFICULTY)}
+  if not config.model.checkpoint:
+    key["base"] = warm_start.base_fingerprint(config)
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+  return os.path.join(directory, f"{digest}.json")
+
+
 def git_commit(paths: Sequence[str], message: str, log=print, attempts: int = 5) -> bool:
   """`git add` + `git commit` of exactly `paths` (other staged changes stay staged); retried
   while another git command holds the index. False (and a log line) if it could not."""
@@ -420,15 +456,19 @@ def git_commit(paths: Sequence[str], message: str, log=print, attempts: int = 5)
 def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipeline", *,
                  quick: bool = False, runlocal: bool = False, parallel: int = 1,
                  overrides: dict | None = None, command: str | None = None, base: str = "",
-                 publish_dir: str = "", commit: bool = False, log=print) -> str:
+                 publish_dir: str = "", commit: bool = False, drop_checkpoints: bool = False,
+                 tables: str = "", log=print) -> str:
   """Plans, runs what is not done yet, writes the report; returns the report's path.
 
   publish_dir: each finished run's record (PUBLISHED) is copied to publish_dir/<layer>/seed<k>
   as it finishes, with the report, and (commit) committed to git; runs recorded there with
-  the same config count as done, so the pipeline continues in a fresh checkout."""
+  the same config count as done, so the pipeline continues in a fresh checkout.
+  drop_checkpoints: a finished run's checkpoints are deleted (a SmolLM2 run's are 1.6 GB each).
+  tables: where difficulty tables are shared (default <root>/difficulty; one folder for several
+  roots, e.g. a learning-rate sweep, samples each table once)."""
   specs = parse_layers(specs if isinstance(specs, str) else ",".join(specs))
   planned = plan(specs, seeds, root, runlocal=runlocal, quick=quick, overrides=overrides,
-                 base=base)
+                 base=base, tables=tables)
   for run, config in planned:
     _write_config(run, config)
   if publish_dir:
@@ -463,6 +503,8 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
     return path
 
   def after_run(run: Run, ok: bool) -> None:
+    if ok and drop_checkpoints:  # a finished run is never resumed; its summary marks it done
+      shutil.rmtree(os.path.join(run.workdir, "checkpoints"), ignore_errors=True)
     if not (ok and publish_dir):
       return
     publish(run, publish_dir)
@@ -750,10 +792,11 @@ def plot_layer(results: Sequence[dict], title: str, path_prefix: str) -> list[st
   plt.close(fig)
 
   window = 5
-  fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+  fig, axes = plt.subplots(1, 4, figsize=(14, 3))
   for ax, key, name in ((axes[0], "reward", "mean reward of the round's rollouts"),
                         (axes[1], "signal_frac", "signal_frac (non-zero advantage)"),
-                        (axes[2], "entropy", "policy entropy (nats/token)")):
+                        (axes[2], "entropy", "policy entropy (nats/token)"),
+                        (axes[3], "length", "response length (tokens)")):
     _band(ax, [_smooth(round_curve(r, key), window) for r in rows], seeds=False)
     ax.set(title=name, xlabel="round")
     ax.grid(alpha=0.3)
@@ -915,6 +958,10 @@ def _parser() -> argparse.ArgumentParser:
                  "report to DIR as it finishes; runs recorded there count as done")
   p.add_argument("--commit", action="store_true", help="with --publish: git-commit DIR after "
                  "each finished run")
+  p.add_argument("--tables", default="", metavar="DIR", help="folder of shared difficulty "
+                 "tables (default ROOT/difficulty)")
+  p.add_argument("--drop_checkpoints", action="store_true", help="delete a run's checkpoints "
+                 "once it has finished (its record stays)")
   p.add_argument("--report_only", action="store_true", help="only (re)write the report")
   p.add_argument("--dry_run", action="store_true", help="print the plan and stop")
   p.add_argument("--run_one", metavar="WORKDIR", help=argparse.SUPPRESS)
@@ -950,7 +997,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
   specs, args.seeds = parse_layers(args.layers or "quick"), args.seeds or 3
   if args.dry_run:
     for run, config in plan(specs, args.seeds, root, runlocal=args.runlocal, quick=args.quick,
-                            overrides=overrides, base=args.base):
+                            overrides=overrides, base=args.base, tables=args.tables):
       state = "done" if is_done(run.workdir) else "to run"
       print(f"{run.workdir}: {run.spec} seed {run.seed}, {config.train.rounds} rounds, "
             f"base {config.warm_start.dir or config.model.checkpoint} ({state})")
@@ -961,7 +1008,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     raise errors.ConfigError("--commit needs --publish=DIR (the folder to commit)")
   path = run_pipeline(specs, args.seeds, root, quick=args.quick, runlocal=args.runlocal,
                       parallel=args.parallel, overrides=overrides, command=command,
-                      base=args.base, publish_dir=args.publish, commit=args.commit)
+                      base=args.base, publish_dir=args.publish, commit=args.commit,
+                      drop_checkpoints=args.drop_checkpoints, tables=args.tables)
   print(f"report: {path}")
   return 0
 

@@ -121,6 +121,10 @@ def _argmax(x: Array) -> Array:
 
 CDF_BLOCK = 128
 
+# On XLA:CPU a tied head is multiplied through a transposed copy of the embedding (see
+# `sample`); rft_jax.plan turns it off to plan the program an accelerator runs.
+CPU_HEAD_COPY = True
+
 
 def _last_true(mask: Array) -> Array:
   """[B, M] bool -> [B] index of the last True (0 where none)."""
@@ -200,7 +204,7 @@ def sample(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array, r
   eos_ids = jnp.asarray(eos_ids, jnp.int32).reshape(-1)
   prompt_mask = prompt_mask.astype(bool)
 
-  if decoder.config.tie_embeddings and jax.default_backend() == "cpu":
+  if decoder.config.tie_embeddings and jax.default_backend() == "cpu" and CPU_HEAD_COPY:
     # XLA:CPU multiplies by the transposed embedding ~25% slower than by a [D, V] matrix, and the
     # head is the largest matmul of a decode step: one transposed copy per call (V x D memory).
     decoder = Decoder(dataclasses.replace(decoder.config, tie_embeddings=False))

@@ -67,6 +67,8 @@ from rft_jax import (
 )
 from rft_jax.data import selection
 from rft_jax.data.base import Example, Task
+from rft_jax.models import lora
+from rft_jax.models.decoder import ModelConfig
 from rft_jax.models.policy import Policy
 
 EVALS_DIR = "evals"  # per-sample rewards of each evaluation (rft_jax.evaluation.save_rewards)
@@ -74,7 +76,7 @@ EVALS_DIR = "evals"  # per-sample rewards of each evaluation (rft_jax.evaluation
 # Settings that may change between a run and its resumption (they do not change what a round
 # computes); everything else of the config enters the checkpoint's fingerprint.
 RESUMABLE_KEYS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
-                  "eval.batch_size", "eval.curve_test_size", "warm_start.dir",
+                  "eval.batch_size", "eval.curve_test_size", "warm_start.dir", "example.table",
                   "diagnostics.p_correct_window",
                   "diagnostics.exact_arms", "diagnostics.max_arms")
 
@@ -96,6 +98,15 @@ LATER_KEYS = {
     "loss.kl_reward.clamp": -1.0,
     "loss.kl_reward.log_ratio_clamp": -1.0,
     "loss.seq_mean_token_sum_norm.divide_by_seqs": True,
+    # Memory options (issue 15): micro-batches and remat change the float rounding only;
+    # compute_dtype "" keeps the loaded dtype; lora.rank 0 trains every parameter.
+    "train.micro_batch_size": 0,
+    "model.remat": False,
+    "model.attn_chunk": 0,
+    "model.compute_dtype": "",
+    "model.lora.rank": 0,
+    "model.lora.alpha": 16.0,
+    "model.lora.modules": "q,k,v,o,gate,up,down",
 }
 
 
@@ -203,17 +214,25 @@ def training_examples(config, task: Task, policy: Policy, workdir: str, mesh,
   path = os.path.join(workdir, "difficulty.json")
   if distributed.agree(os.path.exists(path)):  # process 0 may write it meanwhile
     table = selection.load_table(path)
+  elif distributed.agree(bool(ex.table) and os.path.exists(ex.table)):  # another run's
+    table = selection.load_table(ex.table)
+    if distributed.is_main():
+      selection.save_table(path, table)
+    log(f"difficulty table from {ex.table}: {table['counts']}")
   else:
     candidates = pool[:ex.candidates]
 
     def sample(chunk, n):
       return evaluation.sample_rewards(
           policy, task, chunk, jax.random.PRNGKey(ex.seed), num_samples=n,
-          temperature=config.rollout.temperature, **_gen_kwargs(config, mesh))
+          temperature=config.rollout.temperature, desc="difficulty", **_gen_kwargs(config, mesh))
 
     table = selection.estimate_difficulty(candidates, sample, ex.samples)
     if distributed.is_main():
       selection.save_table(path, table)
+      if ex.table:  # for the other runs with these settings (rft_jax.pipeline.difficulty_path)
+        os.makedirs(os.path.dirname(os.path.abspath(ex.table)), exist_ok=True)
+        selection.save_table(ex.table, table)
     log(f"difficulty of {len(candidates)} candidate questions: {table['counts']}")
   ids = sorted(row["id"] for row in table["rows"] if row["bucket"] == ex.selection)
   if len(ids) < ex.num_examples:
@@ -244,6 +263,61 @@ def make_optimizer(opt_cfg) -> optax.GradientTransformation:
                   weight_decay=opt_cfg.weight_decay))
 
 
+def init_optimizer(optimizer: optax.GradientTransformation, params, mesh=None):
+  """optimizer.init(params) with every copy of the params tree inside the state (AdamW's mu,
+  nu) placed like the params and the rest (step counts) replicated on `mesh`.
+
+  jit alone would not: zeros_like(params) does not read the params, so XLA leaves the moments
+  unsplit, and under fsdp each device would hold the whole optimizer state (twice the params).
+  `params` may be real arrays or ShapeDtypeStructs with shardings (the planner's); mesh=None
+  or params without NamedShardings: plain jit.
+  """
+  def spec(x):
+    return getattr(x, "sharding", None)
+
+  shardings = jax.tree.map(spec, params)
+  if mesh is None or not all(isinstance(s, jax.sharding.NamedSharding)
+                             for s in jax.tree.leaves(shardings)):
+    return jax.jit(optimizer.init)(params)
+  shape = jax.eval_shape(optimizer.init, params)
+  out = optax.tree_map_params(optimizer, lambda _, s: s, shape, shardings,
+                              transform_non_params=lambda _: sharding.replicated(mesh))
+  init = jax.jit(optimizer.init, out_shardings=out)
+  if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params)):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shape,
+                        out)
+  return init(params)
+
+
+def configure_model(model_cfg, model_config: ModelConfig) -> ModelConfig:
+  """`model_config` with the config's model.remat, attn_chunk, compute_dtype and lora (keys a
+  config lacks keep their LATER_KEYS defaults)."""
+  get = lambda key: model_cfg.get(key, LATER_KEYS[f"model.{key}"])
+  opts = model_cfg.get("lora") or {}
+  lget = lambda key: opts.get(key, LATER_KEYS[f"model.lora.{key}"])
+  config = dataclasses.replace(model_config, remat=bool(get("remat")),
+                               attn_chunk=int(get("attn_chunk")),
+                               dtype=get("compute_dtype") or model_config.dtype)
+  return lora.configure(config, lget("rank"), lget("alpha"), lget("modules"))
+
+
+def apply_model_options(model_cfg, policy: Policy, seed: int = 0) -> tuple[Policy, Any]:
+  """The config's memory and adapter options on the base policy -> (policy, frozen).
+
+  model.remat: recompute each decoder block in the backward pass; model.compute_dtype: the
+  activations' dtype (params keep theirs: float32 masters with bfloat16 compute); model.lora:
+  rank-r adapters (models.lora) added to the params, fresh from `seed`. With adapters, frozen =
+  the base params: not trained, not checkpointed, and the KL reference (adapters off);
+  without, frozen = None and every param is trained. Keys a config lacks keep their defaults.
+  """
+  config = configure_model(model_cfg, policy.config)
+  if not config.lora_rank:
+    return policy.replace(config=config), None
+  adapters = lora.init_adapters(config, jax.random.PRNGKey(seed))
+  return policy.replace(config=config, params=lora.combine(policy.params, adapters)), \
+      policy.params
+
+
 # One object per distinct setting: the chain and the optimizer are static arguments of the jitted
 # train step, so runs in one process (the pipeline) with equal settings share its compilation.
 @functools.lru_cache(maxsize=64)
@@ -265,12 +339,14 @@ def _split_rows(tree, parts: int):
 
 
 @functools.partial(jax.jit, static_argnames=("decoder", "transform", "optimizer", "epochs",
-                                             "mini_batches", "logprob_chunk"),
+                                             "mini_batches", "logprob_chunk",
+                                             "micro_batch_size"),
                    donate_argnums=(0,))
-def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array, *, decoder,
-               transform: losses.LossTransform, optimizer: optax.GradientTransformation,
-               epochs: int = 1, mini_batches: int = 1,
-               logprob_chunk: int = LATER_KEYS["train.logprob_chunk"]
+def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array,
+               frozen: Any = None, *, decoder, transform: losses.LossTransform,
+               optimizer: optax.GradientTransformation, epochs: int = 1, mini_batches: int = 1,
+               logprob_chunk: int = LATER_KEYS["train.logprob_chunk"],
+               micro_batch_size: int = LATER_KEYS["train.micro_batch_size"]
                ) -> tuple[TrainState, dict]:
   """epochs x mini_batches AdamW updates on one round's rollouts; returns (state, metrics).
 
@@ -279,6 +355,12 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array, *
   differentiates the chain's loss stage over its mini-batch (normalized by its own tokens).
   logprob_chunk: completion positions scored at a time (logprobs.completion_logprobs; 0 = all
   at once), so the step's memory grows with it rather than with N x V.
+  micro_batch_size (static; 0 = the whole mini-batch): rows whose forward and backward run at
+  once; an update sums the gradients of its micro-batches (losses.accumulate_gradients, in a
+  lax.scan), equal to the mini-batch's gradient up to float rounding, with the activations of
+  one micro-batch in memory.
+  frozen: params that are not trained (LoRA: the base, `lora.split`); the forward runs on
+  lora.combine(frozen, state.params) and only state.params get gradients and optimizer state.
   """
   prepared, loss_state, pre_metrics = losses.prepare_batch(transform, batch.loss,
                                                            state.loss_state)
@@ -286,20 +368,33 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array, *
     prepared = prepared.replace(token_count=None, seq_count=None)
   full = batch.replace(loss=prepared)
 
-  def loss_fn(params, mb: RolloutBatch):
-    logp, ent = logprobs.completion_logprobs(decoder, params, mb.prompt_tokens, mb.prompt_mask,
-                                             mb.loss.tokens, mb.loss.mask, temperature,
+  def loss_fn(params, loss_batch: losses.Batch, prompts):
+    prompt_tokens, prompt_mask = prompts
+    if frozen is not None:
+      params = lora.combine(frozen, params)
+    logp, ent = logprobs.completion_logprobs(decoder, params, prompt_tokens, prompt_mask,
+                                             loss_batch.tokens, loss_batch.mask, temperature,
                                              with_entropy=True, chunk=logprob_chunk)
-    loss, aux = losses.compute_loss(transform, logp, mb.loss, loss_state, entropy=ent)
-    mask = mb.loss.mask
+    loss, aux = losses.compute_loss(transform, logp, loss_batch, loss_state, entropy=ent)
+    mask = loss_batch.mask
     aux["metrics"]["entropy"] = jnp.sum(ent * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-    return loss, aux["metrics"]
+    return loss, aux
 
-  def update(carry, mb):
+  def update(carry, mb: RolloutBatch):
     params, opt_state = carry
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
+    rows = mb.prompt_tokens.shape[0]
+    prompts = (mb.prompt_tokens, mb.prompt_mask)
+    if micro_batch_size and micro_batch_size < rows:
+      if rows % micro_batch_size:
+        raise ValueError(f"{rows} rollouts per update do not split into micro-batches of "
+                         f"train.micro_batch_size={micro_batch_size}")
+      loss, grads, aux = losses.accumulate_gradients(
+          loss_fn, params, mb.loss, rows // micro_batch_size, transform=transform,
+          state=loss_state, inputs=prompts)
+    else:
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb.loss, prompts)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {**aux["metrics"], "loss": loss, "grad_norm": optax.global_norm(grads)}
     return (optax.apply_updates(params, updates), opt_state), metrics
 
   if epochs * mini_batches == 1:
@@ -360,12 +455,18 @@ def _pop_path(d: dict, key: str, default=_NO_DEFAULT) -> None:
     del parent[part]
 
 
+def drop_later_defaults(d: dict) -> dict:
+  """Nested config dict `d` without the LATER_KEYS that hold their default (in place), so a
+  config from before a key existed and one with the key at its default compare equal."""
+  for key, default in LATER_KEYS.items():
+    _pop_path(d, key, default)
+  return d
+
+
 def fingerprint(config) -> dict:
   """The config minus the settings a resumed run may change (RESUMABLE_KEYS) and the later
   keys at their defaults (LATER_KEYS)."""
-  d = json.loads(config.to_json())
-  for key, default in LATER_KEYS.items():
-    _pop_path(d, key, default)
+  d = drop_later_defaults(json.loads(config.to_json()))
   for key in RESUMABLE_KEYS:
     _pop_path(d, key)  # a section of resumable keys only goes too (runs from before it match)
   return d
@@ -411,8 +512,8 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
               "example.num_examples", "example.candidates", "example.samples",
               "diagnostics.p_correct_window", "diagnostics.max_arms"):
     check(key, *at_least(1))
-  for key in ("train.rounds", "train.logprob_chunk", "rollout.top_k", "eval.test_size",
-              "eval.curve_test_size",
+  for key in ("train.rounds", "train.logprob_chunk", "train.micro_batch_size", "model.attn_chunk",
+              "model.lora.rank", "rollout.top_k", "eval.test_size", "eval.curve_test_size",
               "example.index", "optimizer.warmup_steps"):
     check(key, *at_least(0))
   for key in ("rollout.temperature", "eval.temperature", "optimizer.learning_rate",
@@ -424,6 +525,15 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
   for axis in ("data", "fsdp", "tensor"):
     check(f"mesh.{axis}", lambda v: v == -1 or v >= 1, "must be -1 (the remaining devices) or >= 1")
   check("task.name", lambda v: v in TASKS, f"must be one of {', '.join(TASKS)}")
+  check("model.compute_dtype", lambda v: v in ("", "float32", "bfloat16", "float16"),
+        "must be empty (the loaded dtype), float32, bfloat16 or float16")
+  from rft_jax.models.decoder import LORA_MODULES
+
+  check("model.lora.modules", lambda v: isinstance(v, str) and bool(v.strip()) and all(
+      m.strip() in LORA_MODULES for m in v.split(",")),
+        f"must be a comma-separated list of the decoder's projections: {','.join(LORA_MODULES)}")
+  check("model.lora.alpha", lambda v: isinstance(v, int | float) and v > 0 and math.isfinite(v),
+        "must be a number > 0")
   if get("task.name") == "arithmetic":
     check("task.n_train", *at_least(1))
     check("task.n_test", *at_least(1))
@@ -467,6 +577,10 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
     check("train.mini_batches", lambda v: rows % v == 0,
           f"must divide the {rows} rollouts of a round ({min(per_round, questions)} question(s) "
           f"x rollout.num_samples={g})")
+    if rows % parts == 0:
+      check("train.micro_batch_size", lambda v: not isinstance(v, int) or v == 0 or (
+          (rows // parts) % v == 0), f"must be 0 or divide the {rows // parts} rollouts of an "
+            f"update ({rows} per round / train.mini_batches={parts})")
   if get("diagnostics.exact_arms"):
     for key, ok in (("rollout.temperature", lambda v: v > 0), ("rollout.top_k", lambda v: v == 0),
                     ("rollout.top_p", lambda v: v == 1.0)):
@@ -621,6 +735,7 @@ class Loop:
   workdir: str
   task: Task
   policy: Policy            # the base policy: tokenizer, decoder, pad / EOS ids, base params
+  frozen: Any               # params not trained (LoRA: the base, models.lora.split), or None
   mesh: Any
   train_examples: list[Example]
   test_examples: list[Example]
@@ -633,6 +748,10 @@ class Loop:
   norm_limit: float         # the divergence guard's parameter norm
   log_vocab: float
   base_info: dict           # where the base policy came from (summary.json)
+
+  def full(self, params):
+    """The forward's params from the trained ones (LoRA: the frozen base plus the adapters)."""
+    return params if self.frozen is None else lora.combine(self.frozen, params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -647,6 +766,7 @@ class Graded:
 def make_loop(config, workdir: str, task: Task, mesh, log=print) -> Loop:
   """The base policy, the training questions and everything else the rounds share."""
   policy, base_info = warm_start.base_policy(config, task, workdir, mesh, log=log)
+  policy, frozen = apply_model_options(config.model, policy, config.seed)
   train_examples = training_examples(config, task, policy, workdir, mesh, log=log)
   log("training question(s): " + "; ".join(f"{e.id}: {e.question!r} (answer {e.answer})"
                                            for e in train_examples))
@@ -659,16 +779,17 @@ def make_loop(config, workdir: str, task: Task, mesh, log=print) -> Loop:
     log(f"exact optimal-arm probability over {sum(a.num_arms for a in arm_sets):,} arms "
         f"({sum(a.num_optimal for a in arm_sets):,} optimal) of {len(arm_sets)} question(s)")
   return Loop(
-      config=config, workdir=workdir, task=task, policy=policy, mesh=mesh, train_examples=train_examples,
+      config=config, workdir=workdir, task=task, policy=policy, frozen=frozen, mesh=mesh, train_examples=train_examples,
       test_examples=list(task.test[:config.eval.test_size] if config.eval.test_size
                          else task.test),
       prompts=prompts, prompt_len=sampling.bucket_length(max(map(len, prompts)),
                                                          ro.prompt_bucket),
       transform=_loss_chain(config.loss.to_json()),
       optimizer=_optimizer(config.optimizer.to_json()),
-      # A copy: train_step donates (frees) state.params.
-      ref_params=(jax.tree.map(jnp.copy, policy.params) if _uses_reference(config.loss.chain)
-                  else None),
+      # A copy: train_step donates (frees) state.params. With LoRA the reference is the frozen
+      # base (adapters off): no copy, never donated.
+      ref_params=(None if not _uses_reference(config.loss.chain) else
+                  frozen if frozen is not None else jax.tree.map(jnp.copy, policy.params)),
       arm_sets=arm_sets,
       # Divergence guard: parameters past EXPLODED_NORM x the base policy's norm are blown up.
       norm_limit=EXPLODED_NORM * float(optax.global_norm(policy.params)),
@@ -678,8 +799,9 @@ def make_loop(config, workdir: str, task: Task, mesh, log=print) -> Loop:
 
 def initial_state(loop: Loop) -> TrainState:
   params = loop.policy.params
-  state = TrainState(round=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=jax.jit(loop.optimizer.init)(params),
+  trained = params if loop.frozen is None else lora.split(params)[1]
+  state = TrainState(round=jnp.zeros((), jnp.int32), params=trained,
+                     opt_state=init_optimizer(loop.optimizer, trained, loop.mesh),
                      loss_state=loop.transform.init())
   return sharding.on_mesh(state, loop.mesh)
 
@@ -719,7 +841,7 @@ def rollout_phase(loop: Loop, params, round_index: int) -> tuple[list[int], samp
   p_tokens, p_mask = sampling.left_pad([loop.prompts[i] for i in questions], policy.pad_id,
                                        length=loop.prompt_len)
   p_tokens, p_mask = sharding.shard_batch((p_tokens, p_mask), loop.mesh)
-  rollout = sampling.sample(policy.decoder, params, p_tokens, p_mask,
+  rollout = sampling.sample(policy.decoder, loop.full(params), p_tokens, p_mask,
                             jax.random.fold_in(jax.random.PRNGKey(config.seed), round_index),
                             max_new_tokens=ro.max_new_tokens, num_samples=ro.num_samples,
                             temperature=jnp.float32(ro.temperature), top_k=jnp.int32(ro.top_k),
@@ -766,11 +888,12 @@ def train_phase(loop: Loop, state: TrainState, questions: list[int], rollout: sa
       sampler_logp=rollout.sampler_logp)
   batch = RolloutBatch(prompt_tokens=rollout.prompt_tokens, prompt_mask=rollout.prompt_mask,
                        loss=loss_batch)
-  state, step_metrics = train_step(state, batch, temperature, decoder=loop.policy.decoder,
-                                   transform=loop.transform, optimizer=loop.optimizer,
-                                   epochs=config.train.epochs,
+  state, step_metrics = train_step(state, batch, temperature, loop.frozen,
+                                   decoder=loop.policy.decoder, transform=loop.transform,
+                                   optimizer=loop.optimizer, epochs=config.train.epochs,
                                    mini_batches=config.train.mini_batches,
-                                   logprob_chunk=config.train.logprob_chunk)
+                                   logprob_chunk=config.train.logprob_chunk,
+                                   micro_batch_size=config.train.get("micro_batch_size", 0))
   row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
   row.update(reward=float(np.mean(graded.rewards)), length=float(graded.lengths.mean()),
              **{f"outcome_{k}": v for k, v in graded.outcomes.items()})
@@ -787,7 +910,7 @@ def evaluate_phase(loop: Loop, params, round_index: int, *, full: bool = True) -
   examples = (loop.test_examples if full else
               loop.test_examples[:config.eval.curve_test_size or len(loop.test_examples)])
   rewards = evaluation.evaluation_rewards(
-      loop.policy.replace(params=params), loop.task, loop.train_examples, examples,
+      loop.policy.replace(params=loop.full(params)), loop.task, loop.train_examples, examples,
       jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), round_index),
       train_samples=config.eval.train_samples, temperature=config.eval.temperature,
       greedy=config.eval.greedy, **_gen_kwargs(config, loop.mesh))
@@ -801,7 +924,7 @@ def exact_arms_phase(loop: Loop, params) -> dict:
   """Bandit diagnostics: the exact probability of the optimal arm set (diagnostics.exact_arms)."""
   if not loop.arm_sets:
     return {}
-  return bandit.optimal_arm_probability(loop.arm_sets, loop.policy.decoder, params,
+  return bandit.optimal_arm_probability(loop.arm_sets, loop.policy.decoder, loop.full(params),
                                         loop.config.rollout.temperature)
 
 

@@ -43,6 +43,8 @@ from rft_jax.models import decoder as decoder_lib
 from rft_jax.models.policy import Policy
 
 PARAMS_FILE = "params.msgpack"
+# model.* settings applied to the base after it is loaded or made (train.apply_model_options).
+AFTER_BASE_KEYS = ("remat", "attn_chunk", "compute_dtype", "lora")
 INFO_FILE = "base.json"
 
 
@@ -60,8 +62,10 @@ def _embedded_policy(tok, model_config, params) -> Policy:
 
 
 def base_fingerprint(config) -> dict:
-  """What the embedded base depends on: task, model shape, warm-start settings."""
-  return {"task": config.task.to_dict(), "model": config.model.to_dict(),
+  """What the embedded base depends on: task, model shape, warm-start settings (not the options
+  applied after it is made: remat, compute dtype, LoRA; train.apply_model_options)."""
+  model = {k: v for k, v in config.model.to_dict().items() if k not in AFTER_BASE_KEYS}
+  return {"task": config.task.to_dict(), "model": model,
           "warm_start": {k: v for k, v in config.warm_start.to_dict().items() if k != "dir"},
           "max_new_tokens": config.rollout.max_new_tokens}
 

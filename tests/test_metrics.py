@@ -126,8 +126,8 @@ def test_tensorboard_events(tmp_path):
 
 def test_progress_without_tty_is_plain_lines(monkeypatch, capsys):
   """Output to a file or pipe (pytest's stderr is not a TTY): plain lines every PLAIN_EVERY_S
-  seconds and one at the end; transient (evaluation) bars say nothing; RFT_PROGRESS=0 hides all,
-  RFT_PROGRESS=1 forces bars."""
+  seconds and one at the end; transient (evaluation) bars only past PLAIN_EVERY_S;
+  RFT_PROGRESS=0 hides all, RFT_PROGRESS=1 forces bars."""
   monkeypatch.delenv("RFT_PROGRESS", raising=False)
   monkeypatch.setattr(metrics, "PLAIN_EVERY_S", 0.0)  # a line at every update
   with progress(10, desc="rounds") as bar:
@@ -147,6 +147,12 @@ def test_progress_without_tty_is_plain_lines(monkeypatch, capsys):
   with progress(4, desc="test", leave=False) as bar:
     bar.update(4)
   assert capsys.readouterr().err == ""
+  # A transient bar that lasts past PLAIN_EVERY_S (a real model's evaluation) speaks.
+  monkeypatch.setattr(metrics, "PLAIN_EVERY_S", 0.0)
+  with progress(4, desc="test", leave=False) as bar:
+    bar.update(1)
+  assert [line.split(" ")[:2] for line in capsys.readouterr().err.splitlines()] == [
+      ["test:", "1/4"], ["test:", "1/4"]]
   monkeypatch.setenv("RFT_PROGRESS", "0")
   with progress(10, desc="rounds") as bar:
     bar.update(3)

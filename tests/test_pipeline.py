@@ -116,8 +116,15 @@ def test_plan_shares_one_base_and_fixes_seeds(tmp_path):
              for _, c in planned)
   with pytest.raises(ValueError, match="no such config field"):
     pipeline.plan(["l0"], 1, str(tmp_path), overrides={"train.roundz": "4"})
-  # A workdir remembers its settings: the same run with others stops.
+  # A workdir remembers its settings: the same run with others stops. A key added since
+  # (train.LATER_KEYS) at its default is not another setting: the record predates the key.
   run, config = planned[0]
+  pipeline._write_config(run, config)
+  with open(os.path.join(run.workdir, "config.json")) as f:
+    older = json.load(f)
+  del older["train"]["logprob_chunk"]
+  with open(os.path.join(run.workdir, "config.json"), "w") as f:
+    json.dump(older, f)
   pipeline._write_config(run, config)
   config.train.epochs = 3
   with pytest.raises(ValueError, match="train.epochs"):
@@ -141,15 +148,25 @@ def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys
     monkeypatch.setenv(f"GIT_{who}_NAME", "test")
     monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.com")
   published = repo / "published"
+  # The runlocal base is barely trained: every question is extremely hard.
   argv = ["--layers=l1,l2", "--seeds=1", "--runlocal", f"--root={root}",
-          "--set", "train.rounds=2", "--set", "eval.greedy=false"]
-  assert pipeline.main(argv + [f"--publish={published}", "--commit"]) == 0
+          "--set", "train.rounds=2", "--set", "eval.greedy=false",
+          "--set", "example.selection=extremely_hard"]
+  assert pipeline.main(argv + [f"--publish={published}", "--commit", "--drop_checkpoints"]) == 0
+  assert not os.path.exists(f"{root}/l1/seed0/checkpoints")
   for layer in ("l1", "l2"):
     with open(f"{root}/{layer}/seed0/summary.json") as f:
       assert json.load(f)["rounds"] == 2
   report = open(f"{root}/report.md").read()
   assert "| l1 |" in report and "| l2 |" in report and "1/1 done" in report
   assert "python -m rft_jax.pipeline --layers=l1,l2" in report
+  # One difficulty table, sampled by the first run and handed to the second.
+  shared = os.listdir(f"{root}/difficulty")
+  assert len(shared) == 1
+  tables = [open(f"{root}/{layer}/seed0/difficulty.json").read() for layer in ("l1", "l2")]
+  assert tables[0] == tables[1] == open(f"{root}/difficulty/{shared[0]}").read()
+  assert "difficulty table from " in open(f"{root}/l2/seed0/log.txt").read()
+  assert "difficulty table from " not in open(f"{root}/l1/seed0/log.txt").read()
   # One commit per finished run, holding its record (no checkpoints) and the report so far.
   log = git(repo, "log", "--format=%s").splitlines()
   assert len(log) == 2 and log[1].startswith("experiments: l1/seed0 finished in ")
@@ -245,6 +262,24 @@ def test_every_layer_runs(tmp_path):
   failed = {s: open(f"{root}/{pipeline.spec_dir(s)}/seed0/error.txt").read().splitlines()[-1]
             for s in specs if not pipeline.is_done(f"{root}/{pipeline.spec_dir(s)}/seed0")}
   assert not failed, failed
+
+
+def test_layers_share_one_difficulty_table_unless_it_would_differ(tmp_path):
+  path = lambda spec, **overrides: pipeline.difficulty_path(
+      str(tmp_path), pipeline.layer_config(spec, overrides=overrides))
+  one = path("l0")
+  assert one.startswith(f"{tmp_path}/") and one.endswith(".json")
+  assert pipeline.plan(["l0"], 1, "r", tables="t")[0][1].example.table.startswith("t/")
+  # Seeds, rollouts per round, the loss, the bucket drawn from: the same table.
+  assert {path(s) for s in ("l1", "l1:g=16", "l2", "l3", "l4:bucket=hard", "l4:bucket=easy")} == {
+      one}
+  assert path("l0", **{"train.rounds": 7, "optimizer.learning_rate": 0.1}) == one
+  # What the base samples, how many, and from which base: another table.
+  for key, value in [("example.candidates", 9), ("example.samples", 3), ("example.seed", 5),
+                     ("rollout.max_new_tokens", 5), ("rollout.temperature", 0.5),
+                     ("task.max_operand", 11), ("warm_start.max_steps", 3), ("eval.batch_size", 8)]:
+    assert path("l0", **{key: value}) != one, key
+  assert path("l5") != one  # another embedded base (warm_start.seed)
 
 
 def test_remaining_time_by_hand():

@@ -32,6 +32,19 @@ def test_every_layer_accepts_base_smollm2():
     l0_minimal.get_config("base=nope")
 
 
+def test_the_smollm2_preset_plans_every_layer_on_smollm2(tmp_path):
+  """--layers=smollm2 --base=smollm2: every run on the GGUF, sharing one difficulty table."""
+  from rft_jax import pipeline
+
+  planned = pipeline.plan(pipeline.parse_layers("smollm2"), 3, str(tmp_path), base="smollm2")
+  assert len(planned) == 30
+  assert {c.model.checkpoint for _, c in planned} == {"smollm2"}
+  assert {c.task.grader for _, c in planned} == {"final_answer"}
+  assert not any(c.warm_start.dir for _, c in planned)  # no embedded warm start
+  assert len({c.example.table for _, c in planned}) == 1
+  assert {c.rollout.num_samples for _, c in planned} == {1, 4, 8, 16}
+
+
 def test_smollm2_task_and_grader_override():
   """configs/smollm2.py's task: one-operation problems graded by 'final_answer' (task.grader)."""
   config = l0_minimal.get_config("base=smollm2")

@@ -48,7 +48,19 @@ def settings() -> dict:
     task.grader = "final_answer"
     return task
 
+  def one_op(max_operand):  # configs/smollm2.py's task with smaller operands
+    def make():
+      # operands 1..10 make 155 distinct problems (+, and - without negatives): 64 + 64 here
+      task = arithmetic.arithmetic_task(0, 64, 64, num_ops=1, word_prob=0.0, mul_prob=0.0,
+                                        max_operand=max_operand)
+      task.grader = "final_answer"
+      return task
+    return make
+
   return {
+      "one_op_10": (one_op(10), prompts_text.GSM8K),
+      "one_op_10_answer_is": (one_op(10), prompts_text.ANSWER_IS),
+      "one_op_20": (one_op(20), prompts_text.GSM8K),
       "smollm2_one_op": (smollm2_task, prompts_text.GSM8K),
       "smollm2_one_op_answer_is": (smollm2_task, prompts_text.ANSWER_IS),
       "one_op_50": (one_op_50, prompts_text.GSM8K),
@@ -94,9 +106,10 @@ def measure(policy, task, n: int, max_new_tokens: int, temperature: float, seed:
           "example": texts[0][:400]}
 
 
-def difficulty(policy, task, questions: int, samples: int, max_new_tokens: int) -> dict:
+def difficulty(policy, task, questions: int, samples: int, max_new_tokens: int,
+               temperature: float = 1.0) -> dict:
   """The difficulty buckets of L4 (rft_jax.data.selection) over the first `questions` training
-  questions, `samples` each at temperature 1, and the fraction of those rollouts truncated."""
+  questions, `samples` each at `temperature`, and the fraction of those rollouts truncated."""
   examples = list(task.train[:questions])
   prompts = [policy.encode_prompt(task.prompt_text(e)) for e in examples]
   per_batch = max(1, 32 // samples)
@@ -104,7 +117,7 @@ def difficulty(policy, task, questions: int, samples: int, max_new_tokens: int) 
   texts, truncated = [], 0
   for i in range(0, questions, per_batch):
     tokens, mask = sampling.left_pad(prompts[i:i + per_batch], policy.pad_id, bucket=32)
-    out = policy.generate(tokens, max_new_tokens, temperature=1.0, prompt_mask=mask,
+    out = policy.generate(tokens, max_new_tokens, temperature=temperature, prompt_mask=mask,
                           num_samples=samples, rng=jax.random.fold_in(jax.random.PRNGKey(1), i))
     toks, msk = jax.device_get((out.tokens, out.mask))
     for row in range(toks.shape[0]):
@@ -121,28 +134,28 @@ def difficulty(policy, task, questions: int, samples: int, max_new_tokens: int) 
 
 
 def write_table(out: pathlib.Path) -> None:
-  rows = ["| setting | temperature 1 Pass@1 [95% CI] | greedy Pass@1 [95% CI] | n | "
-          "truncated (T=1 / greedy) | mean tokens (T=1) |", "|---|---|---|---|---|---|"]
-  for name in settings():
-    path = out / f"{name}.json"
-    if not path.exists():
+  rows = ["Sampled at temperature 1 unless the setting's name ends in _T<t>.", "",
+          "| setting | sampled Pass@1 [95% CI] | greedy Pass@1 [95% CI] | n | "
+          "truncated (sampled / greedy) | mean tokens (sampled) |", "|---|---|---|---|---|---|"]
+  for path in sorted(out.glob("*.json")):
+    if path.name.endswith(".difficulty.json"):
       continue
+    name = path.stem
     r = json.loads(path.read_text())
     s, g = r["sampled"], r["greedy"]
     rows.append(f"| {name} | {s['pass1']:.3f} [{s['low']:.3f}, {s['high']:.3f}] | "
                 f"{g['pass1']:.3f} [{g['low']:.3f}, {g['high']:.3f}] | {s['n']} | "
                 f"{s['truncated']:.2f} / {g['truncated']:.2f} | {s['mean_length']:.0f} |")
-  rows += ["", "Difficulty buckets (L4's thresholds) of training questions at temperature 1:", "",
+  rows += ["", "Difficulty buckets (L4's thresholds) of training questions (temperature as "
+           "above):", "",
            "| setting | questions x samples | easy / medium / hard / extremely hard | Pass@1 | "
            "truncated |", "|---|---|---|---|---|"]
-  for name in settings():
-    path = out / f"{name}.difficulty.json"
-    if path.exists():
-      r = json.loads(path.read_text())
-      c = r["counts"]
-      rows.append(f"| {name} | {r['questions']} x {r['samples']} | {c['easy']} / {c['medium']} / "
-                  f"{c['hard']} / {c['extremely_hard']} | {r['pass1']:.3f} | "
-                  f"{r['truncated']:.2f} |")
+  for path in sorted(out.glob("*.difficulty.json")):
+    r = json.loads(path.read_text())
+    c = r["counts"]
+    rows.append(f"| {path.name[:-len('.difficulty.json')]} | {r['questions']} x {r['samples']} "
+                f"| {c['easy']} / {c['medium']} / {c['hard']} / {c['extremely_hard']} "
+                f"| {r['pass1']:.3f} | {r['truncated']:.2f} |")
   fileio.write_atomic(out / "results.md", "\n".join(rows) + "\n")
 
 
@@ -155,6 +168,8 @@ def main() -> int:
   ap.add_argument("--difficulty", type=int, default=0, metavar="Q",
                   help="also the L4 buckets: Q training questions x --samples at temperature 1")
   ap.add_argument("--samples", type=int, default=8)
+  ap.add_argument("--temperature", type=float, default=1.0,
+                  help="of the sampled column and the difficulty buckets (files get _T<t>)")
   args = ap.parse_args()
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -166,34 +181,39 @@ def main() -> int:
   for name, (make_task, template) in settings().items():
     if only and name not in only:
       continue
+    tag = "" if args.temperature == 1.0 else f"_T{args.temperature:g}"
     if args.difficulty:
-      path = out / f"{name}.difficulty.json"
+      path = out / f"{name}{tag}.difficulty.json"
       if path.exists():
         print(f"{name}: difficulty done, skipped")
         continue
       task = make_task()
       task.template = template
       result = {"setting": name, "template": template, "max_new_tokens": args.max_new_tokens,
-                **difficulty(policy, task, args.difficulty, args.samples, args.max_new_tokens),
+                "temperature": args.temperature,
+                **difficulty(policy, task, args.difficulty, args.samples, args.max_new_tokens,
+                             args.temperature),
                 "load": os.getloadavg()}
       fileio.write_json_atomic(str(path), result)
       write_table(out)
       print(f"{name}: buckets {result['counts']}, truncated {result['truncated']:.2f}", flush=True)
       continue
-    path = out / f"{name}.json"
+    path = out / f"{name}{tag}.json"
     if path.exists():
-      print(f"{name}: done, skipped")
+      print(f"{name}{tag}: done, skipped")
       continue
     task = make_task()
     task.template = template
     result = {"setting": name, "template": template, "max_new_tokens": args.max_new_tokens,
-              "sampled": measure(policy, task, args.n, args.max_new_tokens, 1.0, 0),
+              "temperature": args.temperature,
+              "sampled": measure(policy, task, args.n, args.max_new_tokens, args.temperature, 0),
               "greedy": measure(policy, task, args.n, args.max_new_tokens, 0.0, 0),
               "load": os.getloadavg()}
     fileio.write_json_atomic(str(path), result)
     write_table(out)
-    print(f"{name}: T=1 {result['sampled']['pass1']:.3f}, greedy {result['greedy']['pass1']:.3f}"
-          f", truncated {result['sampled']['truncated']:.2f}", flush=True)
+    print(f"{name}{tag}: T={args.temperature:g} {result['sampled']['pass1']:.3f}, greedy "
+          f"{result['greedy']['pass1']:.3f}, truncated {result['sampled']['truncated']:.2f}",
+          flush=True)
   return 0
 
 

@@ -74,6 +74,7 @@ def accumulate_gradients(
     *,
     transform: LossTransform,
     state: State,
+    inputs: Any = None,
 ) -> tuple[jax.Array, Any, dict]:
   """(loss, grads, aux) equal to the whole batch's, computed over `num_micro_batches` pieces.
 
@@ -82,6 +83,9 @@ def accumulate_gradients(
   state)`; aux may be compute_loss's aux (its "metrics" are combined). `transform` and `state`
   are the same chain and state, used once by `prepare_batch`.
 
+  inputs: optional pytree of [B, ...] arrays the forward pass needs besides the Batch (the
+  prompts), split into the same rows; then loss_fn(params, micro_batch, micro_inputs).
+
   Returns aux = {"metrics": ..., "state": the chain's new state (from the whole-batch pass)}.
   Metrics: "loss" is the total; the others are micro-batch values averaged with weights equal to
   their loss-token counts (exact for token means such as clip_frac), then the advantage-stage
@@ -89,13 +93,17 @@ def accumulate_gradients(
   """
   prepared, new_state, pre_metrics = prepare_batch(transform, batch, state)
   micro = split_batch(prepared, num_micro_batches)
+  micro_inputs = None if inputs is None else _split_rows(inputs, num_micro_batches)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  first = jax.tree.map(lambda x: x[0], micro)
-  (loss_shape, _), grads_shape = jax.eval_shape(grad_fn, params, first)
+  call = (lambda p, xs: grad_fn(p, xs[0])) if inputs is None else (
+      lambda p, xs: grad_fn(p, *xs))
+  first = jax.tree.map(lambda x: x[0], (micro, micro_inputs))
+  (loss_shape, _), grads_shape = jax.eval_shape(call, params, first)
 
-  def body(carry, mb):
+  def body(carry, xs):
     loss_sum, grad_sum = carry
-    (loss, aux), grads = grad_fn(params, mb)
+    mb = xs[0]
+    (loss, aux), grads = call(params, xs)
     metrics = aux.get("metrics", {}) if isinstance(aux, dict) else {}
     weight = jnp.sum(mb.loss_mask)
     carry = (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads))
@@ -103,11 +111,20 @@ def accumulate_gradients(
 
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), grads_shape)
   init = (jnp.zeros(loss_shape.shape, loss_shape.dtype), zeros)
-  (loss, grads), (metrics, weights) = jax.lax.scan(body, init, micro)
+  (loss, grads), (metrics, weights) = jax.lax.scan(body, init, (micro, micro_inputs))
   w = weights / jnp.maximum(jnp.sum(weights), 1.0)
   metrics = {k: jnp.sum(v * w.astype(v.dtype)) for k, v in metrics.items()}
   metrics = {**metrics, **_advantage_metrics(pre_metrics, metrics), "loss": loss}
   return loss, grads, {"metrics": metrics, "state": new_state}
+
+
+def _split_rows(tree, m: int):
+  """[B, ...] leaves -> [M, B/M, ...] (consecutive rows), as split_batch."""
+  def split(x):
+    if x.shape[0] % m:
+      raise ValueError(f"inputs of {x.shape[0]} rows do not split into {m} micro-batches")
+    return x.reshape(m, x.shape[0] // m, *x.shape[1:])
+  return jax.tree.map(split, tree)
 
 
 def _advantage_metrics(pre: dict, micro: dict) -> dict:

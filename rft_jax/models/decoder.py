@@ -35,6 +35,8 @@ import jax.numpy as jnp
 Array = jax.Array
 
 VARIANTS = ("llama", "qwen2", "olmo2")
+# The projections a LoRA adapter can sit on (attention q, k, v, o; SwiGLU gate, up, down).
+LORA_MODULES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,14 @@ class ModelConfig:
   dtype:        compute dtype ("float32" or "bfloat16"); params stay `param_dtype` masters and
                 logits are always float32.
   remat:        recompute each layer's activations in the backward pass (memory for compute).
+  attn_chunk:   > 0: a forward without a cache (the trainer's) computes attention this many
+                queries at a time, each chunk recomputed in the backward pass (exact; memory
+                of one chunk's scores instead of all T x S).
+  lora_rank:    r > 0 adds a low-rank update to each projection named in `lora_modules`
+                (models.lora): y = x W + (lora_alpha / r) (x A) B, A [in, r], B [r, out], B
+                zero-initialized so the adapted model starts as the base. The adapter params sit
+                beside their weight (`q_lora_a`, `q_lora_b`); a params tree without them (the
+                base) runs with the adapters off.
   """
 
   vocab_size: int
@@ -67,24 +77,40 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  attn_chunk: int = 0
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_modules: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.variant not in VARIANTS:
       raise ValueError(f"unknown model variant {self.variant!r}; supported: {VARIANTS}")
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+    if self.lora_rank < 0:
+      raise ValueError(f"lora_rank={self.lora_rank} must be >= 0 (0 = no adapters)")
+    unknown = [m for m in self.lora_modules if m not in LORA_MODULES]
+    if unknown:
+      raise ValueError(f"lora modules {unknown} are not projections of the decoder; choose "
+                       f"among {', '.join(LORA_MODULES)}")
+    if self.lora_rank and not self.lora_modules:
+      raise ValueError(f"lora_rank={self.lora_rank} with no lora_modules: name the projections "
+                       f"to adapt ({', '.join(LORA_MODULES)})")
 
   @classmethod
   def from_dict(cls, d) -> ModelConfig:
     d = dict(d)
     if d.get("rope_scaling") is not None:
       d["rope_scaling"] = tuple(d["rope_scaling"])
+    if "lora_modules" in d:
+      d["lora_modules"] = tuple(d["lora_modules"])
     return cls(**d)
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     if d["rope_scaling"] is not None:
       d["rope_scaling"] = list(d["rope_scaling"])
+    d["lora_modules"] = list(d["lora_modules"])
     return d
 
 
@@ -167,8 +193,76 @@ def _dense(x: Array, w: Array) -> Array:
   return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+def _attention(qg: Array, keys: Array, values: Array, visible: Array) -> Array:
+  """softmax(q k^T / sqrt(E)) v over the visible slots.
+
+  qg [B, T, K, G, E] (query heads grouped by kv head), keys, values [B, K, S, E],
+  visible [B, T, S] -> [B, K, G, T, E]. Scores and softmax in float32.
+  """
+  e = qg.shape[-1]
+  scores = jnp.einsum("btkge,bkse->bkgts", qg, keys).astype(jnp.float32)
+  scores = scores * (e ** -0.5)
+  # A finite floor, not -inf: a padding query with no visible key gives a harmless uniform row.
+  scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+  # [B, K, G*T, S] x [B, K, S, E] as batched matmuls; only the small result is transposed.
+  return jnp.einsum("bkgts,bkse->bkgte", probs, values)
+
+
+def _chunked_attention(qg: Array, keys: Array, values: Array, visible: Array,
+                       chunk: int) -> Array:
+  """_attention computed `chunk` queries at a time, each chunk recomputed in the backward pass.
+
+  Exact, not an approximation: each query's softmax runs over all S slots, so chunking the
+  queries only changes which rows are computed together. A lax.scan over the chunks with a
+  checkpointed body keeps one chunk's scores [B, K, G, chunk, S] alive, in the forward and in
+  the backward pass, instead of [B, K, G, T, S] per layer (at T = S = 1536 tokens the full
+  scores of a micro-batch of 4 are half a gigabyte per layer). T is padded to a multiple of
+  chunk with rows that see no slot (uniform, sliced off).
+  """
+  b, t = qg.shape[:2]
+  n = -(-t // chunk)
+  pad = n * chunk - t
+  qc = jnp.pad(qg, [(0, 0), (0, pad)] + [(0, 0)] * 3)
+  vc = jnp.pad(visible, [(0, 0), (0, pad), (0, 0)])
+  qc = jnp.moveaxis(qc.reshape(b, n, chunk, *qg.shape[2:]), 1, 0)  # [C, B, chunk, K, G, E]
+  vc = jnp.moveaxis(vc.reshape(b, n, chunk, vc.shape[-1]), 1, 0)  # [C, B, chunk, S]
+
+  @jax.checkpoint
+  def one(q, vis):
+    return _attention(q, keys, values, vis)
+
+  _, out = jax.lax.scan(lambda _, xs: (None, one(*xs)), None, (qc, vc))  # [C, B, K, G, c, E]
+  out = jnp.moveaxis(out, 0, 3)  # [B, K, G, C, chunk, E]
+  return out.reshape(*out.shape[:3], n * chunk, out.shape[-1])[:, :, :, :t]
+
+
 def _param(module, name, init, shape, axes, dtype):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def _project(module, name: str, x: Array, w: Array, config: ModelConfig) -> Array:
+  """x [B, T, I] times the weight w [..., O] (I inputs) -> [B, T, O], in compute dtype,
+  plus the LoRA update (lora_alpha / r) (x A) B when `name` is adapted and the params hold
+  its adapter (a params tree without adapters, the base, runs with them off).
+
+  Adapter params: A [I, r] ~ N(0, 1 / I), B [r, O] = 0, in param dtype;
+  replicated (no logical axes): they are small next to w.
+  """
+  dt = jnp.dtype(config.dtype)
+  w = w.reshape(x.shape[-1], -1)  # o [H, E, D] -> [H E, D]; q [D, H, E] -> [D, H E]
+  out = _dense(x, w.astype(dt))
+  r = config.lora_rank
+  if not r or name not in config.lora_modules:
+    return out
+  a_name, b_name = f"{name}_lora_a", f"{name}_lora_b"
+  if not (module.is_initializing() or module.has_variable("params", a_name)):
+    return out
+  a = _param(module, a_name, nn.initializers.normal(stddev=w.shape[0] ** -0.5),
+             (w.shape[0], r), (None, None), config.param_dtype)
+  b = _param(module, b_name, nn.initializers.zeros, (r, w.shape[1]), (None, None),
+             config.param_dtype)
+  return out + (config.lora_alpha / r) * _dense(_dense(x, a.astype(dt)), b.astype(dt))
 
 
 class RMSNorm(nn.Module):
@@ -199,9 +293,9 @@ class Attention(nn.Module):
     wv = _param(self, "v", init, (c.d_model, k_heads, e), ("embed", "kv_heads", "head_dim"), pdt)
     wo = _param(self, "o", nn.initializers.normal(stddev=(h * e) ** -0.5), (h, e, c.d_model),
                 ("heads", "head_dim", "embed"), pdt)
-    q = _dense(x, wq.astype(dt)).reshape(*x.shape[:2], h, e)
-    k = _dense(x, wk.astype(dt)).reshape(*x.shape[:2], k_heads, e)
-    v = _dense(x, wv.astype(dt)).reshape(*x.shape[:2], k_heads, e)
+    q = _project(self, "q", x, wq, c).reshape(*x.shape[:2], h, e)
+    k = _project(self, "k", x, wk, c).reshape(*x.shape[:2], k_heads, e)
+    v = _project(self, "v", x, wv, c).reshape(*x.shape[:2], k_heads, e)
     if c.qkv_bias:
       zeros = nn.initializers.zeros
       q = q + _param(self, "q_bias", zeros, (h, e), ("heads", "head_dim"), pdt).astype(dt)
@@ -227,15 +321,13 @@ class Attention(nn.Module):
                                                    <= q_slots[None, :, None])  # [B, T, S]
 
     qg = q.reshape(q.shape[0], t, k_heads, h // k_heads, e)  # query heads grouped by kv head
-    scores = jnp.einsum("btkge,bkse->bkgts", qg, keys.astype(dt)).astype(jnp.float32)
-    scores = scores * (e ** -0.5)
-    # A finite floor, not -inf: a padding query with no visible key gives a harmless uniform row.
-    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    # [B, K, G*T, S] x [B, K, S, E] as batched matmuls; only the small result is transposed.
-    out = jnp.einsum("bkgts,bkse->bkgte", probs, values.astype(dt))
+    keys, values = keys.astype(dt), values.astype(dt)
+    if cache is None and c.attn_chunk and t > c.attn_chunk:
+      out = _chunked_attention(qg, keys, values, visible, c.attn_chunk)
+    else:
+      out = _attention(qg, keys, values, visible)
     out = out.transpose(0, 3, 1, 2, 4).reshape(q.shape)
-    out = _dense(out.reshape(*out.shape[:2], h * e), wo.astype(dt).reshape(h * e, c.d_model))
+    out = _project(self, "o", out.reshape(*out.shape[:2], h * e), wo, c)
     return out, cache
 
 
@@ -247,14 +339,14 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.config
-    dt, pdt = jnp.dtype(c.dtype), c.param_dtype
+    pdt = c.param_dtype
     init = nn.initializers.normal(stddev=c.d_model ** -0.5)
     gate = _param(self, "gate", init, (c.d_model, c.d_ff), ("embed", "mlp"), pdt)
     up = _param(self, "up", init, (c.d_model, c.d_ff), ("embed", "mlp"), pdt)
     down = _param(self, "down", nn.initializers.normal(stddev=c.d_ff ** -0.5),
                   (c.d_ff, c.d_model), ("mlp", "embed"), pdt)
-    hidden = nn.silu(_dense(x, gate.astype(dt))) * _dense(x, up.astype(dt))
-    return _dense(hidden, down.astype(dt))
+    hidden = nn.silu(_project(self, "gate", x, gate, c)) * _project(self, "up", x, up, c)
+    return _project(self, "down", hidden, down, c)
 
 
 class Block(nn.Module):

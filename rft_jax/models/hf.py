@@ -506,7 +506,8 @@ def save(policy: Policy, out_dir: str | os.PathLike, *, overwrite: bool = False)
 
   Files: config.json (5.x layout), model.safetensors (torch names and layouts, in the params'
   dtype; no lm_head for tied embeddings), generation_config.json (the EOS ids), the tokenizer's
-  files. Written into a temporary directory beside out_dir and renamed into place, so out_dir
+  files. LoRA adapters are merged into their weights (models.lora.merge). Written into a
+  temporary directory beside out_dir and renamed into place, so out_dir
   is either absent or complete. An existing out_dir is an error unless overwrite=True.
   Returns out_dir.
   """
@@ -515,6 +516,12 @@ def save(policy: Policy, out_dir: str | os.PathLike, *, overwrite: bool = False)
                                                     or os.listdir(out_dir)):
     raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True to replace it)")
   config = policy.config
+  if config.lora_rank:  # LoRA: the merged weights W + (alpha / r) A B, a plain checkpoint
+    from rft_jax.models import lora
+
+    policy = policy.replace(params=lora.merge(config, policy.params),
+                            config=lora.configure(config, 0, config.lora_alpha, ()))
+    config = policy.config
   tokenizer = policy.tokenizer
   if not hasattr(tokenizer, "save_pretrained"):
     raise ValueError("the policy's tokenizer has no save_pretrained (not a transformers one)")

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Issue 13's experiments on SmolLM2-135M-Instruct, in the order they were planned; run it again
+# to continue (finished runs are skipped: their records are in experiments/smollm2/, committed as
+# each one finishes; an unfinished run resumes from its last checkpoint in runs/).
+#
+#   bash experiments/smollm2/run.sh            # everything still to run
+#   bash experiments/smollm2/run.sh sweep      # only the L0 learning-rate sweep
+#
+# Settings and their reasons: experiments/smollm2/README.md ("Choices made before the runs").
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+what="${1:-all}"
+
+# 1. L0 learning-rate sweep: 2 seeds x 4 rates, seed 0 of every rate first (the first pass over
+#    the rates is already a sweep); 100 rounds, 100 test questions (the sweep compares training
+#    Pass@1, the 500-question test is for the layers).
+if [[ "$what" == all || "$what" == sweep ]]; then
+  for seeds in 1 2; do
+    for lr in 1e-6 3e-6 1e-5 3e-5; do
+      python -m rft_jax.pipeline --layers=l0 --base=smollm2 --seeds="$seeds" \
+        --root="runs/smollm2/lr_sweep/lr$lr" --set optimizer.learning_rate="$lr" \
+        --set train.rounds=100 --set train.eval_every=50 --set train.checkpoint_every=10 \
+        --set eval.test_size=100 --set eval.train_samples=32 \
+        --tables=runs/smollm2/difficulty --publish="experiments/smollm2/lr_sweep/lr$lr" \
+        --commit --drop_checkpoints
+    done
+  done
+fi
