@@ -20,24 +20,28 @@ from typing import Any
 import jax
 import numpy as np
 
-from rft_jax import evaluation_math, fileio, metrics as metrics_lib, sampling, sharding
+from rft_jax import (
+  distributed,
+  evaluation_math,
+  fileio,
+  metrics as metrics_lib,
+  sampling,
+  sharding,
+)
 from rft_jax.data.base import Example, Task
 from rft_jax.models.policy import Policy
 
 
-def generate_texts(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Array, *,
-                   num_samples: int = 1, max_new_tokens: int, temperature: float = 1.0,
-                   top_k: int = 0, top_p: float = 1.0, batch_size: int = 64,
-                   prompt_bucket: int = 16, mesh=None, desc: str | None = None,
-                   ) -> list[list[str]]:
-  """num_samples completions (decoded text) of each prompt: a list per prompt.
+def _rollouts(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Array, *,
+              num_samples: int = 1, max_new_tokens: int, temperature: float = 1.0,
+              top_k: int = 0, top_p: float = 1.0, batch_size: int = 64,
+              prompt_bucket: int = 16, mesh=None, desc: str | None = None):
+  """Yields (prompt index of each row, whether the row is real, rollout) per sampler batch.
 
   Prompts go through the sampler `batch_size // num_samples` at a time (the last batch padded
-  with repeats, so one compiled program serves every batch).
+  with repeats of its first prompt, so one compiled program serves every batch).
   """
   n = len(prompts)
-  if n == 0:
-    return []
   # batch_size counts rows (prompts x samples); never more prompts than there are.
   batch_size = min(max(1, batch_size // num_samples), n)
   if mesh is not None:  # rows (prompts x samples) must split evenly over the mesh's batch axes
@@ -45,40 +49,73 @@ def generate_texts(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Ar
     step = unit // math.gcd(unit, num_samples)
     batch_size = -(-batch_size // step) * step
   length = sampling.bucket_length(max(len(p) for p in prompts), prompt_bucket)
-  out: list[list[str]] = []
   steps = -(-n // batch_size)
   # Transient: cleared when done, so evaluations do not pile bars up under the rounds' bar.
   bar = metrics_lib.progress(steps, desc=desc, leave=False) if desc and steps > 1 else None
   for i in range(steps):
-    chunk = list(prompts[i * batch_size:(i + 1) * batch_size])
-    real = len(chunk)
-    chunk += [chunk[0]] * (batch_size - real)
-    tokens, mask = sampling.left_pad(chunk, policy.pad_id, length=length)
+    index = list(range(i * batch_size, min((i + 1) * batch_size, n)))
+    real = len(index)
+    index += [index[0]] * (batch_size - real)
+    tokens, mask = sampling.left_pad([prompts[j] for j in index], policy.pad_id, length=length)
     if mesh is not None:
       tokens, mask = sharding.shard_batch((tokens, mask), mesh)
     rollout = policy.generate(tokens, max_new_tokens, temperature=temperature, top_k=top_k,
                               top_p=top_p, prompt_mask=mask, num_samples=num_samples,
                               rng=jax.random.fold_in(rng, i))
-    toks, msk = jax.device_get((rollout.tokens, rollout.mask))
-    for b in range(real):
-      rows = range(b * num_samples, (b + 1) * num_samples)
-      out.append([policy.decode_completion(toks[r], msk[r]) for r in rows])
+    yield (np.repeat(index, num_samples), np.repeat(np.arange(batch_size) < real, num_samples),
+           rollout)
     if bar is not None:
       bar.update(1)
   if bar is not None:
     bar.close()
+
+
+def generate_texts(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Array,
+                   **kwargs) -> list[list[str]]:
+  """num_samples completions (decoded text) of each prompt: a list per prompt (every row on
+  every process; keyword arguments as _rollouts')."""
+  out: list[list[str]] = [[] for _ in prompts]
+  if not prompts:
+    return out
+  for prompt_of, real, rollout in _rollouts(policy, prompts, rng, **kwargs):
+    toks, msk = distributed.to_host((rollout.tokens, rollout.mask))
+    for r in np.flatnonzero(real):
+      out[prompt_of[r]].append(policy.decode_completion(toks[r], msk[r]))
+  return out
+
+
+def local_completions(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Array, *,
+                      num_samples: int = 1, **kwargs) -> list[tuple[int, str]]:
+  """(row, text) of the completions this process's devices hold, row = prompt index x
+  num_samples + sample: every row in one process, a share of them on each of several (keyword
+  arguments as _rollouts')."""
+  out = []
+  if not prompts:
+    return out
+  for prompt_of, real, rollout in _rollouts(policy, prompts, rng, num_samples=num_samples,
+                                            **kwargs):
+    mine, toks = distributed.local_rows(rollout.tokens)
+    _, msk = distributed.local_rows(rollout.mask)
+    out += [(int(prompt_of[r]) * num_samples + int(r) % num_samples,
+             policy.decode_completion(t, m)) for r, t, m in zip(mine, toks, msk) if real[r]]
   return out
 
 
 def sample_rewards(policy: Policy, task: Task, examples: Sequence[Example], rng: jax.Array, *,
                    num_samples: int, **kwargs) -> np.ndarray:
-  """[Q, num_samples] rewards of sampled completions of each question."""
+  """[Q, num_samples] rewards of sampled completions of each question.
+
+  Each process grades the rows its devices hold; the rewards are gathered, so every process
+  returns the whole array.
+  """
   prompts = [policy.encode_prompt(task.prompt_text(e)) for e in examples]
-  texts = generate_texts(policy, prompts, rng, num_samples=num_samples, **kwargs)
-  flat = [t for per in texts for t in per]
-  golds = [e for e in examples for _ in range(num_samples)]
-  rewards, _ = task.grade_batch(flat, golds)
-  return np.asarray(rewards, np.float32).reshape(len(examples), num_samples)
+  done = local_completions(policy, prompts, rng, num_samples=num_samples, **kwargs)
+  rows = np.asarray([row for row, _ in done], np.int64)
+  rewards, _ = task.grade_batch([text for _, text in done],
+                                [examples[row // num_samples] for row in rows])
+  rewards = distributed.gather_rows(rows, np.asarray(rewards, np.float32),
+                                    len(examples) * num_samples)
+  return rewards.reshape(len(examples), num_samples)
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:

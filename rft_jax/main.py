@@ -10,6 +10,10 @@ status 1; --debug shows the traceback. Ctrl-C or SIGTERM finishes the round, sav
 130 / 143 ("stopped at round k; run the same command to resume"); a second one exits at once.
 --resume_with=optimizer.learning_rate goes on from the workdir's last checkpoint with a new
 --config.optimizer.learning_rate (a diverged run), recorded in metrics.jsonl.
+
+--multihost: one JAX process per host, the same command on each (README, "Several hosts"):
+    python -m rft_jax.main --config=... --workdir=SHARED_DIR --multihost \
+      [--coordinator_address=HOST0:PORT --num_processes=N --process_id=I]
 """
 
 from __future__ import annotations
@@ -31,6 +35,17 @@ _RESUME_WITH = flags.DEFINE_list(
     "(optimizer.learning_rate, optimizer.clip_norm, optimizer.weight_decay, "
     "rollout.temperature), e.g. a lower learning rate after a divergence.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks of errors a person can act on.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "One of several JAX processes (one per host) running this run: calls "
+    "jax.distributed.initialize, with the three flags below or, where they are not given, "
+    "with what JAX detects (TPU pod slices, SLURM, Open MPI, JAX_COORDINATOR_ADDRESS ...).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "--multihost: host:port of process 0, reachable by all.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--multihost: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--multihost: this process's index.")
+_MULTIHOST_TIMEOUT = flags.DEFINE_integer(
+    "multihost_timeout", 300, "--multihost: seconds to wait for every process to join, and "
+    "after which a process that stopped answering ends the others.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -101,11 +116,19 @@ def main(argv):
   from rft_jax import errors
 
   errors.quiet_closed_loop_noise()
+  log = print
   try:
     config = _load_config()
+    if _MULTIHOST.value:
+      from rft_jax import distributed
+
+      distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                             timeout_s=_MULTIHOST_TIMEOUT.value)
+      if not distributed.is_main():  # one log: process 0's (errors still show on every host)
+        log = lambda message: None
     from rft_jax import train  # after flag parsing: a bad flag fails before jax starts
 
-    summary = train.run(config, _WORKDIR.value, resume_with=_RESUME_WITH.value)
+    summary = train.run(config, _WORKDIR.value, resume_with=_RESUME_WITH.value, log=log)
   except (Exception, KeyboardInterrupt) as e:
     message = errors.actionable(e) if not isinstance(e, KeyboardInterrupt) else "interrupted"
     if _DEBUG.value or message is None:
@@ -117,6 +140,10 @@ def main(argv):
     else:
       sys.stderr.write(f"error: {message}\n")
     return getattr(e, "exit_code", 130 if isinstance(e, KeyboardInterrupt) else 1)
+  import jax
+
+  if jax.process_index() != 0:  # process 0 prints and plots the run's results
+    return 0
   print(format_summary(summary))
   print(json.dumps({k: summary[k] for k in ("base_train_pass1", "base_test_pass1",
                                             "final_train_pass1", "final_test_pass1", "rounds",

@@ -96,13 +96,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def process_rows(sharding: NamedSharding, shape: Sequence[int]) -> np.ndarray:
+  """Rows (leading-axis indices, ascending) of an array of `shape` under `sharding` that this
+  process's devices hold: its share of a batch (all rows where the batch is replicated)."""
+  rows = set()
+  for index in sharding.addressable_devices_indices_map(tuple(shape)).values():
+    rows.update(range(*(index[0] if index else slice(None)).indices(shape[0])))
+  return np.asarray(sorted(rows), np.int64)
+
+
 def shard_batch(tree, mesh: Mesh):
-  """device_put every array of `tree` split along its leading axis (scalars replicated)."""
+  """Every array of `tree` split along its leading axis over the mesh (scalars replicated).
+
+  The host arrays are the whole batch, equal on every process. Over several processes each one
+  builds the global array from the rows its devices hold
+  (jax.make_array_from_process_local_data); in one process it is a device_put.
+  """
   def put(x):
     x = np.asarray(x) if not isinstance(x, jax.Array) else x
     if x.ndim == 0:
       return jax.device_put(x, replicated(mesh))
-    return jax.device_put(x, batch_sharding(mesh, x.shape))
+    target = batch_sharding(mesh, x.shape)
+    if jax.process_count() == 1:
+      return jax.device_put(x, target)
+    local = np.asarray(x)[process_rows(target, x.shape)]
+    return jax.make_array_from_process_local_data(target, local, x.shape)
   return jax.tree.map(put, tree)
 
 
@@ -116,5 +134,7 @@ def on_mesh(tree, mesh: Mesh):
     if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and \
         x.sharding.mesh == mesh:
       return x
+    if jax.process_count() > 1:  # no cross-host device transfers: the host copy goes out
+      x = np.asarray(x)
     return jax.device_put(x, replicated(mesh))
   return jax.tree.map(put, tree)

@@ -2,15 +2,24 @@
 
     summary = run(config, workdir)
 
-One round (DESIGN.md, "Data flow of one round"):
-  1. the round's questions (prompts_per_round of the training set) x G rollouts, sampled by the
-     jitted sampler from the current params (rng = fold_in(seed, round): resumable bit for bit);
-  2. the grader turns each completion into a reward;
-  3. `train_step`: the loss chain (config.loss) over the policy's log-probs of the rollouts,
-     AdamW, `epochs x mini_batches` updates on the round's rollouts (1 x 1 = on-policy);
-  4. every eval_every rounds: training Pass@1 (k samples of the training questions) and test
-     Pass@1 (one sample per test question) plus greedy accuracy; metrics.jsonl and TensorBoard;
-     an orbax checkpoint every checkpoint_every rounds. A restart in the same workdir resumes.
+One round (DESIGN.md, "Data flow of one round"), each step a function of its own:
+  1. rollout_phase: the round's questions (prompts_per_round of the training set) x G rollouts,
+     sampled by the jitted sampler from the current params (rng = fold_in(seed, round):
+     resumable bit for bit);
+  2. grade_phase: the grader turns each completion into a reward;
+  3. train_phase (`train_step`): the loss chain (config.loss) over the policy's log-probs of the
+     rollouts, AdamW, `epochs x mini_batches` updates on the round's rollouts (1 x 1 =
+     on-policy);
+  4. evaluate_phase, every eval_every rounds: training Pass@1 (k samples of the training
+     questions) and test Pass@1 (one sample per test question) plus greedy accuracy;
+     metrics.jsonl and TensorBoard;
+  5. checkpoint_phase: an orbax checkpoint every checkpoint_every rounds. A restart in the same
+     workdir resumes (restore_phase).
+
+Over several JAX processes (--multihost, rft_jax.distributed) every process runs the same
+rounds on the global mesh: each grades the rollouts its devices hold and the results are
+gathered (grade_phase), evaluations likewise; process 0 writes the files, every process its
+checkpoint shards.
 
 A run owns its workdir (rft_jax.workdir: a lock, the config's fingerprint checked before anything
 is written); the config is validated first (validate_config). A non-finite loss or non-finite /
@@ -44,6 +53,7 @@ import optax
 from rft_jax import (
   bandit,
   checkpoint as checkpoint_lib,
+  distributed,
   errors,
   evaluation,
   fileio,
@@ -202,11 +212,12 @@ def training_examples(config, task: Task, policy: Policy, workdir: str, mesh,
     raise ValueError(f"example.selection={ex.selection!r}; use id, index or a bucket "
                      f"{selection.BUCKETS}")
   path = os.path.join(workdir, "difficulty.json")
-  if os.path.exists(path):
+  if distributed.agree(os.path.exists(path)):  # process 0 may write it meanwhile
     table = selection.load_table(path)
-  elif ex.table and os.path.exists(ex.table):  # sampled by another run with these settings
+  elif distributed.agree(bool(ex.table) and os.path.exists(ex.table)):  # another run's
     table = selection.load_table(ex.table)
-    selection.save_table(path, table)
+    if distributed.is_main():
+      selection.save_table(path, table)
     log(f"difficulty table from {ex.table}: {table['counts']}")
   else:
     candidates = pool[:ex.candidates]
@@ -217,10 +228,11 @@ def training_examples(config, task: Task, policy: Policy, workdir: str, mesh,
           temperature=config.rollout.temperature, desc="difficulty", **_gen_kwargs(config, mesh))
 
     table = selection.estimate_difficulty(candidates, sample, ex.samples)
-    selection.save_table(path, table)
-    if ex.table:  # for the other runs with these settings (rft_jax.pipeline.difficulty_path)
-      os.makedirs(os.path.dirname(os.path.abspath(ex.table)), exist_ok=True)
-      selection.save_table(ex.table, table)
+    if distributed.is_main():
+      selection.save_table(path, table)
+      if ex.table:  # for the other runs with these settings (rft_jax.pipeline.difficulty_path)
+        os.makedirs(os.path.dirname(os.path.abspath(ex.table)), exist_ok=True)
+        selection.save_table(ex.table, table)
     log(f"difficulty of {len(candidates)} candidate questions: {table['counts']}")
   ids = sorted(row["id"] for row in table["rows"] if row["bucket"] == ex.selection)
   if len(ids) < ex.num_examples:
@@ -715,106 +727,251 @@ def run(config, workdir: str, log=print, resume_with: Sequence[str] = ()) -> dic
     return _run(config, workdir, task, log, changes, stop, t0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Loop:
+  """What every round of a run reads and never changes (built once, by make_loop)."""
+
+  config: Any
+  workdir: str
+  task: Task
+  policy: Policy            # the base policy: tokenizer, decoder, pad / EOS ids, base params
+  frozen: Any               # params not trained (LoRA: the base, models.lora.split), or None
+  mesh: Any
+  train_examples: list[Example]
+  test_examples: list[Example]
+  prompts: list[list[int]]  # the encoded training questions
+  prompt_len: int
+  transform: losses.LossTransform
+  optimizer: optax.GradientTransformation
+  ref_params: Any           # the reference policy of KL terms, or None
+  arm_sets: list            # bandit.ArmSet per training question (diagnostics.exact_arms)
+  norm_limit: float         # the divergence guard's parameter norm
+  log_vocab: float
+  base_info: dict           # where the base policy came from (summary.json)
+
+  def full(self, params):
+    """The forward's params from the trained ones (LoRA: the frozen base plus the adapters)."""
+    return params if self.frozen is None else lora.combine(self.frozen, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Graded:
+  """A round's rollouts graded: every row's result, the same on every process."""
+
+  rewards: np.ndarray       # [B] float32
+  lengths: np.ndarray       # [B] completion tokens (float32)
+  outcomes: dict[str, int]  # outcome name -> rollouts, summed over the processes
+
+
+def make_loop(config, workdir: str, task: Task, mesh, log=print) -> Loop:
+  """The base policy, the training questions and everything else the rounds share."""
+  policy, base_info = warm_start.base_policy(config, task, workdir, mesh, log=log)
+  policy, frozen = apply_model_options(config.model, policy, config.seed)
+  train_examples = training_examples(config, task, policy, workdir, mesh, log=log)
+  log("training question(s): " + "; ".join(f"{e.id}: {e.question!r} (answer {e.answer})"
+                                           for e in train_examples))
+  ro = config.rollout
+  prompts = [policy.encode_prompt(task.prompt_text(e)) for e in train_examples]
+  arm_sets = []
+  if config.diagnostics.exact_arms:
+    arm_sets = [bandit.ArmSet.build(policy, task, e, ro.max_new_tokens,
+                                    config.diagnostics.max_arms) for e in train_examples]
+    log(f"exact optimal-arm probability over {sum(a.num_arms for a in arm_sets):,} arms "
+        f"({sum(a.num_optimal for a in arm_sets):,} optimal) of {len(arm_sets)} question(s)")
+  return Loop(
+      config=config, workdir=workdir, task=task, policy=policy, frozen=frozen, mesh=mesh, train_examples=train_examples,
+      test_examples=list(task.test[:config.eval.test_size] if config.eval.test_size
+                         else task.test),
+      prompts=prompts, prompt_len=sampling.bucket_length(max(map(len, prompts)),
+                                                         ro.prompt_bucket),
+      transform=_loss_chain(config.loss.to_json()),
+      optimizer=_optimizer(config.optimizer.to_json()),
+      # A copy: train_step donates (frees) state.params. With LoRA the reference is the frozen
+      # base (adapters off): no copy, never donated.
+      ref_params=(None if not _uses_reference(config.loss.chain) else
+                  frozen if frozen is not None else jax.tree.map(jnp.copy, policy.params)),
+      arm_sets=arm_sets,
+      # Divergence guard: parameters past EXPLODED_NORM x the base policy's norm are blown up.
+      norm_limit=EXPLODED_NORM * float(optax.global_norm(policy.params)),
+      log_vocab=math.log(policy.config.vocab_size),
+      base_info={k: v for k, v in base_info.items() if k != "fingerprint"})
+
+
+def initial_state(loop: Loop) -> TrainState:
+  params = loop.policy.params
+  trained = params if loop.frozen is None else lora.split(params)[1]
+  state = TrainState(round=jnp.zeros((), jnp.int32), params=trained,
+                     opt_state=init_optimizer(loop.optimizer, trained, loop.mesh),
+                     loss_state=loop.transform.init())
+  return sharding.on_mesh(state, loop.mesh)
+
+
+def restore_phase(loop: Loop, ckpt: checkpoint_lib.Checkpointer, state: TrainState
+                  ) -> tuple[TrainState, dict]:
+  """The newest checkpoint's state on the current mesh (every process reads its shards) and
+  its extra; (state, {}) when there is none. A checkpoint that cannot be read, or holds
+  diverged parameters, stops with the way back named."""
+  step = distributed.agree(ckpt.latest_step() if ckpt.latest_step() is not None else -1)
+  if step < 0:
+    return state, {}
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                        if isinstance(x, jax.Array) else x, state)
+  try:
+    state, extra = ckpt.restore(target, step)
+  except Exception as e:  # a corrupt or partly deleted step folder
+    raise errors.CheckpointReadError(
+        f"checkpoint round {step} in {ckpt.directory} cannot be read ({type(e).__name__}: "
+        f"{errors.short_reason(str(e))}); delete "
+        f"{ckpt.directory}/{step} to resume from the one before it "
+        f"({ckpt.all_steps()[:-1] or 'none'}), or start over in a fresh --workdir") from e
+  problem = _divergence(0.0, float(optax.global_norm(state.params)), loop.norm_limit)
+  if problem:  # written before the divergence guard existed
+    raise errors.CheckpointReadError(
+        f"checkpoint round {step} in {ckpt.directory} holds {problem}; delete that folder to "
+        "resume from the one before it, or start over in a fresh --workdir")
+  return state, extra
+
+
+def rollout_phase(loop: Loop, params, round_index: int) -> tuple[list[int], sampling.Rollout]:
+  """The round's questions and num_samples rollouts of each from `params`: global arrays split
+  over the mesh's batch axes (rng = fold_in(seed, round): a resumed round samples the same)."""
+  config, ro, policy = loop.config, loop.config.rollout, loop.policy
+  questions = _round_questions(loop.train_examples, round_index, config.seed,
+                               ro.prompts_per_round)
+  p_tokens, p_mask = sampling.left_pad([loop.prompts[i] for i in questions], policy.pad_id,
+                                       length=loop.prompt_len)
+  p_tokens, p_mask = sharding.shard_batch((p_tokens, p_mask), loop.mesh)
+  rollout = sampling.sample(policy.decoder, loop.full(params), p_tokens, p_mask,
+                            jax.random.fold_in(jax.random.PRNGKey(config.seed), round_index),
+                            max_new_tokens=ro.max_new_tokens, num_samples=ro.num_samples,
+                            temperature=jnp.float32(ro.temperature), top_k=jnp.int32(ro.top_k),
+                            top_p=jnp.float32(ro.top_p),
+                            eos_ids=np.asarray(policy.eos_ids, np.int32), pad_id=policy.pad_id)
+  return questions, rollout
+
+
+def grade_phase(loop: Loop, questions: list[int], rollout: sampling.Rollout) -> Graded:
+  """Each process decodes and grades the rollouts its devices hold; the per-row results and
+  the outcome counts are gathered, so every process has the whole round's."""
+  g = loop.config.rollout.num_samples
+  total = len(questions) * g
+  rows, tokens = distributed.local_rows(rollout.tokens)
+  _, mask = distributed.local_rows(rollout.mask)
+  texts = [loop.policy.decode_completion(t, m) for t, m in zip(tokens, mask)]
+  rewards, outcomes = loop.task.grade_batch(
+      texts, [loop.train_examples[questions[row // g]] for row in rows])
+  return Graded(
+      rewards=distributed.gather_rows(rows, np.asarray(rewards, np.float32), total),
+      lengths=distributed.gather_rows(rows, mask.sum(-1), total),
+      outcomes=distributed.sum_counts(outcomes, list(outcomes)))
+
+
+def train_phase(loop: Loop, state: TrainState, questions: list[int], rollout: sampling.Rollout,
+                graded: Graded) -> tuple[TrainState, dict]:
+  """train_step on the round's global batch (rewards, group ids from the graded rows); returns
+  the new state and the round's metrics row (step metrics, reward, length, outcomes)."""
+  config, mesh = loop.config, loop.mesh
+  g = config.rollout.num_samples
+  temperature = jnp.float32(config.rollout.temperature)
+  ref_logp = None
+  if loop.ref_params is not None:
+    ref_logp = _reference_logp(loop.policy.decoder, loop.ref_params, rollout.prompt_tokens,
+                               rollout.prompt_mask, rollout.tokens, rollout.mask, temperature,
+                               chunk=config.train.logprob_chunk)
+  loss_batch = losses.Batch(
+      tokens=rollout.tokens, mask=rollout.mask, behaviour_logp=rollout.logp,
+      rewards=sharding.shard_batch(graded.rewards, mesh),
+      group_ids=sharding.shard_batch(np.repeat(np.arange(len(questions)), g).astype(np.int32),
+                                     mesh),
+      ref_logp=ref_logp,
+      prompt_ids=sharding.shard_batch(np.repeat(np.asarray(questions, np.int32), g), mesh),
+      sampler_logp=rollout.sampler_logp)
+  batch = RolloutBatch(prompt_tokens=rollout.prompt_tokens, prompt_mask=rollout.prompt_mask,
+                       loss=loss_batch)
+  state, step_metrics = train_step(state, batch, temperature, loop.frozen,
+                                   decoder=loop.policy.decoder, transform=loop.transform,
+                                   optimizer=loop.optimizer, epochs=config.train.epochs,
+                                   mini_batches=config.train.mini_batches,
+                                   logprob_chunk=config.train.logprob_chunk,
+                                   micro_batch_size=config.train.get("micro_batch_size", 0))
+  row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+  row.update(reward=float(np.mean(graded.rewards)), length=float(graded.lengths.mean()),
+             **{f"outcome_{k}": v for k, v in graded.outcomes.items()})
+  return state, row
+
+
+def evaluate_phase(loop: Loop, params, round_index: int, *, all_questions: bool = True) -> dict:
+  """Training and test Pass@1 (and greedy accuracy) of `params`, the samples split over the
+  processes and their rewards gathered; every sample's reward goes to evals/round_<r>.json
+  (process 0). Evaluations between the base and the last round (all_questions=False) may use
+  the first eval.curve_test_size test questions only (a curve); the base and final ones all of
+  test_size (the layer comparison). The exact optimal-arm probability is separate (exact_arms_phase)."""
+  config = loop.config
+  examples = (loop.test_examples if all_questions else
+              loop.test_examples[:config.eval.curve_test_size or len(loop.test_examples)])
+  rewards = evaluation.evaluation_rewards(
+      loop.policy.replace(params=loop.full(params)), loop.task, loop.train_examples, examples,
+      jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), round_index),
+      train_samples=config.eval.train_samples, temperature=config.eval.temperature,
+      greedy=config.eval.greedy, **_gen_kwargs(config, loop.mesh))
+  if distributed.is_main():
+    evaluation.save_rewards(os.path.join(loop.workdir, EVALS_DIR), round_index, rewards,
+                            [e.id for e in loop.train_examples], [e.id for e in examples])
+  return evaluation.summarize(rewards)
+
+
+def exact_arms_phase(loop: Loop, params) -> dict:
+  """Bandit diagnostics: the exact probability of the optimal arm set (diagnostics.exact_arms)."""
+  if not loop.arm_sets:
+    return {}
+  return bandit.optimal_arm_probability(loop.arm_sets, loop.policy.decoder, loop.full(params),
+                                        loop.config.rollout.temperature)
+
+
+def checkpoint_phase(loop: Loop, ckpt: checkpoint_lib.Checkpointer, state: TrainState,
+                     done: int, stop: _Signals, wall_s: float) -> bool:
+  """Saves round `done` when it is due, or when any process was signalled (every process saves
+  its shards); returns whether the run stops here."""
+  train_cfg = loop.config.train
+  stopping = distributed.any_process(stop.signum is not None)
+  if done % train_cfg.checkpoint_every == 0 or done == train_cfg.rounds or stopping:
+    ckpt.save(done, state, extra={"round": done, "wall_s": wall_s})
+  return stopping
+
+
+def base_eval_phase(loop: Loop, params, workdir: str, writer, fresh: bool) -> dict:
+  """The base policy's evaluation (row 0 of metrics.jsonl), stored in base_eval.json: made on a
+  fresh run (or when that file is missing), else read back."""
+  path = os.path.join(workdir, "base_eval.json")
+  if fresh or not distributed.agree(os.path.exists(path)):
+    base = {**evaluate_phase(loop, params, 0), **exact_arms_phase(loop, params)}
+    if distributed.is_main():
+      fileio.write_json_atomic(path, base)
+    writer.write(0, base)
+    return json.loads(json.dumps(base))  # as read back from the file: the same floats
+  with open(path) as f:
+    return json.load(f)
+
+
 def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t0: float) -> dict:
+  """The rounds: rollout -> grade -> train step -> (evaluate) -> metrics -> (checkpoint)."""
   mesh = sharding.build_mesh(**config.mesh)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                      fingerprint=fingerprint(config),
                                      defaults=fingerprint_defaults())
-  policy, base_info = warm_start.base_policy(config, task, workdir, mesh, log=log)
-  policy, frozen = apply_model_options(config.model, policy, config.seed)
-  # The forward's params from the trained ones (LoRA: the frozen base plus the adapters).
-  full = (lambda p: p) if frozen is None else (lambda p: lora.combine(frozen, p))
-  train_examples = training_examples(config, task, policy, workdir, mesh, log=log)
-  log("training question(s): " + "; ".join(f"{e.id}: {e.question!r} (answer {e.answer})"
-                                           for e in train_examples))
-  test_examples = list(task.test[:config.eval.test_size] if config.eval.test_size else task.test)
-  ro = config.rollout
-  prompts = [policy.encode_prompt(task.prompt_text(e)) for e in train_examples]
-  prompt_len = sampling.bucket_length(max(map(len, prompts)), ro.prompt_bucket)
-  transform = _loss_chain(config.loss.to_json())
-  optimizer = _optimizer(config.optimizer.to_json())
-  decoder = policy.decoder
-  # The reference policy for KL terms: a copy, since train_step donates (frees) state.params.
-  # With LoRA the reference is the frozen base (adapters off): no copy, never donated.
-  ref_params = None
-  if _uses_reference(config.loss.chain):
-    ref_params = frozen if frozen is not None else jax.tree.map(jnp.copy, policy.params)
-  eos_ids = np.asarray(policy.eos_ids, np.int32)
-  temperature = jnp.float32(ro.temperature)
-  # Divergence guard: parameters past EXPLODED_NORM x the base policy's norm count as blown up.
-  norm_limit = EXPLODED_NORM * float(optax.global_norm(policy.params))
-  log_vocab = math.log(policy.config.vocab_size)
-
-  trained = policy.params if frozen is None else lora.split(policy.params)[1]
-  state = TrainState(round=jnp.zeros((), jnp.int32), params=trained,
-                     opt_state=init_optimizer(optimizer, trained, mesh),
-                     loss_state=transform.init())
-  state = sharding.on_mesh(state, mesh)
-  start, wall_before = 0, 0.0
-  base_path = os.path.join(workdir, "base_eval.json")
-  if ckpt.latest_step() is not None:
-    step = ckpt.latest_step()
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-                          if isinstance(x, jax.Array) else x, state)
-    try:
-      state, extra = ckpt.restore(target)
-    except Exception as e:  # a corrupt or partly deleted step folder
-      raise errors.CheckpointReadError(
-          f"checkpoint round {step} in {ckpt.directory} cannot be read ({type(e).__name__}: "
-          f"{errors.short_reason(str(e))}); delete "
-          f"{ckpt.directory}/{step} to resume from the one before it "
-          f"({ckpt.all_steps()[:-1] or 'none'}), or start over in a fresh --workdir") from e
-    problem = _divergence(0.0, float(optax.global_norm(state.params)), norm_limit)
-    if problem:  # written before the divergence guard existed
-      raise errors.CheckpointReadError(
-          f"checkpoint round {step} in {ckpt.directory} holds {problem}; delete that folder to "
-          "resume from the one before it, or start over in a fresh --workdir")
-    start = int(state.round)
-    wall_before = float(extra.get("wall_s", 0.0))
+  loop = make_loop(config, workdir, task, mesh, log)
+  state, extra = restore_phase(loop, ckpt, initial_state(loop))
+  start, wall_before = int(state.round), float(extra.get("wall_s", 0.0))
+  if start:
     log(f"resumed from round {start} in {workdir}")
   writer = metrics_lib.MetricWriter(workdir, resume_step=start if start else -1)
-
-  # Evaluations between the base and the last round may use the first curve_test_size test
-  # questions only (a curve), the base and final ones all test_size (the layer comparison).
-  curve_examples = test_examples[:config.eval.curve_test_size or len(test_examples)]
-
-  def evaluate(params, round_index: int, *, all_questions: bool = True) -> dict:
-    """Metrics of one evaluation; every sample's reward goes to evals/round_<r>.json."""
-    examples = test_examples if all_questions else curve_examples
-    rewards = evaluation.evaluation_rewards(
-        policy.replace(params=full(params)), task, train_examples, examples,
-        jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), round_index),
-        train_samples=config.eval.train_samples, temperature=config.eval.temperature,
-        greedy=config.eval.greedy, **_gen_kwargs(config, mesh))
-    evaluation.save_rewards(os.path.join(workdir, EVALS_DIR), round_index, rewards,
-                            [e.id for e in train_examples], [e.id for e in examples])
-    return evaluation.summarize(rewards)
-
   # Bandit diagnostics: p(correct | training questions) from each round's rollouts (that round,
-  # and the last `p_correct_window` rounds pooled), and the exact optimal-arm probability when
-  # the task's completions can be listed (rft_jax.bandit).
+  # and the last `p_correct_window` rounds pooled).
   diag = config.diagnostics
   correct_rate = bandit.CorrectRate(diag.p_correct_window)
   if start:  # the resumed window goes on where the checkpointed run left it
     correct_rate.resume(metrics_lib.read_metrics(workdir), start)
-  arm_sets = []
-  if diag.exact_arms:
-    arm_sets = [bandit.ArmSet.build(policy, task, e, ro.max_new_tokens, diag.max_arms)
-                for e in train_examples]
-    log(f"exact optimal-arm probability over {sum(a.num_arms for a in arm_sets):,} arms "
-        f"({sum(a.num_optimal for a in arm_sets):,} optimal) of {len(arm_sets)} question(s)")
-
-  def exact_arms(params) -> dict:
-    if not arm_sets:
-      return {}
-    return bandit.optimal_arm_probability(arm_sets, decoder, full(params), ro.temperature)
-
-  if start == 0 or not os.path.exists(base_path):
-    base = {**evaluate(state.params, 0), **exact_arms(state.params)}
-    fileio.write_json_atomic(base_path, base)
-    writer.write(0, base)
-  with open(base_path) as f:
-    base = json.load(f)
+  base = base_eval_phase(loop, state.params, workdir, writer, fresh=start == 0)
   stop.deferred = True  # from here on a signal lets the round finish and saves it
   log(f"base: training Pass@1 {base['train_pass1']:.3f}, test Pass@1 {base['test_pass1']:.3f}")
   if changes:  # --resume_with: recorded on the row of the round the run goes on from
@@ -829,74 +986,37 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
   bar = metrics_lib.progress(rounds, initial=start, desc="rounds")
   try:
     for r in range(start, rounds):
-      rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), r)
-      questions = _round_questions(train_examples, r, config.seed, ro.prompts_per_round)
-      p_tokens, p_mask = sampling.left_pad([prompts[i] for i in questions], policy.pad_id,
-                                           length=prompt_len)
-      p_tokens, p_mask = sharding.shard_batch((p_tokens, p_mask), mesh)
-      rollout = sampling.sample(decoder, full(state.params), p_tokens, p_mask, rng,
-                                max_new_tokens=ro.max_new_tokens, num_samples=ro.num_samples,
-                                temperature=temperature, top_k=jnp.int32(ro.top_k),
-                                top_p=jnp.float32(ro.top_p), eos_ids=eos_ids,
-                                pad_id=policy.pad_id)
-      tokens, mask = jax.device_get((rollout.tokens, rollout.mask))
-      texts = [policy.decode_completion(t, m) for t, m in zip(tokens, mask)]
-      golds = [train_examples[i] for i in questions for _ in range(ro.num_samples)]
-      rewards, outcomes = task.grade_batch(texts, golds)
-      group_ids = np.repeat(np.arange(len(questions)), ro.num_samples).astype(np.int32)
-      ref_logp = None
-      if ref_params is not None:
-        ref_logp = _reference_logp(decoder, ref_params, rollout.prompt_tokens,
-                                   rollout.prompt_mask, rollout.tokens, rollout.mask, temperature,
-                                   chunk=config.train.logprob_chunk)
-      loss_batch = losses.Batch(
-          tokens=rollout.tokens, mask=rollout.mask, behaviour_logp=rollout.logp,
-          rewards=sharding.shard_batch(np.asarray(rewards, np.float32), mesh),
-          group_ids=sharding.shard_batch(group_ids, mesh), ref_logp=ref_logp,
-          prompt_ids=sharding.shard_batch(np.repeat(np.asarray(questions, np.int32),
-                                                    ro.num_samples), mesh),
-          sampler_logp=rollout.sampler_logp)
-      batch = RolloutBatch(prompt_tokens=rollout.prompt_tokens,
-                           prompt_mask=rollout.prompt_mask, loss=loss_batch)
-      state, step_metrics = train_step(state, batch, temperature, frozen, decoder=decoder,
-                                       transform=transform, optimizer=optimizer,
-                                       epochs=config.train.epochs,
-                                       mini_batches=config.train.mini_batches,
-                                       logprob_chunk=config.train.logprob_chunk,
-                                       micro_batch_size=config.train.get(
-                                           "micro_batch_size", 0))
-      row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      row.update(reward=float(np.mean(rewards)), length=float(mask.sum(-1).mean()),
-                 **{f"outcome_{k}": v for k, v in outcomes.items()})
+      done = r + 1
+      questions, rollout = rollout_phase(loop, state.params, r)
+      graded = grade_phase(loop, questions, rollout)
+      state, row = train_phase(loop, state, questions, rollout, graded)
       # Sampled from the policy before this round's update; p_optimal_arms and evaluations in
       # the same row are of the policy after it.
-      row.update(correct_rate.update(rewards))
+      row.update(correct_rate.update(graded.rewards))
       # Checked before anything of this round is saved: no checkpoint ever holds such a state.
-      problem = _divergence(row["loss"], row["param_norm"], norm_limit)
+      problem = _divergence(row["loss"], row["param_norm"], loop.norm_limit)
       if problem:
-        writer.write(r + 1, row)
+        writer.write(done, row)
         raise errors.DivergedError(_diverged_message(
-            problem, r + 1, ckpt.latest_step(), ckpt.directory, config.optimizer.learning_rate))
-      done = r + 1
-      flags = _collapse(row, log_vocab, diag.p_correct_window, done)
+            problem, done, ckpt.latest_step(), ckpt.directory, config.optimizer.learning_rate))
+      flags = _collapse(row, loop.log_vocab, diag.p_correct_window, done)
       row.update(flags)
       for kind in flags.keys() - warned:
         warned.add(kind)
-        log(_collapse_warning(kind, row, log_vocab, diag.p_correct_window, done))
-      row.update(exact_arms(state.params))
+        log(_collapse_warning(kind, row, loop.log_vocab, diag.p_correct_window, done))
+      row.update(exact_arms_phase(loop, state.params))
       if done % config.train.eval_every == 0 or done == rounds:
-        last_eval = evaluate(state.params, done, all_questions=done == rounds)
+        last_eval = evaluate_phase(loop, state.params, done, all_questions=done == rounds)
         row.update(last_eval)
         bar.set_postfix(train=f"{last_eval['train_pass1']:.2f}",
                         test=f"{last_eval['test_pass1']:.2f}")
       writer.write(done, row)
-      stopping = stop.signum is not None
-      if done % config.train.checkpoint_every == 0 or done == rounds or stopping:
-        ckpt.save(done, state, extra={"round": done, "wall_s": wall_before + time.time() - t0})
+      stopping = checkpoint_phase(loop, ckpt, state, done, stop,
+                                  wall_s=wall_before + time.time() - t0)
       bar.update(1)
       if stopping:
         raise errors.RunInterrupted(f"stopped at round {done}; run the same command to resume",
-                                    stop.signum)
+                                    stop.signum or signal.SIGTERM)
   finally:
     stop.deferred = False
     bar.close()
@@ -904,16 +1024,17 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
     ckpt.close()
 
   if not last_eval or "train_pass1" not in last_eval:  # resumed after the final round
-    last_eval = evaluate(state.params, int(state.round))
+    last_eval = evaluate_phase(loop, state.params, int(state.round))
   summary = {
       "base_train_pass1": base["train_pass1"], "base_test_pass1": base["test_pass1"],
       "final_train_pass1": last_eval["train_pass1"], "final_test_pass1": last_eval["test_pass1"],
       "base_test_greedy": base.get("test_greedy"), "final_test_greedy": last_eval.get(
           "test_greedy"),
-      # Summed over the run's processes (each one's time up to its last checkpoint).
+      # Summed over the run's sessions (each one's time up to its last checkpoint).
       "rounds": int(state.round), "wall_s": wall_before + time.time() - t0,
-      "training_questions": [e.id for e in train_examples],
-      "base_policy": {k: v for k, v in base_info.items() if k != "fingerprint"},
+      "training_questions": [e.id for e in loop.train_examples],
+      "base_policy": loop.base_info,
   }
-  fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  if distributed.is_main():
+    fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   return summary

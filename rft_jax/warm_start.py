@@ -28,6 +28,7 @@ import optax
 
 from rft_jax import (
   checkpoint as checkpoint_lib,
+  distributed,
   errors,
   evaluation,
   fileio,
@@ -79,7 +80,7 @@ def base_policy(config, task: Task, workdir: str, mesh=None, log=print) -> tuple
   directory = config.warm_start.dir or os.path.join(workdir, "base")
   fingerprint = base_fingerprint(config)
   info_path = os.path.join(directory, INFO_FILE)
-  if os.path.exists(info_path):
+  if distributed.agree(os.path.exists(info_path)):  # process 0 may write it meanwhile
     with open(info_path) as f:
       info = json.load(f)
     diff = checkpoint_lib.fingerprint_diff(info.get("fingerprint") or {},
@@ -214,15 +215,20 @@ def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log
     info = {"fingerprint": fingerprint, "steps": step, "test_pass1": pass1,
             "probe_size": len(probe), "wall_s": time.time() - t0,
             "params": decoder_lib.count_params(params)}
-    with open(os.path.join(tmp, PARAMS_FILE), "wb") as f:
-      f.write(flax.serialization.to_bytes(jax.device_get(params)))
-    with open(os.path.join(tmp, INFO_FILE), "w") as f:
-      json.dump(info, f, indent=1)
-    if os.path.exists(directory):  # a run that died before finishing may have left nothing else
-      shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    host_params = distributed.to_host(params)
+    if distributed.is_main():  # every process trained the same base; process 0 keeps it
+      with open(os.path.join(tmp, PARAMS_FILE), "wb") as f:
+        f.write(flax.serialization.to_bytes(host_params))
+      with open(os.path.join(tmp, INFO_FILE), "w") as f:
+        json.dump(info, f, indent=1)
+      if os.path.exists(directory):  # a run that died before finishing may have left nothing
+        shutil.rmtree(directory)
+      os.replace(tmp, directory)
+    else:
+      shutil.rmtree(tmp)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  distributed.barrier("warm_start")  # the others read what process 0 wrote
   log(f"base policy: {info['params']:,} params, {step} supervised steps in {info['wall_s']:.0f}s, "
       f"probe test Pass@1 {pass1:.3f} -> {directory}")

@@ -69,10 +69,11 @@ def test_reference_solutions_score_one_through_evaluate(tasks, name, monkeypatch
   policy = tiny_policy(task, 8)
   by_prompt = {tuple(policy.encode_prompt(task.prompt_text(e))): e.solution for e in items}
 
-  def fake_generate(policy_, prompts, rng, *, num_samples=1, **kwargs):
-    return [[by_prompt[tuple(p)]] * num_samples for p in prompts]
+  def fake_completions(policy_, prompts, rng, *, num_samples=1, **kwargs):
+    return [(i * num_samples + s, by_prompt[tuple(p)]) for i, p in enumerate(prompts)
+            for s in range(num_samples)]
 
-  monkeypatch.setattr(evaluation, "generate_texts", fake_generate)
+  monkeypatch.setattr(evaluation, "local_completions", fake_completions)
   out = evaluation.evaluate(policy, task, items[:3], items, jax.random.PRNGKey(0),
                             train_samples=2, max_new_tokens=8)
   assert out["train_pass1"] == out["test_pass1"] == out["test_greedy"] == 1.0
