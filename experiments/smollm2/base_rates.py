@@ -182,38 +182,28 @@ def main() -> int:
     if only and name not in only:
       continue
     tag = "" if args.temperature == 1.0 else f"_T{args.temperature:g}"
-    if args.difficulty:
-      path = out / f"{name}{tag}.difficulty.json"
-      if path.exists():
-        print(f"{name}: difficulty done, skipped")
-        continue
-      task = make_task()
-      task.template = template
-      result = {"setting": name, "template": template, "max_new_tokens": args.max_new_tokens,
-                "temperature": args.temperature,
-                **difficulty(policy, task, args.difficulty, args.samples, args.max_new_tokens,
-                             args.temperature),
-                "load": os.getloadavg()}
-      fileio.write_json_atomic(str(path), result)
-      write_table(out)
-      print(f"{name}: buckets {result['counts']}, truncated {result['truncated']:.2f}", flush=True)
-      continue
-    path = out / f"{name}{tag}.json"
+    path = out / f"{name}{tag}{'.difficulty' if args.difficulty else ''}.json"
     if path.exists():
-      print(f"{name}{tag}: done, skipped")
+      print(f"{path.name}: done, skipped")
       continue
     task = make_task()
     task.template = template
-    result = {"setting": name, "template": template, "max_new_tokens": args.max_new_tokens,
-              "temperature": args.temperature,
-              "sampled": measure(policy, task, args.n, args.max_new_tokens, args.temperature, 0),
-              "greedy": measure(policy, task, args.n, args.max_new_tokens, 0.0, 0),
-              "load": os.getloadavg()}
-    fileio.write_json_atomic(str(path), result)
+    if args.difficulty:
+      measured = difficulty(policy, task, args.difficulty, args.samples, args.max_new_tokens,
+                            args.temperature)
+      said = f"buckets {measured['counts']}, truncated {measured['truncated']:.2f}"
+    else:
+      measured = {"sampled": measure(policy, task, args.n, args.max_new_tokens,
+                                     args.temperature, 0),
+                  "greedy": measure(policy, task, args.n, args.max_new_tokens, 0.0, 0)}
+      said = (f"T={args.temperature:g} {measured['sampled']['pass1']:.3f}, greedy "
+              f"{measured['greedy']['pass1']:.3f}, truncated "
+              f"{measured['sampled']['truncated']:.2f}")
+    fileio.write_json_atomic(str(path), {
+        "setting": name, "template": template, "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature, **measured, "load": os.getloadavg()})
     write_table(out)
-    print(f"{name}{tag}: T={args.temperature:g} {result['sampled']['pass1']:.3f}, greedy "
-          f"{result['greedy']['pass1']:.3f}, truncated {result['sampled']['truncated']:.2f}",
-          flush=True)
+    print(f"{path.name}: {said}", flush=True)
   return 0
 
 
