@@ -343,8 +343,8 @@ def execute(runs: Sequence[Run], parallel: int = 1, log=print, durations: Sequen
       out.close()
       del active[label]
       results[label] = proc.returncode == 0 and is_done(run.workdir)
-      if results[label] and _wall(run.workdir):
-        durations.append(_wall(run.workdir))
+      if results[label] and (wall := _wall(run.workdir)):
+        durations.append(wall)
       eta = remaining_time(durations, len(pending) + len(active), parallel)
       log(f"{'done' if results[label] else 'FAILED'} {label} (rc {proc.returncode}; "
           f"log {os.path.join(run.workdir, 'log.txt')})" + (f"; {eta}" if eta else ""))
@@ -373,6 +373,15 @@ def _replace_dir(src: str, dst: str) -> None:
   os.replace(src, dst)
   if os.path.exists(old):
     shutil.rmtree(old)
+
+
+def _copy_dir(src: str, dst: str) -> None:
+  """Copies folder src to dst through dst.tmp, replacing what is there (_replace_dir)."""
+  tmp = dst + ".tmp"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  shutil.copytree(src, tmp)
+  _replace_dir(tmp, dst)
 
 
 def publish(run: Run, dest: str) -> str:
@@ -405,11 +414,7 @@ def restore_published(run: Run, config, dest: str) -> bool:
   if os.path.exists(os.path.join(run.workdir, "checkpoints")):
     return False  # an unfinished run of its own is here: let it resume instead
   os.makedirs(os.path.dirname(run.workdir), exist_ok=True)
-  tmp = run.workdir + ".tmp"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  shutil.copytree(record, tmp)
-  _replace_dir(tmp, run.workdir)
+  _copy_dir(record, run.workdir)
   return True
 
 
@@ -495,11 +500,7 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
       os.makedirs(publish_dir, exist_ok=True)
       shutil.copy2(path, os.path.join(publish_dir, "report.md"))
       shutil.copy2(os.path.join(root, SETTINGS_FILE), os.path.join(publish_dir, SETTINGS_FILE))
-      tmp = os.path.join(publish_dir, "plots.tmp")
-      if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-      shutil.copytree(os.path.join(root, "plots"), tmp)
-      _replace_dir(tmp, os.path.join(publish_dir, "plots"))
+      _copy_dir(os.path.join(root, "plots"), os.path.join(publish_dir, "plots"))
     return path
 
   def after_run(run: Run, ok: bool) -> None:
