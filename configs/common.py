@@ -92,8 +92,11 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # one sample per test question (test_size 0 = all); greedy accuracy on the test set too.
   # curve_test_size: evaluations between the first and the last round on the first N test
   # questions only (0 = all test_size), so a long test set costs two full evaluations per run.
+  # shared_base: a folder where the base policy's test rewards are kept for every run that
+  # evaluates the same base the same way (train.base_test_path; the pipeline sets it): the layers
+  # of one seed differ only after round 0, so the base's test set is sampled once per seed.
   c.eval = dict(train_samples=64, test_size=0, batch_size=256, greedy=True, temperature=1.0,
-                curve_test_size=0)
+                curve_test_size=0, shared_base="")
 
   # Bandit diagnostics logged every round (rft_jax.train, rft_jax.bandit): p(correct | training
   # question) from the round's rollouts and pooled over the last p_correct_window rounds, with

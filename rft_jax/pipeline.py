@@ -179,14 +179,16 @@ def _comparable(config_json: dict) -> dict:
   # Paths into the root: the same root may be named by another path, or be another checkout's.
   d.get("warm_start", {}).pop("dir", None)
   d.get("example", {}).pop("table", None)
+  d.get("eval", {}).pop("shared_base", None)
   return d
 
 
 def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
          quick: bool = False, overrides: dict | None = None, base: str = "",
          tables: str = "") -> list[tuple[Run, object]]:
-  """[(run, its config)], each config with its seed, the shared base directory and the shared
-  difficulty table (in `tables`, default <root>/difficulty) set."""
+  """[(run, its config)], each config with its seed, the shared base directory, the shared
+  difficulty table and the shared base test evaluations (in `tables`, default <root>/difficulty;
+  train.base_test_path) set."""
   from rft_jax.data import selection
 
   out = []
@@ -199,6 +201,8 @@ def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
       if config.example.selection in selection.BUCKETS:
         config.example.table = difficulty_path(tables or os.path.join(root, "difficulty"),
                                                config)
+      config.eval.shared_base = os.path.join(tables or os.path.join(root, "difficulty"),
+                                             BASE_TEST_DIR)
       out.append((Run(spec, seed, os.path.join(root, spec_dir(spec), f"seed{seed}")), config))
   return out
 
@@ -418,13 +422,16 @@ def restore_published(run: Run, config, dest: str) -> bool:
   return True
 
 
+# In the tables folder: the base's test rewards, sampled once per seed (train.base_test_path).
+BASE_TEST_DIR = "base_test"
+
 # Config sections and keys that do not change a run's difficulty table (train.training_examples:
 # the base policy's samples of example.candidates questions); all others key the shared table.
 _NOT_IN_DIFFICULTY = ("seed", "loss", "optimizer", "train", "diagnostics", "example.selection",
                       "example.num_examples", "example.example_id", "example.index",
                       "rollout.num_samples", "rollout.prompts_per_round", "eval.test_size",
                       "eval.train_samples", "eval.greedy", "eval.curve_test_size",
-                      "eval.temperature", "warm_start.dir", "example.table")
+                      "eval.temperature", "eval.shared_base", "warm_start.dir", "example.table")
 
 
 def difficulty_path(directory: str, config) -> str:
@@ -469,8 +476,9 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
   as it finishes, with the report, and (commit) committed to git; runs recorded there with
   the same config count as done, so the pipeline continues in a fresh checkout.
   drop_checkpoints: a finished run's checkpoints are deleted (a SmolLM2 run's are 1.6 GB each).
-  tables: where difficulty tables are shared (default <root>/difficulty; one folder for several
-  roots, e.g. a learning-rate sweep, samples each table once)."""
+  tables: where difficulty tables and the base's test rewards (per seed) are shared (default
+  <root>/difficulty; one folder for several roots, e.g. a learning-rate sweep, samples each
+  once)."""
   specs = parse_layers(specs if isinstance(specs, str) else ",".join(specs))
   planned = plan(specs, seeds, root, runlocal=runlocal, quick=quick, overrides=overrides,
                  base=base, tables=tables)
@@ -960,7 +968,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--commit", action="store_true", help="with --publish: git-commit DIR after "
                  "each finished run")
   p.add_argument("--tables", default="", metavar="DIR", help="folder of shared difficulty "
-                 "tables (default ROOT/difficulty)")
+                 "tables and base test evaluations (default ROOT/difficulty)")
   p.add_argument("--drop_checkpoints", action="store_true", help="delete a run's checkpoints "
                  "once it has finished (its record stays)")
   p.add_argument("--report_only", action="store_true", help="only (re)write the report")

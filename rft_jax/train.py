@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -76,7 +77,8 @@ EVALS_DIR = "evals"  # per-sample rewards of each evaluation (rft_jax.evaluation
 # Settings that may change between a run and its resumption (they do not change what a round
 # computes); everything else of the config enters the checkpoint's fingerprint.
 RESUMABLE_KEYS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
-                  "eval.batch_size", "eval.curve_test_size", "warm_start.dir", "example.table",
+                  "eval.batch_size", "eval.curve_test_size", "eval.shared_base", "warm_start.dir",
+                  "example.table",
                   "diagnostics.p_correct_window",
                   "diagnostics.exact_arms", "diagnostics.max_arms")
 
@@ -900,20 +902,26 @@ def train_phase(loop: Loop, state: TrainState, questions: list[int], rollout: sa
   return state, row
 
 
-def evaluate_phase(loop: Loop, params, round_index: int, *, all_questions: bool = True) -> dict:
+def evaluate_phase(loop: Loop, params, round_index: int, *, all_questions: bool = True,
+                   known_test: dict | None = None) -> dict:
   """Training and test Pass@1 (and greedy accuracy) of `params`, the samples split over the
   processes and their rewards gathered; every sample's reward goes to evals/round_<r>.json
   (process 0). Evaluations between the base and the last round (all_questions=False) may use
   the first eval.curve_test_size test questions only (a curve); the base and final ones all of
-  test_size (the layer comparison). The exact optimal-arm probability is separate (exact_arms_phase)."""
+  test_size (the layer comparison). known_test: these params' test rewards ('test',
+  'test_greedy') from an earlier identical evaluation (base_eval_phase), so only the training
+  question is sampled; the rng split makes that the same as sampling both. The exact
+  optimal-arm probability is separate (exact_arms_phase)."""
   config = loop.config
   examples = (loop.test_examples if all_questions else
               loop.test_examples[:config.eval.curve_test_size or len(loop.test_examples)])
   rewards = evaluation.evaluation_rewards(
-      loop.policy.replace(params=loop.full(params)), loop.task, loop.train_examples, examples,
+      loop.policy.replace(params=loop.full(params)), loop.task, loop.train_examples,
+      [] if known_test else examples,
       jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), round_index),
       train_samples=config.eval.train_samples, temperature=config.eval.temperature,
       greedy=config.eval.greedy, **_gen_kwargs(config, loop.mesh))
+  rewards.update(known_test or {})
   if distributed.is_main():
     evaluation.save_rewards(os.path.join(loop.workdir, EVALS_DIR), round_index, rewards,
                             [e.id for e in loop.train_examples], [e.id for e in examples])
@@ -939,12 +947,71 @@ def checkpoint_phase(loop: Loop, ckpt: checkpoint_lib.Checkpointer, state: Train
   return stopping
 
 
-def base_eval_phase(loop: Loop, params, workdir: str, writer, fresh: bool) -> dict:
+def base_test_key(config) -> dict:
+  """What the base policy's test rewards depend on: the base (warm_start.base_fingerprint, the
+  whole model section: dtype and LoRA options too), the task and test set, the evaluation rng
+  (seed) and every sampling setting. Not the loss, optimizer, training question or rollouts per
+  round, so every layer of one seed has the same key."""
+  ev, ro = config.eval, config.rollout
+  return {"base": warm_start.base_fingerprint(config), "model": config.model.to_dict(),
+          "seed": config.seed, "test_size": ev.test_size,
+          "eval": {k: ev[k] for k in ("temperature", "greedy", "batch_size")},
+          "rollout": {k: ro[k] for k in ("max_new_tokens", "top_k", "top_p", "prompt_bucket")},
+          "mesh": config.mesh.to_dict()}
+
+
+def base_test_path(config) -> str:
+  """<eval.shared_base>/<hash of base_test_key>.json, or '' when eval.shared_base is unset."""
+  if not config.eval.get("shared_base"):
+    return ""
+  key = json.dumps(base_test_key(config), sort_keys=True, default=str)
+  return os.path.join(config.eval.shared_base,
+                      hashlib.sha256(key.encode()).hexdigest()[:12] + ".json")
+
+
+def _shared_base_test(loop: Loop, path: str) -> dict | None:
+  """The base's test rewards another run stored at `path`, or None (no file yet). A file of
+  another key or other test questions is an error: its name says it holds these."""
+  if not distributed.agree(os.path.exists(path)):
+    return None
+  with open(path) as f:
+    stored = json.load(f)
+  key = json.loads(json.dumps(base_test_key(loop.config), default=str))
+  ids = [e.id for e in loop.test_examples]
+  if stored.get("key") != key or stored.get("test_ids") != ids:
+    raise errors.CheckpointReadError(
+        f"{path} holds the base evaluation of other settings or test questions than this run's; "
+        "delete it (the next run samples it again) or unset --config.eval.shared_base")
+  return {k: np.asarray(stored[k], np.float64) for k in ("test", "test_greedy") if k in stored}
+
+
+def _share_base_test(loop: Loop, path: str) -> None:
+  """Copies this run's base test rewards (evals/round_000000.json) to `path` (process 0)."""
+  if not distributed.is_main():
+    return
+  rewards = evaluation.load_rewards(os.path.join(loop.workdir, EVALS_DIR,
+                                                 f"round_{0:06d}.json"))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fileio.write_json_atomic(path, {
+      "key": base_test_key(loop.config), "test_ids": rewards["test_ids"],
+      **{k: rewards[k].tolist() for k in ("test", "test_greedy") if k in rewards}})
+
+
+def base_eval_phase(loop: Loop, params, workdir: str, writer, fresh: bool, log=print) -> dict:
   """The base policy's evaluation (row 0 of metrics.jsonl), stored in base_eval.json: made on a
-  fresh run (or when that file is missing), else read back."""
+  fresh run (or when that file is missing), else read back. With eval.shared_base the test
+  rewards come from the first run of the same key (base_test_path) and only the training
+  question is sampled."""
   path = os.path.join(workdir, "base_eval.json")
   if fresh or not distributed.agree(os.path.exists(path)):
-    base = {**evaluate_phase(loop, params, 0), **exact_arms_phase(loop, params)}
+    shared = base_test_path(loop.config)
+    known = _shared_base_test(loop, shared) if shared else None
+    if known:
+      log(f"base test rewards from {shared} (the same evaluation in another run)")
+    base = {**evaluate_phase(loop, params, 0, known_test=known),
+            **exact_arms_phase(loop, params)}
+    if shared and not known:
+      _share_base_test(loop, shared)
     if distributed.is_main():
       fileio.write_json_atomic(path, base)
     writer.write(0, base)
@@ -971,7 +1038,7 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
   correct_rate = bandit.CorrectRate(diag.p_correct_window)
   if start:  # the resumed window goes on where the checkpointed run left it
     correct_rate.resume(metrics_lib.read_metrics(workdir), start)
-  base = base_eval_phase(loop, state.params, workdir, writer, fresh=start == 0)
+  base = base_eval_phase(loop, state.params, workdir, writer, fresh=start == 0, log=log)
   stop.deferred = True  # from here on a signal lets the round finish and saves it
   log(f"base: training Pass@1 {base['train_pass1']:.3f}, test Pass@1 {base['test_pass1']:.3f}")
   if changes:  # --resume_with: recorded on the row of the round the run goes on from

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from rft_jax import pipeline
+from rft_jax import pipeline, train
 
 
 def write_run(workdir, evals, rounds=(), summary=True, error=None):
@@ -116,6 +116,11 @@ def test_plan_shares_one_base_and_fixes_seeds(tmp_path):
              for _, c in planned)
   with pytest.raises(ValueError, match="no such config field"):
     pipeline.plan(["l0"], 1, str(tmp_path), overrides={"train.roundz": "4"})
+  # The base's test rewards: one file per seed for L0 and L2 (same base), L5's base its own.
+  shared = [train.base_test_path(c) for _, c in planned]
+  assert all(p.startswith(f"{tmp_path}/difficulty/{pipeline.BASE_TEST_DIR}/") for p in shared)
+  assert shared[0] == shared[2] != shared[1] == shared[3]
+  assert not set(shared[4:]) & set(shared[:4])
   # A workdir remembers its settings: the same run with others stops. A key added since
   # (train.LATER_KEYS) at its default is not another setting: the record predates the key.
   run, config = planned[0]
@@ -123,6 +128,7 @@ def test_plan_shares_one_base_and_fixes_seeds(tmp_path):
   with open(os.path.join(run.workdir, "config.json")) as f:
     older = json.load(f)
   del older["train"]["logprob_chunk"]
+  del older["eval"]["shared_base"]  # and a folder of the machine, not a setting
   with open(os.path.join(run.workdir, "config.json"), "w") as f:
     json.dump(older, f)
   pipeline._write_config(run, config)
@@ -160,13 +166,18 @@ def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys
   report = open(f"{root}/report.md").read()
   assert "| l1 |" in report and "| l2 |" in report and "1/1 done" in report
   assert "python -m rft_jax.pipeline --layers=l1,l2" in report
-  # One difficulty table, sampled by the first run and handed to the second.
-  shared = os.listdir(f"{root}/difficulty")
-  assert len(shared) == 1
+  # One difficulty table and one base test evaluation, sampled by the first run and handed to
+  # the second.
+  shared = sorted(os.listdir(f"{root}/difficulty"))
+  assert len(shared) == 2 and shared[1] == pipeline.BASE_TEST_DIR
   tables = [open(f"{root}/{layer}/seed0/difficulty.json").read() for layer in ("l1", "l2")]
   assert tables[0] == tables[1] == open(f"{root}/difficulty/{shared[0]}").read()
-  assert "difficulty table from " in open(f"{root}/l2/seed0/log.txt").read()
-  assert "difficulty table from " not in open(f"{root}/l1/seed0/log.txt").read()
+  logs = [open(f"{root}/{layer}/seed0/log.txt").read() for layer in ("l1", "l2")]
+  assert "difficulty table from " in logs[1] and "difficulty table from " not in logs[0]
+  assert "base test rewards from " in logs[1] and "base test rewards from " not in logs[0]
+  base_evals = [open(f"{root}/{layer}/seed0/evals/round_000000.json").read()
+                for layer in ("l1", "l2")]
+  assert base_evals[0] == base_evals[1]
   # One commit per finished run, holding its record (no checkpoints) and the report so far.
   log = git(repo, "log", "--format=%s").splitlines()
   assert len(log) == 2 and log[1].startswith("experiments: l1/seed0 finished in ")

@@ -215,6 +215,63 @@ def test_curve_evaluations_use_the_first_test_questions(reference, base_dir, tmp
                     for r in reference["rows"]])
 
 
+def test_base_test_key_leaves_out_what_only_training_changes(base_dir):
+  """Every layer of one seed shares the base's test rewards; the sampling settings, the seed
+  and the model do not."""
+  shared = "/shared/base_eval"
+  path = train.base_test_path(make_config(base_dir, eval__shared_base=shared))
+  assert os.path.dirname(path) == shared and path.endswith(".json")
+  assert train.base_test_path(make_config(base_dir)) == ""  # off by default
+  same = [dict(optimizer__learning_rate=1e-6), dict(loss__chain="raw_reward,token_mean"),
+          dict(rollout__num_samples=4), dict(example__selection="hard"),
+          dict(train__rounds=9), dict(eval__curve_test_size=3), dict(eval__train_samples=5),
+          dict(warm_start__dir="/elsewhere")]
+  for change in same:
+    assert train.base_test_path(make_config(base_dir, eval__shared_base=shared, **change)) == path
+  other = [dict(seed=1), dict(eval__temperature=0.5), dict(eval__greedy=False),
+           dict(eval__test_size=4), dict(rollout__max_new_tokens=8), dict(rollout__top_p=0.9),
+           dict(model__dtype="bfloat16"), dict(task__seed=3), dict(warm_start__seed=1),
+           dict(model__lora__rank=2)]
+  for change in other:
+    assert train.base_test_path(make_config(base_dir, eval__shared_base=shared, **change)) \
+        != path, change
+
+
+def test_shared_base_test_rewards_are_sampled_once(reference, base_dir, tmp_path, no_retraining):
+  """The first run with eval.shared_base stores its base test rewards; a run of another layer
+  (here another learning rate) samples only the training question at round 0 and takes the
+  test rewards from the file; a file of other settings stops the run."""
+  shared = tmp_path / "shared"
+  first, _ = run(make_config(base_dir, eval__shared_base=str(shared), train__rounds=2),
+                 tmp_path / "first")
+  [stored_path] = shared.iterdir()
+  stored = json.loads(stored_path.read_text())
+  ref0 = evaluation.load_rewards(str(reference["workdir"] / train.EVALS_DIR / "round_000000.json"))
+  assert stored["test_ids"] == ref0["test_ids"]
+  assert stored["test"] == ref0["test"].tolist()
+  assert stored["test_greedy"] == ref0["test_greedy"].tolist()
+  assert metrics.read_metrics(tmp_path / "first")[0] == reference["rows"][0]
+
+  # Marked rewards prove the second run reads them rather than sampling the test set again.
+  marked = {**stored, "test": [1.0] * len(stored["test"]), "test_greedy": [0.0, 1.0] * 4}
+  fileio.write_json_atomic(stored_path, marked)
+  config = make_config(base_dir, eval__shared_base=str(shared), train__rounds=2,
+                       optimizer__learning_rate=1e-4)
+  assert train.base_test_path(config) == str(stored_path)
+  second, lines = run(config, tmp_path / "second")
+  assert any(line.startswith(f"base test rewards from {stored_path}") for line in lines)
+  row0 = metrics.read_metrics(tmp_path / "second")[0]
+  assert row0["test_pass1"] == 1.0 and row0["test_greedy"] == 0.5
+  assert row0["train_pass1"] == reference["rows"][0]["train_pass1"]
+  saved = evaluation.load_rewards(str(tmp_path / "second" / train.EVALS_DIR / "round_000000.json"))
+  assert saved["test"].tolist() == marked["test"] and saved["test_ids"] == stored["test_ids"]
+  assert second["base_test_pass1"] == 1.0
+
+  fileio.write_json_atomic(stored_path, {**stored, "test_ids": stored["test_ids"][::-1]})
+  with pytest.raises(errors.CheckpointReadError, match="other settings or test questions"):
+    run(config, tmp_path / "third")
+
+
 def test_resume_with_more_rounds_equals_uninterrupted(reference, base_dir, tmp_path,
                                                       no_retraining):
   """2 rounds, then the same workdir with rounds=4 (a resumable key): same as 4 in one go."""
