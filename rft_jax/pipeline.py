@@ -452,7 +452,8 @@ def difficulty_path(directory: str, config) -> str:
 def git_commit(paths: Sequence[str], message: str, log=print, attempts: int = 5) -> bool:
   """`git add` + `git commit` of exactly `paths` (other staged changes stay staged); retried
   while another git command holds the index. False (and a log line) if it could not."""
-  cwd = os.path.dirname(os.path.abspath(paths[0]))
+  paths = [os.path.abspath(p) for p in paths]  # git runs in the first path's folder
+  cwd = os.path.dirname(paths[0])
   for attempt in range(attempts):
     add = subprocess.run(["git", "add", "--", *paths], cwd=cwd, capture_output=True, text=True)
     commit = add if add.returncode else subprocess.run(

@@ -142,6 +142,21 @@ def git(repo, *args) -> str:
                         text=True).stdout
 
 
+def test_git_commit_of_a_path_relative_to_the_working_directory(tmp_path, monkeypatch):
+  """run.sh passes --publish=experiments/...: relative to where the command runs."""
+  repo = tmp_path / "repo"
+  (repo / "experiments" / "sweep").mkdir(parents=True)
+  git(repo, "init", "-q")
+  git(repo, "config", "user.email", "t@example.com")
+  git(repo, "config", "user.name", "t")
+  (repo / "experiments" / "sweep" / "summary.json").write_text("{}")
+  (repo / "other.txt").write_text("not this one")
+  monkeypatch.chdir(repo)
+  assert pipeline.git_commit(["experiments/sweep"], "experiments: sweep", log=print)
+  assert git(repo, "log", "--format=%s").splitlines() == ["experiments: sweep"]
+  assert git(repo, "ls-files").splitlines() == ["experiments/sweep/summary.json"]
+
+
 def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys):
   """Two tiny layers x 1 seed, one after another in-process, published and committed as each
   finishes; then again: nothing reruns, also in a fresh root that has only the published
