@@ -438,9 +438,10 @@ def difficulty_path(directory: str, config) -> str:
   """<directory>/<hash>.json: the difficulty table every run with these settings shares (L0
   and L4's buckets draw from one table; config example.table), so it is sampled once, not once
   per run."""
-  from rft_jax import warm_start
+  from rft_jax import train, warm_start
 
-  d = _flat(json.loads(config.to_json()))
+  # Keys added since at their defaults count as absent: a table keeps its name across commits.
+  d = _flat(train.drop_later_defaults(json.loads(config.to_json())))
   key = {k: v for k, v in d.items()
          if not any(k == n or k.startswith(n + ".") for n in _NOT_IN_DIFFICULTY)}
   if not config.model.checkpoint:

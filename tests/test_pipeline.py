@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -306,6 +307,11 @@ def test_layers_share_one_difficulty_table_unless_it_would_differ(tmp_path):
                      ("task.max_operand", 11), ("warm_start.max_steps", 3), ("eval.batch_size", 8)]:
     assert path("l0", **{key: value}) != one, key
   assert path("l5") != one  # another embedded base (warm_start.seed)
+  # A config written before a key of train.LATER_KEYS existed: the same table.
+  older = json.loads(pipeline.layer_config("l0").to_json())
+  del older["model"]["lora"], older["train"]["micro_batch_size"]
+  assert pipeline.difficulty_path(str(tmp_path), ml_collections.ConfigDict(older)) == one
+  assert path("l0", **{"model.lora.rank": 2}) != one  # not at its default: another setting
 
 
 def test_remaining_time_by_hand():
