@@ -102,9 +102,11 @@ PRESETS = {
     "paper": ["l0", "l1:g=4", "l1", "l1:g=16", "l2", "l3", "l3:neg=m10", "l4:bucket=easy",
               "l4:bucket=hard", "l4", "l5"],
     # Issue 13's layers on a real LLM (run with --base=smollm2): L5's other base is the
-    # embedded default's own pipeline (experiments/bottom_up), not a layer of this one.
-    "smollm2": ["l0", "l1:g=4", "l1", "l1:g=16", "l2", "l3", "l3:neg=m10", "l4:bucket=easy",
-                "l4:bucket=hard", "l4:bucket=extremely_hard"],
+    # embedded default's own pipeline (experiments/bottom_up), not a layer of this one. L0-L3
+    # train on a 'hard' question (configs/smollm2.py), so L4 is hard (= L1) against medium and
+    # extremely hard; no question is easy for SmolLM2-135M (experiments/smollm2/README.md).
+    "smollm2": ["l0", "l1:g=4", "l1", "l1:g=16", "l2", "l3", "l3:neg=m10", "l4:bucket=medium",
+                "l4:bucket=extremely_hard"],
     "beyond": ["l2", "trainset", "batch", "kl", "entropy", "aggregation",
                "aggregation:agg=seq_mean_token_sum_norm", "offpolicy", "clip_higher",
                "history", "baseline_only", "lora:rank=1", "lora", "lora:rank=64"],

@@ -26,3 +26,17 @@ if [[ "$what" == all || "$what" == sweep ]]; then
     done
   done
 fi
+
+# 2. The layers (preset smollm2: configs/layers.py) x 3 seeds at the sweep's learning rate
+#    (experiments/smollm2/pick_lr.py applies the rule written before the sweep; it stops this
+#    script, saying what is missing, until the sweep has finished). 100 rounds, the sweep's
+#    length (cost: README); evaluations every 25 rounds on 100 test questions, the base and the
+#    last on 500; a checkpoint every 10 rounds (a run outlasts a sitting). The base's test
+#    evaluation is sampled once per seed and shared by the layers (--tables).
+if [[ "$what" == all || "$what" == layers ]]; then
+  lr="$(python experiments/smollm2/pick_lr.py --print)"
+  python -m rft_jax.pipeline --layers=smollm2 --base=smollm2 --seeds=3 \
+    --root=runs/smollm2/layers --set optimizer.learning_rate="$lr" --set train.rounds=100 \
+    --set train.checkpoint_every=10 --tables=runs/smollm2/difficulty \
+    --publish=experiments/smollm2/layers --commit --drop_checkpoints
+fi
