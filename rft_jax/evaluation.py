@@ -44,10 +44,13 @@ def _rollouts(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Array, 
   n = len(prompts)
   # batch_size counts rows (prompts x samples); never more prompts than there are.
   batch_size = min(max(1, batch_size // num_samples), n)
+  unit = 1
   if mesh is not None:  # rows (prompts x samples) must split evenly over the mesh's batch axes
     unit = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
     step = unit // math.gcd(unit, num_samples)
     batch_size = -(-batch_size // step) * step
+  # Ended rows leave the batch (the same samples, sooner); the host must see every row.
+  compact = jax.process_count() == 1
   length = sampling.bucket_length(max(len(p) for p in prompts), prompt_bucket)
   steps = -(-n // batch_size)
   # Transient: cleared when done, so evaluations do not pile bars up under the rounds' bar.
@@ -61,7 +64,7 @@ def _rollouts(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Array, 
       tokens, mask = sharding.shard_batch((tokens, mask), mesh)
     rollout = policy.generate(tokens, max_new_tokens, temperature=temperature, top_k=top_k,
                               top_p=top_p, prompt_mask=mask, num_samples=num_samples,
-                              rng=jax.random.fold_in(rng, i))
+                              rng=jax.random.fold_in(rng, i), compact=compact, row_multiple=unit)
     yield (np.repeat(index, num_samples), np.repeat(np.arange(batch_size) < real, num_samples),
            rollout)
     if bar is not None:

@@ -56,6 +56,8 @@ class Rollout:
 
 @flax.struct.dataclass
 class _DecodeState:
+  """The decode loop's carry; every array but step and rng has the batch (BG rows) first."""
+
   step: Array           # [] int32, next completion index to write
   tokens: Array         # [BG, N]
   mask: Array           # [BG, N]
@@ -64,6 +66,9 @@ class _DecodeState:
   done: Array           # [BG] bool
   next_logits: Array    # [BG, V] logits predicting completion token `step`
   cache: KVCache
+  kv_valid: Array       # [BG, P + N] key slots holding real tokens (generated ones up front)
+  next_position: Array  # [BG] position of completion token 0
+  row: Array            # [BG] int32, the row's index in the full batch (its random numbers)
   rng: Array
 
 
@@ -121,6 +126,11 @@ def _argmax(x: Array) -> Array:
 
 CDF_BLOCK = 128
 
+# How a row's random numbers are made (row_uniforms); stored with results that were sampled
+# (train.base_test_key), so that a change of the scheme does not mix streams. Before this name
+# existed, the uniforms of a step were one draw of shape [B] (they depended on the batch).
+DRAWS = "fold_in(step key, row)"
+
 # On XLA:CPU a tied head is multiplied through a transposed copy of the embedding (see
 # `sample`); rft_jax.plan turns it off to plan the program an accelerator runs.
 CPU_HEAD_COPY = True
@@ -131,8 +141,16 @@ def _last_true(mask: Array) -> Array:
   return mask.shape[-1] - 1 - jnp.argmax(mask[:, ::-1], axis=-1)
 
 
-def _inverse_cdf_sample(rng: Array, z: Array) -> Array:
-  """[B, V] logits (-inf allowed) -> [B] int32, one draw per row from softmax(z).
+def row_uniforms(rng: Array, row_ids: Array) -> Array:
+  """[R] uniforms in [0, 1), row r's from fold_in(rng, row_ids[r]): a row draws the same number
+  whichever rows share its batch (sample_compacting drops finished rows mid-decode)."""
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids.astype(jnp.uint32))
+  return jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
+
+
+def _inverse_cdf_sample(rng: Array, z: Array, row_ids: Array | None = None) -> Array:
+  """[B, V] logits (-inf allowed) -> [B] int32, one draw per row from softmax(z); the uniform of
+  row r comes from row_ids[r] (default r) alone (row_uniforms).
 
   Inverts the CDF at one uniform per row, in two levels: sums of blocks of CDF_BLOCK
   probabilities, then the prefix sums inside the chosen block; two passes over V. The Gumbel-max
@@ -147,7 +165,7 @@ def _inverse_cdf_sample(rng: Array, z: Array) -> Array:
   probs = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True)).reshape(b, -1, block)  # unnormalized
   sums = jnp.sum(probs, axis=-1)  # [B, V / block]
   cdf = jnp.cumsum(sums, axis=-1)
-  target = jax.random.uniform(rng, (b,), jnp.float32) * cdf[:, -1]
+  target = row_uniforms(rng, jnp.arange(b) if row_ids is None else row_ids) * cdf[:, -1]
   rows = jnp.arange(b)
   blk = jnp.minimum(jnp.sum(cdf <= target[:, None], axis=-1), _last_true(sums > 0))
   inside = probs[rows, blk]  # [B, block]
@@ -169,7 +187,7 @@ def _token_logp(z: Array, token: Array) -> Array:
   return (picked - top[:, 0]) - log_norm
 
 
-def _choose(rng, logits, temperature, top_k, top_p):
+def _choose(rng, logits, temperature, top_k, top_p, row_ids):
   """One token per row: sampled from the tempered, truncated softmax, or argmax at tau = 0.
 
   At tau = 0 the argmax of the truncated logits is the argmax of the logits (truncation keeps
@@ -179,7 +197,7 @@ def _choose(rng, logits, temperature, top_k, top_p):
   truncating = (top_k > 0) | (top_p < 1.0)
   truncated = jax.lax.cond(truncating, lambda z: truncate_logits(z, top_k, top_p), lambda z: z,
                            scaled)
-  token = jax.lax.cond(temperature > 0, lambda z: _inverse_cdf_sample(rng, z), _argmax,
+  token = jax.lax.cond(temperature > 0, lambda z: _inverse_cdf_sample(rng, z, row_ids), _argmax,
                        truncated)
   logp = _token_logp(scaled, token)
   # Without truncation the sampled distribution is the tempered one: no second normalization.
@@ -187,29 +205,23 @@ def _choose(rng, logits, temperature, top_k, top_p):
   return token, logp, jnp.where(temperature > 0, sampler_logp, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("decoder", "max_new_tokens", "num_samples"))
-def sample(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array, rng: Array, *,
-           max_new_tokens: int, num_samples: int = 1, temperature: Array | float = 1.0,
-           top_k: Array | int = 0, top_p: Array | float = 1.0, eos_ids: Array,
-           pad_id: Array | int = 0) -> Rollout:
-  """G = num_samples rollouts of N = max_new_tokens tokens for each left-padded prompt.
-
-  prompt_tokens, prompt_mask [B, P]; eos_ids [E] int (entries < 0 ignored); rng a PRNG key.
-  """
-  b, p = prompt_tokens.shape
-  n, g = max_new_tokens, num_samples
-  temperature = jnp.asarray(temperature, jnp.float32)
-  top_k = jnp.asarray(top_k, jnp.int32)
-  top_p = jnp.asarray(top_p, jnp.float32)
-  eos_ids = jnp.asarray(eos_ids, jnp.int32).reshape(-1)
-  prompt_mask = prompt_mask.astype(bool)
-
+def _decoding_head(decoder: Decoder, params):
+  """On XLA:CPU a tied head is multiplied through a transposed copy of the embedding: XLA:CPU
+  multiplies by the transposed embedding ~25% slower than by a [D, V] matrix, and the head is
+  the largest matmul of a decode step (one copy per call, V x D memory)."""
   if decoder.config.tie_embeddings and jax.default_backend() == "cpu" and CPU_HEAD_COPY:
-    # XLA:CPU multiplies by the transposed embedding ~25% slower than by a [D, V] matrix, and the
-    # head is the largest matmul of a decode step: one transposed copy per call (V x D memory).
     decoder = Decoder(dataclasses.replace(decoder.config, tie_embeddings=False))
     params = {**params, "lm_head": params["embedding"].T}
+  return decoder, params
 
+
+def _prefill(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array, rng: Array,
+             max_new_tokens: int, num_samples: int, pad_id) -> tuple[_DecodeState, Array, Array]:
+  """The prompts through the decoder once, their cache repeated for the G rollouts of each:
+  (the loop's first state, prompt tokens [BG, P], prompt mask [BG, P])."""
+  b, p = prompt_tokens.shape
+  n, g = max_new_tokens, num_samples
+  prompt_mask = prompt_mask.astype(bool)
   # Generated slots are marked valid up front: causality hides each one until it is written.
   kv_valid = jnp.concatenate([prompt_mask, jnp.ones((b, n), bool)], axis=1)
   cache = KVCache.zeros(decoder.config, b, p + n)
@@ -222,33 +234,147 @@ def sample(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array, r
     kv_valid = jnp.repeat(kv_valid, g, axis=0)
   prompt_tokens = jnp.repeat(prompt_tokens, g, axis=0)
   prompt_mask = jnp.repeat(prompt_mask, g, axis=0)
-  next_position = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)  # [BG]
-
   zeros = jnp.zeros((b * g, n), jnp.float32)
   state = _DecodeState(step=jnp.zeros((), jnp.int32),
                        tokens=jnp.full((b * g, n), pad_id, jnp.int32), mask=zeros, logp=zeros,
                        sampler_logp=zeros, done=jnp.zeros((b * g,), bool),
-                       next_logits=logits[:, 0], cache=cache, rng=rng)
+                       next_logits=logits[:, 0], cache=cache, kv_valid=kv_valid,
+                       next_position=jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32),
+                       row=jnp.arange(b * g, dtype=jnp.int32), rng=rng)
+  return state, prompt_tokens, prompt_mask
+
+
+def _decode(decoder: Decoder, params, state: _DecodeState, stop_at: Array, temperature: Array,
+            top_k: Array, top_p: Array, eos_ids: Array, pad_id) -> _DecodeState:
+  """Decode steps until step == stop_at or every row has ended (the while loop)."""
+  n = state.tokens.shape[1]
+  p = state.kv_valid.shape[1] - n
 
   def cond(s: _DecodeState):
-    return (s.step < n) & ~jnp.all(s.done)
+    return (s.step < stop_at) & ~jnp.all(s.done)
 
   def body(s: _DecodeState):
     rng, key = jax.random.split(s.rng)
-    token, logp, sampler_logp = _choose(key, s.next_logits, temperature, top_k, top_p)
+    token, logp, sampler_logp = _choose(key, s.next_logits, temperature, top_k, top_p, s.row)
     live = ~s.done
     token = jnp.where(live, token, pad_id)
     write = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(
         buf, x[:, None].astype(buf.dtype), s.step, axis=1)
     done = s.done | jnp.any(token[:, None] == eos_ids[None, :], axis=-1)
     logits, cache = decoder.apply({"params": params}, token[:, None],
-                                  (next_position + s.step)[:, None], kv_valid, cache=s.cache,
-                                  cache_index=p + s.step)
-    return _DecodeState(step=s.step + 1, tokens=write(s.tokens, token),
-                        mask=write(s.mask, live), logp=write(s.logp, jnp.where(live, logp, 0.0)),
-                        sampler_logp=write(s.sampler_logp, jnp.where(live, sampler_logp, 0.0)),
-                        done=done, next_logits=logits[:, 0], cache=cache, rng=rng)
+                                  (s.next_position + s.step)[:, None], s.kv_valid,
+                                  cache=s.cache, cache_index=p + s.step)
+    return s.replace(step=s.step + 1, tokens=write(s.tokens, token), mask=write(s.mask, live),
+                     logp=write(s.logp, jnp.where(live, logp, 0.0)),
+                     sampler_logp=write(s.sampler_logp, jnp.where(live, sampler_logp, 0.0)),
+                     done=done, next_logits=logits[:, 0], cache=cache, rng=rng)
 
-  state = jax.lax.while_loop(cond, body, state)
+  return jax.lax.while_loop(cond, body, state)
+
+
+def _settings(temperature, top_k, top_p, eos_ids):
+  return (jnp.asarray(temperature, jnp.float32), jnp.asarray(top_k, jnp.int32),
+          jnp.asarray(top_p, jnp.float32), jnp.asarray(eos_ids, jnp.int32).reshape(-1))
+
+
+@functools.partial(jax.jit, static_argnames=("decoder", "max_new_tokens", "num_samples"))
+def sample(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array, rng: Array, *,
+           max_new_tokens: int, num_samples: int = 1, temperature: Array | float = 1.0,
+           top_k: Array | int = 0, top_p: Array | float = 1.0, eos_ids: Array,
+           pad_id: Array | int = 0) -> Rollout:
+  """G = num_samples rollouts of N = max_new_tokens tokens for each left-padded prompt.
+
+  prompt_tokens, prompt_mask [B, P]; eos_ids [E] int (entries < 0 ignored); rng a PRNG key.
+  """
+  temperature, top_k, top_p, eos_ids = _settings(temperature, top_k, top_p, eos_ids)
+  decoder, params = _decoding_head(decoder, params)
+  state, prompt_tokens, prompt_mask = _prefill(decoder, params, prompt_tokens, prompt_mask, rng,
+                                               max_new_tokens, num_samples, pad_id)
+  state = _decode(decoder, params, state, jnp.int32(max_new_tokens), temperature, top_k, top_p,
+                  eos_ids, pad_id)
   return Rollout(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, tokens=state.tokens,
                  mask=state.mask, logp=state.logp, sampler_logp=state.sampler_logp)
+
+
+_prefill_jit = jax.jit(_prefill, static_argnames=("decoder", "max_new_tokens", "num_samples"))
+_decode_jit = jax.jit(_decode, static_argnames=("decoder",))
+
+
+@jax.jit
+def _take_rows(state: _DecodeState, index: Array) -> _DecodeState:
+  take = lambda x: jnp.take(x, index, axis=0)
+  return state.replace(
+      tokens=take(state.tokens), mask=take(state.mask), logp=take(state.logp),
+      sampler_logp=take(state.sampler_logp), done=take(state.done),
+      next_logits=take(state.next_logits), cache=jax.tree.map(take, state.cache),
+      kv_valid=take(state.kv_valid), next_position=take(state.next_position),
+      row=take(state.row))
+
+
+_RESULTS = ("tokens", "mask", "logp", "sampler_logp")
+
+
+def _compacted_size(rows: int, live: int, min_rows: int, multiple: int) -> int:
+  """The smallest of rows / 2, rows / 4, ... that holds `live` rows, is >= min_rows and a
+  multiple of `multiple` (the mesh's batch split); `rows` when there is none."""
+  size = rows
+  while (size % 2 == 0 and size // 2 >= max(live, min_rows, 1)
+         and (size // 2) % multiple == 0):
+    size //= 2
+  return size
+
+
+def sample_compacting(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array,
+                      rng: Array, *, max_new_tokens: int, num_samples: int = 1,
+                      temperature: Array | float = 1.0, top_k: Array | int = 0,
+                      top_p: Array | float = 1.0, eos_ids: Array, pad_id: Array | int = 0,
+                      stage_tokens: int = 32, min_rows: int = 16, row_multiple: int = 1,
+                      on_stage=None) -> Rollout:
+  """`sample`, with the rows that have ended dropped from the decode batch as it goes.
+
+  The loop runs stage_tokens steps at a time; after a stage in which at least half of the rows
+  have ended, the unfinished ones move to a batch half as large (or a quarter, ...: at least
+  min_rows, a multiple of row_multiple), their KV cache with them. Why: a batch decodes until
+  its longest row ends, and SmolLM2's evaluation rows end after ~110 tokens on average while
+  one in sixteen runs to 256, so most of a large batch's late steps computed finished rows;
+  on CPU a decode step's cost grows with its rows down to ~16 (below that, reading the weights
+  dominates). The tokens are sample's (each row's random numbers depend on its own index:
+  row_uniforms); log-probs agree to float rounding (a matmul over fewer rows may round
+  otherwise). One process only: the host reads which rows have ended.
+  on_stage(step, rows, live): called after each stage (tests, progress).
+  """
+  n = max_new_tokens
+  settings = _settings(temperature, top_k, top_p, eos_ids)
+  decoder, params = _decoding_head(decoder, params)
+  state, prompt_tokens, prompt_mask = _prefill_jit(decoder, params, prompt_tokens, prompt_mask,
+                                                   rng, n, num_samples, pad_id)
+  total = state.tokens.shape[0]
+  out = {name: np.empty((total, n), getattr(state, name).dtype) for name in _RESULTS}
+
+  def store(rows):  # results of state rows `rows` into their places in the full batch
+    where = np.asarray(state.row)[rows]
+    for name in _RESULTS:
+      out[name][where] = np.asarray(getattr(state, name))[rows]
+
+  rows = total
+  while True:
+    state = _decode_jit(decoder, params, state, jnp.int32(min(int(state.step) + stage_tokens, n)),
+                        *settings, pad_id)
+    done = np.asarray(state.done)
+    live = int(rows - done.sum())
+    if on_stage is not None:
+      on_stage(int(state.step), rows, live)
+    if live == 0 or int(state.step) >= n:
+      break
+    size = _compacted_size(rows, live, min_rows, row_multiple)
+    if size < rows:
+      ended = np.flatnonzero(done)
+      store(ended)
+      # Ended rows fill the batch up to its size: they stay ended and write nothing new.
+      keep = np.concatenate([np.flatnonzero(~done), ended[:size - live]])
+      state = _take_rows(state, jnp.asarray(keep, jnp.int32))
+      rows = size
+  store(np.arange(rows))
+  return Rollout(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
+                 tokens=jnp.asarray(out["tokens"]), mask=jnp.asarray(out["mask"]),
+                 logp=jnp.asarray(out["logp"]), sampler_logp=jnp.asarray(out["sampler_logp"]))

@@ -950,10 +950,12 @@ def checkpoint_phase(loop: Loop, ckpt: checkpoint_lib.Checkpointer, state: Train
 def base_test_key(config) -> dict:
   """What the base policy's test rewards depend on: the base (warm_start.base_fingerprint, the
   whole model section: dtype and LoRA options too), the task and test set, the evaluation rng
-  (seed) and every sampling setting. Not the loss, optimizer, training question or rollouts per
-  round, so every layer of one seed has the same key."""
+  (seed), every sampling setting and how the sampler draws (sampling.DRAWS). Not the loss,
+  optimizer, training question or rollouts per round, so every layer of one seed has the same
+  key."""
   ev, ro = config.eval, config.rollout
-  return {"base": warm_start.base_fingerprint(config), "model": config.model.to_dict(),
+  return {"draws": sampling.DRAWS,
+          "base": warm_start.base_fingerprint(config), "model": config.model.to_dict(),
           "seed": config.seed, "test_size": ev.test_size,
           "eval": {k: ev[k] for k in ("temperature", "greedy", "batch_size")},
           "rollout": {k: ro[k] for k in ("max_new_tokens", "top_k", "top_p", "prompt_bucket")},

@@ -168,3 +168,48 @@ def test_rope_llama3_scaling_bands():
   smooth = (8192 / wavelen[mid] - 1.0) / (4.0 - 1.0)
   np.testing.assert_allclose(inv_s[mid], (1 - smooth) * inv[mid] / 8.0 + smooth * inv[mid],
                              rtol=1e-5)
+
+
+def test_compacted_sizes():
+  assert sampling._compacted_size(64, 40, 16, 1) == 64   # more than half still decoding
+  assert sampling._compacted_size(64, 32, 16, 1) == 32
+  assert sampling._compacted_size(64, 5, 16, 1) == 16    # not below min_rows
+  assert sampling._compacted_size(64, 5, 1, 1) == 8
+  assert sampling._compacted_size(12, 2, 1, 1) == 3      # halving stops at an odd size
+  assert sampling._compacted_size(64, 5, 1, 16) == 16    # a multiple of the mesh's split
+  assert sampling._compacted_size(8, 0, 1, 1) == 1
+
+
+def test_row_uniforms_do_not_depend_on_the_batch():
+  key = jax.random.PRNGKey(3)
+  all_rows = np.asarray(sampling.row_uniforms(key, jnp.arange(8)))
+  some = np.asarray(sampling.row_uniforms(key, jnp.array([6, 2])))
+  np.testing.assert_array_equal(some, all_rows[[6, 2]])
+  assert len(set(all_rows.tolist())) == 8 and np.all((all_rows >= 0) & (all_rows < 1))
+
+
+# Many end-of-sequence ids: the toy's rows end after a few tokens each, at different steps.
+MANY_EOS = np.arange(3, 12)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=5, top_p=0.9),
+                                dict(temperature=0.0)])
+def test_compacting_sampler_equals_the_sampler(model, kw):
+  """Dropping ended rows mid-decode (12 rows -> 6 -> 3, stages of 2 tokens) changes no token;
+  log-probs agree to float rounding."""
+  decoder, params = model
+  tokens, mask = prompts()
+  args = dict(max_new_tokens=12, num_samples=4, eos_ids=MANY_EOS, pad_id=0, **kw)
+  want = sampling.sample(decoder, params, tokens, mask, jax.random.PRNGKey(1), **args)
+  stages = []
+  got = sampling.sample_compacting(decoder, params, tokens, mask, jax.random.PRNGKey(1),
+                                   stage_tokens=2, min_rows=1,
+                                   on_stage=lambda *a: stages.append(a), **args)
+  lengths = np.asarray(want.lengths)
+  assert len(set(lengths.tolist())) > 2  # rows end at different steps
+  assert [rows for _, rows, _ in stages][-1] < 12, stages  # the batch did shrink
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  np.testing.assert_array_equal(got.mask, want.mask)
+  np.testing.assert_array_equal(got.prompt_tokens, want.prompt_tokens)
+  np.testing.assert_allclose(got.logp, want.logp, atol=1e-5)
+  np.testing.assert_allclose(got.sampler_logp, want.sampler_logp, atol=1e-5)

@@ -78,18 +78,25 @@ class Policy:
 
   def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, prompt_mask=None, num_samples: int = 1,
-               rng: jax.Array | None = None):
-    """Completions of left-padded prompts [B, P] (temperature 0 = greedy) via the sampler."""
+               rng: jax.Array | None = None, compact: bool = False, row_multiple: int = 1):
+    """Completions of left-padded prompts [B, P] (temperature 0 = greedy) via the sampler;
+    compact: rows that have ended leave the decode batch as it goes (the same tokens, one
+    process only: sampling.sample_compacting; row_multiple = the mesh's batch split)."""
     from rft_jax import sampling  # sampling imports the decoder: import at call time
 
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_mask is None:
       prompt_mask = prompt_tokens != self.pad_id
     rng = jax.random.PRNGKey(0) if rng is None else rng
+    kwargs = dict(max_new_tokens=max_new_tokens, num_samples=num_samples,
+                  temperature=temperature, top_k=top_k, top_p=top_p,
+                  eos_ids=np.asarray(self.eos_ids, np.int32), pad_id=self.pad_id)
+    if compact:
+      return sampling.sample_compacting(self.decoder, self.params, prompt_tokens,
+                                        jnp.asarray(prompt_mask), rng, row_multiple=row_multiple,
+                                        **kwargs)
     return sampling.sample(self.decoder, self.params, prompt_tokens, jnp.asarray(prompt_mask),
-                           rng, max_new_tokens=max_new_tokens, num_samples=num_samples,
-                           temperature=temperature, top_k=top_k, top_p=top_p,
-                           eos_ids=np.asarray(self.eos_ids, np.int32), pad_id=self.pad_id)
+                           rng, **kwargs)
 
 
 @functools.partial(jax.jit, static_argnums=0)
