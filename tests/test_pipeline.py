@@ -184,8 +184,9 @@ def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys
   assert "python -m rft_jax.pipeline --layers=l1,l2" in report
   # One difficulty table and one base test evaluation, sampled by the first run and handed to
   # the second.
-  shared = sorted(os.listdir(f"{root}/difficulty"))
-  assert len(shared) == 2 and shared[1] == pipeline.BASE_TEST_DIR
+  shared = sorted(os.listdir(f"{root}/difficulty"), key=lambda name: name.endswith(".json"))
+  assert len(shared) == 2 and shared[0] == pipeline.BASE_TEST_DIR
+  shared = shared[::-1]  # the table first
   tables = [open(f"{root}/{layer}/seed0/difficulty.json").read() for layer in ("l1", "l2")]
   assert tables[0] == tables[1] == open(f"{root}/difficulty/{shared[0]}").read()
   logs = [open(f"{root}/{layer}/seed0/log.txt").read() for layer in ("l1", "l2")]

@@ -37,7 +37,9 @@ def test_the_smollm2_preset_plans_every_layer_on_smollm2(tmp_path):
   from rft_jax import pipeline
 
   planned = pipeline.plan(pipeline.parse_layers("smollm2"), 3, str(tmp_path), base="smollm2")
-  assert len(planned) == 30
+  assert len(planned) == 27  # 9 layers x 3 seeds
+  # L0..L3 train on a hard question; L4 on a medium and an extremely hard one (no easy exists).
+  assert {c.example.selection for _, c in planned} == {"hard", "medium", "extremely_hard"}
   assert {c.model.checkpoint for _, c in planned} == {"smollm2"}
   assert {c.task.grader for _, c in planned} == {"final_answer"}
   assert not any(c.warm_start.dir for _, c in planned)  # no embedded warm start
