@@ -77,7 +77,8 @@ def main():
   print(f"device: {dev.device_kind} ({jax.default_backend()}), {len(jax.devices())} device(s)",
         flush=True)
   config = config_for(args)  # after PROMPT / RESPONSE are set
-  result = {"device": dev.device_kind, "backend": jax.default_backend(), "shape": args.shape,
+  result = {"device": dev.device_kind, "backend": jax.default_backend(),
+            "shape": "smoke" if args.smoke else args.shape,
             "g": args.g, "micro_batch": args.micro_batch, "prompt": PROMPT, "response": RESPONSE}
 
   # 1. The plan, compiled by this backend.
@@ -89,7 +90,11 @@ def main():
   mc = plan_lib.model_config_for(config, shape)
   mesh = sharding.build_mesh(**config.mesh)
   shardings = sharding.param_shardings(abstract_params(mc), mesh)
-  params = jax.jit(lambda k: init_params(mc, k), out_shardings=shardings)(jax.random.PRNGKey(0))
+  # init_params' embedding (std 1, tied) makes logits of std ~sqrt(d_model): a one-hot policy
+  # whose gradient is ~0. Scaled to logits of std ~1, the rollouts vary and the step learns.
+  params = jax.jit(lambda k: {**(p := init_params(mc, k)),
+                              "embedding": p["embedding"] * mc.d_model ** -0.5},
+                   out_shardings=shardings)(jax.random.PRNGKey(0))
   transform = train._loss_chain(config.loss.to_json())
   optimizer = train._optimizer(config.optimizer.to_json())
   state = sharding.on_mesh(train.TrainState(
@@ -146,7 +151,7 @@ def main():
     jax.block_until_ready(metrics)
     times.append(time.time() - t0)
   result.update(train_step_s=float(np.mean(times)), loss=float(metrics["loss"]),
-                grad_norm=float(metrics["grad_norm"]))
+                grad_norm=float(metrics["grad_norm"]), entropy=float(metrics["entropy"]))
   print(f"train step: first call {result['train_first_call_s']:.1f} s; then "
         f"{result['train_step_s']:.2f} s/step (loss {result['loss']:.4f}, grad norm "
         f"{result['grad_norm']:.3g})", flush=True)
