@@ -190,12 +190,21 @@ def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log
       params, opt_state = sharding.on_mesh((params, opt_state), mesh)
     rng = np.random.default_rng(ws.seed)
     bar = metrics_lib.progress(ws.max_steps, desc="warm start")
-    pass1, step = 0.0, 0
+    pass1, step, loss = 0.0, 0, None
     for step in range(1, ws.max_steps + 1):
       idx = rng.choice(len(corpus), ws.batch_size, replace=len(corpus) < ws.batch_size)
       batch = tuple(a[idx] for a in arrays)
       if mesh is not None:
         batch = sharding.shard_batch(batch, mesh)
+      if loss is not None:
+        # One step in flight (the host makes the next batch while it runs). Unpaced, this is
+        # the one loop that dispatches steps without reading anything back, and over several
+        # processes on CPU that deadlocks: past XLA's limit of in-flight programs per device,
+        # the dispatch waits on a thread of the client's pool (max(cores, local devices)
+        # threads); a gloo all-reduce needs every local device's part running at once, so with
+        # a pool that small (2 cores, 2 devices) none is left for it, and the processes wait on
+        # each other for good (issue 14; tests/test_multihost.py).
+        loss.block_until_ready()
       params, opt_state, loss = _sft_step(params, opt_state, batch, decoder=policy.decoder,
                                            optimizer=optimizer)
       bar.update(1)

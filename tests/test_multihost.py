@@ -1,7 +1,9 @@
 """One run on several JAX processes (--multihost): 2 processes x 2 CPU devices on localhost, their
 collectives through gloo, against 1 process x 4 devices.
 
-The runs share one base policy (the first run's warm start) and small evaluations. Compared:
+The runs share one base policy, warm-started in the test process (one device), and small
+evaluations; the killed-process test makes its own base on both processes (the 2-process warm
+start, which deadlocked before it was paced: warm_start.py, issue 14). Compared:
 metrics.jsonl row by row and the final checkpoint's params. L0 (one rollout a round: the batch
 is replicated) is bit-identical. L2's 8 rollouts are split over the 4 devices: its reductions
 over the batch (the advantages' mean, the gradient's all-reduce) add the devices' partial sums
@@ -29,32 +31,39 @@ from tests.test_train import assert_same_rows, assert_same_tree, checkpoint_stat
 
 # Small evaluations (one compiled sampler shape) keep each launch to seconds of compilation; the
 # base (smaller operands, a longer warm start) answers some questions, so that L2's groups carry
-# a gradient and the params move.
+# a gradient and the params move. The warm start is evaluated once, after its last step: 300
+# steps dispatched without reading anything back, the loop that deadlocked unpaced (issue 14).
 SMALL = ("--config.eval.test_size=8", "--config.eval.batch_size=8",
          "--config.eval.train_samples=1", "--config.task.max_operand=5",
-         "--config.warm_start.max_steps=300", "--config.warm_start.eval_every=100",
+         "--config.warm_start.max_steps=300", "--config.warm_start.eval_every=1000",
          "--config.warm_start.learning_rate=1e-2", "--config.warm_start.target_pass1=0.2")
 L0 = "--config=configs/l0_minimal.py:runlocal"
 L2 = "--config=configs/l2_advantage.py:runlocal"
 L2_ROUNDS = 6  # room to kill the run after round 3, between its checkpoints (every 2 rounds)
 
 
-# The runs of 2 processes x 2 CPU devices (gloo). Off unless RFT_MULTIHOST_TESTS=1: in a CI run
-# from a fresh clone (ebd5ad7, quiet 2-core machine) both processes of the killed-process test
-# stopped, idle, in the same jitted warm-start step (warm_start.py's _sft_step, a gradient
-# all-reduce over gloo) for over 5 minutes; the other three passed. Until that deadlock is
-# understood, a default run must not be able to hang on it (issue 14).
-needs_opt_in = pytest.mark.skipif(
-    os.environ.get("RFT_MULTIHOST_TESTS") != "1",
-    reason="2-process gloo runs: set RFT_MULTIHOST_TESTS=1 (a deadlock in the 2-process warm "
-           "start was seen once in CI; tests/test_multihost.py)")
-WAIT_S = 600  # no wait of these tests may hang a test run
+WAIT_S = 300  # no wait of these tests may hang a test run
 
 
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
+
+
+_LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap():
+  """Kills what a test launched and left running (a failed assertion, a hang): no process of
+  one test may still hold its coordinator or gloo peers when the next one starts."""
+  yield
+  while _LAUNCHED:
+    p = _LAUNCHED.pop()
+    if p.poll() is None:
+      p.kill()  # SIGKILL: the runtime's preemption notifier takes SIGTERM
+      p.wait(timeout=60)
 
 
 def launch(workdir, *args, processes: int = 2, devices: int = 4,
@@ -74,6 +83,7 @@ def launch(workdir, *args, processes: int = 2, devices: int = 4,
       procs.append(subprocess.Popen(
           [sys.executable, "-m", "rft_jax.main", f"--workdir={workdir}", *args, *multihost],
           cwd=REPO_ROOT, env=env, stdout=out, stderr=err))
+  _LAUNCHED.extend(procs)
   return procs
 
 
@@ -116,25 +126,51 @@ def root(tmp_path_factory):
   return tmp_path_factory.mktemp("multihost")
 
 
+def small_config(*overrides):
+  """configs/l0_minimal.py:runlocal with --config.KEY=VALUE overrides (SMALL's)."""
+  from configs import l0_minimal
+
+  config = l0_minimal.get_config("runlocal")
+  for flag in overrides:
+    key, value = flag.removeprefix("--config.").split("=", 1)
+    *path, leaf = key.split(".")
+    node = config
+    for name in path:
+      node = node[name]
+    node[leaf] = type(node[leaf])(value)
+  return config
+
+
 @pytest.fixture(scope="module")
 def base(root):
-  """One process x 4 devices, L0: the reference, whose warm start every other run reuses."""
-  rows = run(root / "l0_single", L0, *SMALL, processes=1)
-  return root / "l0_single" / "base", rows
+  """The base policy every run but the killed-process one reuses, warm-started here (one
+  device; no launch to wait for). The runs' own settings: its fingerprint is theirs."""
+  from rft_jax import train, warm_start
+
+  base_dir = root / "base"
+  config = small_config(*SMALL, f"--config.warm_start.dir={base_dir}")
+  warm_start.base_policy(config, train.build_task(config.task), str(root / "unused"),
+                         log=lambda message: None)
+  return base_dir
+
+
+@pytest.fixture(scope="module")
+def l0_single(base, root):
+  """One process x 4 devices, L0: the reference of the 2-process L0 run."""
+  return root / "l0_single", run(root / "l0_single", L0, *shared(base), processes=1)
 
 
 def shared(base_dir):
   return (*SMALL, f"--config.warm_start.dir={base_dir}")
 
 
-@needs_opt_in
 @pytest.mark.slow
-def test_l0_on_two_processes_equals_one(base, root):
+def test_l0_on_two_processes_equals_one(base, l0_single, root):
   """Bit for bit: the same metrics.jsonl and final params."""
-  base_dir, want = base
+  _, want = l0_single
   rounds = want[-1]["step"]
   workdir = root / "l0_multi"
-  got = run(workdir, L0, *shared(base_dir))
+  got = run(workdir, L0, *shared(base))
   assert got == want
   jax.tree.map(np.testing.assert_array_equal, final_params(workdir, rounds),
                final_params(root / "l0_single", rounds))
@@ -151,22 +187,19 @@ def test_l0_on_two_processes_equals_one(base, root):
 def l2_single(base, root):
   """L2 (8 rollouts a round, split over the 4 devices) on 1 process x 4 devices; the rounds
   carry a gradient (signal_frac > 0), so equal params mean something."""
-  base_dir, _ = base
-  rows = run(root / "l2_single", L2, *shared(base_dir), f"--config.train.rounds={L2_ROUNDS}",
+  rows = run(root / "l2_single", L2, *shared(base), f"--config.train.rounds={L2_ROUNDS}",
              processes=1)
   assert any(r.get("signal_frac", 0) > 0 for r in rows)
   return root / "l2_single", rows
 
 
-@needs_opt_in
 @pytest.mark.slow
 def test_l2_killed_on_both_processes_resumes_to_the_one_process_numbers(base, l2_single, root):
   """Both processes killed after round 3 (checkpoint 2 saved), then SIGTERM to one of them: the
   same command resumes each time and ends where 1 process x 4 devices does, row by row and in
   the final params."""
-  base_dir, _ = base
   want_dir, want = l2_single
-  args = (L2, *shared(base_dir), f"--config.train.rounds={L2_ROUNDS}")
+  args = (L2, *shared(base), f"--config.train.rounds={L2_ROUNDS}")
   workdir = root / "l2_multi"
   procs = launch(workdir, *args)
   wait_for_row(workdir, 3, procs)
@@ -195,30 +228,28 @@ def test_l2_killed_on_both_processes_resumes_to_the_one_process_numbers(base, l2
   assert_same_tree(final_params(workdir, L2_ROUNDS), final_params(want_dir, L2_ROUNDS))
 
 
-@needs_opt_in
 @pytest.mark.slow
 def test_fsdp_across_processes_gives_the_data_mesh_numbers(base, l2_single, root):
   """L2 with params split along `embed` over an fsdp axis of 4 devices, 2 on each process (the
   batch too): the data mesh's losses and params, up to float rounding: the contractions over
   the split embed axis add partial sums in an all-reduce (measured: 1.3e-6 relative in a
   gradient norm, 3e-8 in the params), bounded at 1e-5."""
-  base_dir, _ = base
   want_dir, want = l2_single
   workdir = root / "l2_fsdp"
-  got = run(workdir, L2, *shared(base_dir), f"--config.train.rounds={L2_ROUNDS}",
+  got = run(workdir, L2, *shared(base), f"--config.train.rounds={L2_ROUNDS}",
             "--config.mesh.data=1", "--config.mesh.fsdp=4")
   assert_same_rows(got, want, rel_tol=1e-5)
   assert_same_tree(final_params(workdir, L2_ROUNDS), final_params(want_dir, L2_ROUNDS))
 
 
-@needs_opt_in
 @pytest.mark.slow
 def test_a_killed_process_ends_the_other_with_a_message(base, root):
   """This run makes its own base on both processes (process 0 writes it, the other cleans up
-  after itself). Then process 1 is killed during the rounds: process 0 does not hang; within
-  the --multihost_timeout (the runtime's heartbeat timeout) it exits, naming the task that
-  stopped."""
-  base_dir, _ = base
+  after itself): 300 steps dispatched with no read in between, which deadlocked the two
+  processes before the warm start was paced (a wait here fails after WAIT_S). Then process 1
+  is killed during the rounds: process 0 does not hang; within the --multihost_timeout (the
+  runtime's heartbeat timeout) it exits, naming the task that stopped."""
+  base_dir = base
   workdir = root / "killed"
   procs = launch(workdir, L0, *SMALL, "--config.train.rounds=100000",
                  "--config.train.checkpoint_every=100000", timeout_s=10)
@@ -228,9 +259,10 @@ def test_a_killed_process_ends_the_other_with_a_message(base, root):
   assert procs[0].returncode != 0
   said = stderr(workdir, 0)
   assert "The following tasks are unhealthy (stopped sending heartbeats):\n1\n" in said, said
-  # The base of 2 processes: the one-process base's steps, and its params up to the rounding
-  # of the warm start's gradient all-reduce (its batches are split over the 4 devices), which
-  # 300 AdamW steps carry to about 1e-5 (measured 9e-6), bounded at 5e-5.
+  # The base of 2 processes: the shared base's steps (one device), and its params up to the
+  # rounding of the warm start's gradient all-reduce (its batches are split over the 4
+  # devices), which 300 AdamW steps carry to about 1e-5 (measured 2.8e-6 against one device,
+  # 9e-6 against one process x 4 devices), bounded at 5e-5.
   assert sorted(os.listdir(workdir / "base")) == sorted(os.listdir(base_dir))
   assert not [name for name in os.listdir(root / "killed") if name.startswith(".base-")]
   with open(workdir / "base" / "base.json") as f, open(base_dir / "base.json") as g:
