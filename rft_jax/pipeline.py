@@ -450,6 +450,14 @@ def difficulty_path(directory: str, config) -> str:
   return os.path.join(directory, f"{digest}.json")
 
 
+def _same_repository(path: str, other: str) -> bool:
+  """Whether `path` lies inside the git work tree that holds `other`."""
+  top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=os.path.abspath(other),
+                       capture_output=True, text=True)
+  root = top.stdout.strip()
+  return top.returncode == 0 and os.path.abspath(path).startswith(root + os.sep)
+
+
 def git_commit(paths: Sequence[str], message: str, log=print, attempts: int = 5) -> bool:
   """`git add` + `git commit` of exactly `paths` (other staged changes stay staged); retried
   while another git command holds the index. False (and a log line) if it could not."""
@@ -523,7 +531,10 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
     if commit:
       with open(os.path.join(run.workdir, "summary.json")) as f:
         s = json.load(f)
-      git_commit([publish_dir], f"experiments: {run.label} finished in {root} (test Pass@1 "
+      # Shared tables kept in the same repository go in too (a fresh clone then samples none).
+      shared = [tables] if tables and os.path.isdir(tables) and _same_repository(
+          tables, publish_dir) else []
+      git_commit([publish_dir, *shared], f"experiments: {run.label} finished in {root} (test Pass@1 "
                  f"{s['base_test_pass1']:.3f} -> {s['final_test_pass1']:.3f}, training "
                  f"{s['base_train_pass1']:.3f} -> {s['final_train_pass1']:.3f}, "
                  f"{s['wall_s'] / 60:.0f} min)", log=log)

@@ -338,11 +338,16 @@ def sample_compacting(decoder: Decoder, params, prompt_tokens: Array, prompt_mas
   its longest row ends, and SmolLM2's evaluation rows end after ~110 tokens on average while
   one in sixteen runs to 256, so most of a large batch's late steps computed finished rows;
   on CPU a decode step's cost grows with its rows down to ~16 (below that, reading the weights
-  dominates). The tokens are sample's (each row's random numbers depend on its own index:
-  row_uniforms); log-probs agree to float rounding (a matmul over fewer rows may round
-  otherwise). One process only: the host reads which rows have ended.
+  dominates). Each row draws sample's random numbers (they depend on its own index:
+  row_uniforms), so the tokens are sample's except where a matmul over fewer rows rounds a
+  logit across a draw's boundary (XLA:CPU's results differ by ~1e-6 relative between batch
+  sizes; such a flip changes that row's rest, rarely); log-probs agree to float rounding. One
+  process only: the host reads which rows have ended.
   on_stage(step, rows, live): called after each stage (tests, progress).
   """
+  if stage_tokens < 1 or min_rows < 1 or row_multiple < 1:
+    raise ValueError(f"stage_tokens={stage_tokens}, min_rows={min_rows}, "
+                     f"row_multiple={row_multiple}: each must be >= 1")
   n = max_new_tokens
   settings = _settings(temperature, top_k, top_p, eos_ids)
   decoder, params = _decoding_head(decoder, params)

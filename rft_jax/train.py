@@ -947,26 +947,34 @@ def checkpoint_phase(loop: Loop, ckpt: checkpoint_lib.Checkpointer, state: Train
   return stopping
 
 
+# Bumped by hand when the evaluation or grading code changes what a stored base evaluation
+# would hold (sampling.DRAWS names the sampler's draw scheme separately).
+BASE_TEST_VERSION = 1
+
+
 def base_test_key(config) -> dict:
   """What the base policy's test rewards depend on: the base (warm_start.base_fingerprint, the
   whole model section: dtype and LoRA options too), the task and test set, the evaluation rng
-  (seed), every sampling setting and how the sampler draws (sampling.DRAWS). Not the loss,
-  optimizer, training question or rollouts per round, so every layer of one seed has the same
-  key."""
+  (seed), every sampling setting, the devices the batches split over (the mesh's data=-1 and the
+  batch rounding follow them), the sampler's draw scheme (sampling.DRAWS) and
+  BASE_TEST_VERSION. Not the loss, optimizer, training question or rollouts per round, so every
+  layer of one seed has the same key."""
   ev, ro = config.eval, config.rollout
-  return {"draws": sampling.DRAWS,
+  return {"version": BASE_TEST_VERSION, "draws": sampling.DRAWS,
           "base": warm_start.base_fingerprint(config), "model": config.model.to_dict(),
           "seed": config.seed, "test_size": ev.test_size,
           "eval": {k: ev[k] for k in ("temperature", "greedy", "batch_size")},
           "rollout": {k: ro[k] for k in ("max_new_tokens", "top_k", "top_p", "prompt_bucket")},
-          "mesh": config.mesh.to_dict()}
+          "mesh": config.mesh.to_dict(),
+          "runtime": {"backend": jax.default_backend(), "devices": jax.device_count(),
+                      "processes": jax.process_count()}}
 
 
 def base_test_path(config) -> str:
   """<eval.shared_base>/<hash of base_test_key>.json, or '' when eval.shared_base is unset."""
   if not config.eval.get("shared_base"):
     return ""
-  key = json.dumps(base_test_key(config), sort_keys=True, default=str)
+  key = json.dumps(base_test_key(config), sort_keys=True)
   return os.path.join(config.eval.shared_base,
                       hashlib.sha256(key.encode()).hexdigest()[:12] + ".json")
 
@@ -976,9 +984,13 @@ def _shared_base_test(loop: Loop, path: str) -> dict | None:
   another key or other test questions is an error: its name says it holds these."""
   if not distributed.agree(os.path.exists(path)):
     return None
-  with open(path) as f:
-    stored = json.load(f)
-  key = json.loads(json.dumps(base_test_key(loop.config), default=str))
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except ValueError as e:  # written atomically, so only a damaged or hand-edited file
+    raise errors.CheckpointReadError(
+        f"{path} cannot be read ({e}); delete it (the next run samples it again)") from e
+  key = json.loads(json.dumps(base_test_key(loop.config)))
   ids = [e.id for e in loop.test_examples]
   if stored.get("key") != key or stored.get("test_ids") != ids:
     raise errors.CheckpointReadError(
@@ -1001,11 +1013,12 @@ def _share_base_test(loop: Loop, path: str) -> None:
 
 def base_eval_phase(loop: Loop, params, workdir: str, writer, fresh: bool, log=print) -> dict:
   """The base policy's evaluation (row 0 of metrics.jsonl), stored in base_eval.json: made on a
-  fresh run (or when that file is missing), else read back. With eval.shared_base the test
-  rewards come from the first run of the same key (base_test_path) and only the training
-  question is sampled."""
+  fresh run, else read back. With eval.shared_base the test rewards come from the first run of
+  the same key (base_test_path) and only the training question is sampled. A resumed run whose
+  base_eval.json is gone rebuilds it from its evals/round_000000.json (`params` are trained
+  by then: they are not the base)."""
   path = os.path.join(workdir, "base_eval.json")
-  if fresh or not distributed.agree(os.path.exists(path)):
+  if fresh:
     shared = base_test_path(loop.config)
     known = _shared_base_test(loop, shared) if shared else None
     if known:
@@ -1014,12 +1027,22 @@ def base_eval_phase(loop: Loop, params, workdir: str, writer, fresh: bool, log=p
             **exact_arms_phase(loop, params)}
     if shared and not known:
       _share_base_test(loop, shared)
-    if distributed.is_main():
-      fileio.write_json_atomic(path, base)
+  elif not distributed.agree(os.path.exists(path)):
+    rewards = os.path.join(workdir, EVALS_DIR, f"round_{0:06d}.json")
+    if not distributed.agree(os.path.exists(rewards)):
+      raise errors.CheckpointReadError(
+          f"{path} and {rewards} are both missing: the resumed run's base evaluation cannot be "
+          "remade from its trained state; start over in a fresh --workdir")
+    base = evaluation.summarize(evaluation.load_rewards(rewards))
+    log(f"base evaluation rebuilt from {rewards} (without the exact optimal-arm probability)")
+  else:
+    with open(path) as f:
+      return json.load(f)
+  if distributed.is_main():
+    fileio.write_json_atomic(path, base)
+  if fresh:
     writer.write(0, base)
-    return json.loads(json.dumps(base))  # as read back from the file: the same floats
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(json.dumps(base))  # as read back from the file: the same floats
 
 
 def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t0: float) -> dict:

@@ -158,6 +158,17 @@ def test_git_commit_of_a_path_relative_to_the_working_directory(tmp_path, monkey
   assert git(repo, "ls-files").splitlines() == ["experiments/sweep/summary.json"]
 
 
+def test_shared_tables_are_committed_only_from_inside_the_repository(tmp_path):
+  repo = tmp_path / "repo"
+  (repo / "experiments" / "tables").mkdir(parents=True)
+  (repo / "experiments" / "published").mkdir()
+  git(repo, "init", "-q")
+  published = str(repo / "experiments" / "published")
+  assert pipeline._same_repository(str(repo / "experiments" / "tables"), published)
+  assert not pipeline._same_repository(str(tmp_path / "runs" / "difficulty"), published)
+  assert not pipeline._same_repository(str(tmp_path / "repo2"), published)  # a name's prefix
+
+
 def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys):
   """Two tiny layers x 1 seed, one after another in-process, published and committed as each
   finishes; then again: nothing reruns, also in a fresh root that has only the published

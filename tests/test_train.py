@@ -272,6 +272,22 @@ def test_shared_base_test_rewards_are_sampled_once(reference, base_dir, tmp_path
     run(config, tmp_path / "third")
 
 
+def test_a_resume_without_base_eval_json_rebuilds_it_from_the_base_samples(reference, base_dir,
+                                                                            tmp_path,
+                                                                            no_retraining):
+  """Never from the restored (trained) params: from evals/round_000000.json, or a clear stop."""
+  run(make_config(base_dir, train__rounds=2), tmp_path)
+  (tmp_path / "base_eval.json").unlink()
+  summary, lines = run(make_config(base_dir), tmp_path)
+  assert any(line.startswith("base evaluation rebuilt from") for line in lines)
+  for key in ("base_train_pass1", "base_test_pass1", "final_test_pass1"):
+    assert summary[key] == reference["summary"][key], key
+  (tmp_path / "base_eval.json").unlink()
+  (tmp_path / train.EVALS_DIR / "round_000000.json").unlink()
+  with pytest.raises(errors.CheckpointReadError, match="cannot be remade"):
+    run(make_config(base_dir, train__rounds=6), tmp_path)
+
+
 def test_resume_with_more_rounds_equals_uninterrupted(reference, base_dir, tmp_path,
                                                       no_retraining):
   """2 rounds, then the same workdir with rounds=4 (a resumable key): same as 4 in one go."""

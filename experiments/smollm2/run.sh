@@ -21,7 +21,7 @@ if [[ "$what" == all || "$what" == sweep ]]; then
         --root="runs/smollm2/lr_sweep/lr$lr" --set optimizer.learning_rate="$lr" \
         --set train.rounds=100 --set train.eval_every=50 --set train.checkpoint_every=10 \
         --set eval.test_size=100 --set eval.train_samples=32 \
-        --tables=runs/smollm2/difficulty --publish="experiments/smollm2/lr_sweep/lr$lr" \
+        --tables=experiments/smollm2/tables --publish="experiments/smollm2/lr_sweep/lr$lr" \
         --commit --drop_checkpoints
     done
   done
@@ -37,6 +37,6 @@ if [[ "$what" == all || "$what" == layers ]]; then
   lr="$(python experiments/smollm2/pick_lr.py --print)"
   python -m rft_jax.pipeline --layers=smollm2 --base=smollm2 --seeds=3 \
     --root=runs/smollm2/layers --set optimizer.learning_rate="$lr" --set train.rounds=100 \
-    --set train.checkpoint_every=10 --tables=runs/smollm2/difficulty \
+    --set train.checkpoint_every=10 --tables=experiments/smollm2/tables \
     --publish=experiments/smollm2/layers --commit --drop_checkpoints
 fi

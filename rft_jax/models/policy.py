@@ -80,7 +80,7 @@ class Policy:
                top_k: int = 0, top_p: float = 1.0, prompt_mask=None, num_samples: int = 1,
                rng: jax.Array | None = None, compact: bool = False, row_multiple: int = 1):
     """Completions of left-padded prompts [B, P] (temperature 0 = greedy) via the sampler;
-    compact: rows that have ended leave the decode batch as it goes (the same tokens, one
+    compact: rows that have ended leave the decode batch as it goes (sample's draws, one
     process only: sampling.sample_compacting; row_multiple = the mesh's batch split)."""
     from rft_jax import sampling  # sampling imports the decoder: import at call time
 
