@@ -156,12 +156,17 @@ def evaluation_rewards(policy: Policy, task: Task, train_examples: Sequence[Exam
   return out
 
 
+def rewards_path(directory: str, round_index: int) -> str:
+  """<directory>/round_<r>.json: where save_rewards keeps round r's evaluation."""
+  return os.path.join(directory, f"round_{round_index:06d}.json")
+
+
 def save_rewards(directory: str, round_index: int, rewards: dict[str, np.ndarray],
                  train_ids: Sequence[str], test_ids: Sequence[str]) -> str:
   """Writes evaluation_rewards of round `round_index` to <directory>/round_<r>.json (atomically)
   with the questions' ids, for paired comparisons between runs; returns the path."""
   os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, f"round_{round_index:06d}.json")
+  path = rewards_path(directory, round_index)
   fileio.write_json_atomic(path, {
       "round": round_index, "train_ids": list(train_ids), "test_ids": list(test_ids),
       **{k: np.asarray(v, np.float64).tolist() for k, v in rewards.items()}})

@@ -191,6 +191,7 @@ def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
   train.base_test_path) set."""
   from rft_jax.data import selection
 
+  shared = tables or os.path.join(root, "difficulty")
   out = []
   for spec in specs:
     for seed in range(seeds):
@@ -199,10 +200,8 @@ def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
       if not config.model.checkpoint:
         config.warm_start.dir = base_dir(root, config)
       if config.example.selection in selection.BUCKETS:
-        config.example.table = difficulty_path(tables or os.path.join(root, "difficulty"),
-                                               config)
-      config.eval.shared_base = os.path.join(tables or os.path.join(root, "difficulty"),
-                                             BASE_TEST_DIR)
+        config.example.table = difficulty_path(shared, config)
+      config.eval.shared_base = os.path.join(shared, BASE_TEST_DIR)
       out.append((Run(spec, seed, os.path.join(root, spec_dir(spec), f"seed{seed}")), config))
   return out
 
@@ -534,8 +533,8 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
       # Shared tables kept in the same repository go in too (a fresh clone then samples none).
       shared = [tables] if tables and os.path.isdir(tables) and _same_repository(
           tables, publish_dir) else []
-      git_commit([publish_dir, *shared], f"experiments: {run.label} finished in {root} (test Pass@1 "
-                 f"{s['base_test_pass1']:.3f} -> {s['final_test_pass1']:.3f}, training "
+      git_commit([publish_dir, *shared], f"experiments: {run.label} finished in {root} (test "
+                 f"Pass@1 {s['base_test_pass1']:.3f} -> {s['final_test_pass1']:.3f}, training "
                  f"{s['base_train_pass1']:.3f} -> {s['final_train_pass1']:.3f}, "
                  f"{s['wall_s'] / 60:.0f} min)", log=log)
 

@@ -1003,8 +1003,8 @@ def _share_base_test(loop: Loop, path: str) -> None:
   """Copies this run's base test rewards (evals/round_000000.json) to `path` (process 0)."""
   if not distributed.is_main():
     return
-  rewards = evaluation.load_rewards(os.path.join(loop.workdir, EVALS_DIR,
-                                                 f"round_{0:06d}.json"))
+  rewards = evaluation.load_rewards(evaluation.rewards_path(os.path.join(loop.workdir,
+                                                                        EVALS_DIR), 0))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fileio.write_json_atomic(path, {
       "key": base_test_key(loop.config), "test_ids": rewards["test_ids"],
@@ -1028,7 +1028,7 @@ def base_eval_phase(loop: Loop, params, workdir: str, writer, fresh: bool, log=p
     if shared and not known:
       _share_base_test(loop, shared)
   elif not distributed.agree(os.path.exists(path)):
-    rewards = os.path.join(workdir, EVALS_DIR, f"round_{0:06d}.json")
+    rewards = evaluation.rewards_path(os.path.join(workdir, EVALS_DIR), 0)
     if not distributed.agree(os.path.exists(rewards)):
       raise errors.CheckpointReadError(
           f"{path} and {rewards} are both missing: the resumed run's base evaluation cannot be "
