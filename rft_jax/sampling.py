@@ -56,7 +56,8 @@ class Rollout:
 
 @flax.struct.dataclass
 class _DecodeState:
-  """The decode loop's carry; every array but step and rng has the batch (BG rows) first."""
+  """The decode loop's carry; every array but step and rng (_NOT_PER_ROW) has the batch (BG
+  rows) first."""
 
   step: Array           # [] int32, next completion index to write
   tokens: Array         # [BG, N]
@@ -300,15 +301,14 @@ _prefill_jit = jax.jit(_prefill, static_argnames=("decoder", "max_new_tokens", "
 _decode_jit = jax.jit(_decode, static_argnames=("decoder",))
 
 
+_NOT_PER_ROW = ("step", "rng")  # the _DecodeState fields without the batch first
+
+
 @jax.jit
 def _take_rows(state: _DecodeState, index: Array) -> _DecodeState:
   take = lambda x: jnp.take(x, index, axis=0)
-  return state.replace(
-      tokens=take(state.tokens), mask=take(state.mask), logp=take(state.logp),
-      sampler_logp=take(state.sampler_logp), done=take(state.done),
-      next_logits=take(state.next_logits), cache=jax.tree.map(take, state.cache),
-      kv_valid=take(state.kv_valid), next_position=take(state.next_position),
-      row=take(state.row))
+  return state.replace(**{f.name: jax.tree.map(take, getattr(state, f.name))
+                          for f in dataclasses.fields(state) if f.name not in _NOT_PER_ROW})
 
 
 _RESULTS = ("tokens", "mask", "logp", "sampler_logp")
