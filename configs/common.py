@@ -85,18 +85,22 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (rft_jax.logprobs.head_logprobs_and_entropy; 0 = all at once; float rounding differs only).
   # micro_batch_size: rollouts whose forward and backward run at once, gradients summed over an
   # update's micro-batches (0 = the whole mini-batch at once; float rounding differs only).
+  # completion_bucket: the step scores the round's longest completion rounded up to a multiple
+  # of it, not all max_new_tokens positions (0 = all; float rounding differs only, unless the
+  # loss divides by the padded width: train.completion_width).
   c.train = dict(rounds=100, epochs=1, mini_batches=1, eval_every=10, checkpoint_every=20,
-                 logprob_chunk=128, micro_batch_size=0)
+                 logprob_chunk=128, micro_batch_size=0, completion_bucket=0)
 
   # Training Pass@1 = mean of train_samples samples of the training question(s); test Pass@1 =
   # one sample per test question (test_size 0 = all); greedy accuracy on the test set too.
   # curve_test_size: evaluations between the first and the last round on the first N test
-  # questions only (0 = all test_size), so a long test set costs two full evaluations per run.
+  # questions only (0 = all test_size), so a long test set costs two full evaluations per run;
+  # curve_greedy False leaves greedy accuracy out of those (it is measured at the base and end).
   # shared_base: a folder where the base policy's test rewards are kept for every run that
   # evaluates the same base the same way (train.base_test_path; the pipeline sets it): the layers
   # of one seed differ only after round 0, so the base's test set is sampled once per seed.
   c.eval = dict(train_samples=64, test_size=0, batch_size=256, greedy=True, temperature=1.0,
-                curve_test_size=0, shared_base="")
+                curve_test_size=0, curve_greedy=True, shared_base="")
 
   # Bandit diagnostics logged every round (rft_jax.train, rft_jax.bandit): p(correct | training
   # question) from the round's rollouts and pooled over the last p_correct_window rounds, with

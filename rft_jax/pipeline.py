@@ -131,7 +131,10 @@ def spec_dir(spec: str) -> str:
 
 def _cast(old, text: str):
   if isinstance(old, bool):
-    return text.lower() in ("1", "true", "yes")
+    word = text.strip().lower()
+    if word not in ("1", "true", "yes", "0", "false", "no"):
+      raise errors.ConfigError(f"{text!r} is not a boolean: use true or false")
+    return word in ("1", "true", "yes")
   return type(old)(text) if old is not None else text
 
 
@@ -430,7 +433,8 @@ _NOT_IN_DIFFICULTY = ("seed", "loss", "optimizer", "train", "diagnostics", "exam
                       "example.num_examples", "example.example_id", "example.index",
                       "rollout.num_samples", "rollout.prompts_per_round", "eval.test_size",
                       "eval.train_samples", "eval.greedy", "eval.curve_test_size",
-                      "eval.temperature", "eval.shared_base", "warm_start.dir", "example.table")
+                      "eval.curve_greedy", "eval.temperature", "eval.shared_base",
+                      "warm_start.dir", "example.table")
 
 
 def difficulty_path(directory: str, config) -> str:

@@ -109,6 +109,12 @@ LATER_KEYS = {
     "model.lora.rank": 0,
     "model.lora.alpha": 16.0,
     "model.lora.modules": "q,k,v,o,gate,up,down",
+    # Cost options (issue 13): the train step on the round's longest completion rounded up to a
+    # multiple of completion_bucket (0 = all max_new_tokens positions; the same loss but where
+    # a chain normalizes by the padded width); greedy test accuracy at the base and last
+    # evaluations only when curve_greedy is off.
+    "train.completion_bucket": 0,
+    "eval.curve_greedy": True,
 }
 
 
@@ -431,6 +437,25 @@ def _reference_logp(decoder, params, prompt_tokens, prompt_mask, tokens, mask, t
                                       temperature, chunk=chunk)
 
 
+def completion_width(lengths: np.ndarray, max_new_tokens: int, bucket: int) -> int:
+  """Completion positions the train step needs: the longest rollout (lengths [BG], EOS included)
+  rounded up to a multiple of `bucket`, at most max_new_tokens; all of them when bucket is 0.
+  Positions past every row's end are masked out of every loss but a padded-width normalizer,
+  so dropping them saves the step's work on them (a round whose rollouts all end early costs
+  what their length does); each width compiles the step once."""
+  if not bucket:
+    return max_new_tokens
+  return min(max_new_tokens, sampling.bucket_length(int(np.max(lengths, initial=0)), bucket))
+
+
+@functools.partial(jax.jit, static_argnames=("width",))
+def _trim_completions(rollout: sampling.Rollout, width: int) -> sampling.Rollout:
+  """The rollout's completion arrays cut to their first `width` positions."""
+  cut = lambda x: x[:, :width]
+  return rollout.replace(tokens=cut(rollout.tokens), mask=cut(rollout.mask),
+                         logp=cut(rollout.logp), sampler_logp=cut(rollout.sampler_logp))
+
+
 def _uses_reference(transform_chain: str) -> bool:
   return any(name.strip() in ("kl_loss", "kl_reward") for name in transform_chain.split(","))
 
@@ -514,7 +539,8 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
               "example.num_examples", "example.candidates", "example.samples",
               "diagnostics.p_correct_window", "diagnostics.max_arms"):
     check(key, *at_least(1))
-  for key in ("train.rounds", "train.logprob_chunk", "train.micro_batch_size", "model.attn_chunk",
+  for key in ("train.rounds", "train.logprob_chunk", "train.micro_batch_size",
+              "train.completion_bucket", "model.attn_chunk",
               "model.lora.rank", "rollout.top_k", "eval.test_size", "eval.curve_test_size",
               "example.index", "optimizer.warmup_steps"):
     check(key, *at_least(0))
@@ -593,6 +619,13 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
       _loss_chain(config.loss.to_json())
     except (TypeError, ValueError) as e:
       bad.append(f"--config.loss: {e}")
+    chain = [name.strip() for name in str(get("loss.chain")).split(",")]
+    max_len = get("loss.seq_mean_token_sum_norm.max_len")
+    check("train.completion_bucket", lambda v: not (
+        v and "seq_mean_token_sum_norm" in chain and max_len is not _NO_DEFAULT and max_len <= 0),
+          "must be 0 when the loss divides by the padded completion width "
+          "(seq_mean_token_sum_norm with max_len <= 0); set "
+          "--config.loss.seq_mean_token_sum_norm.max_len to rollout.max_new_tokens instead")
   for key in resume_with:
     if key not in RESUME_WITH_KEYS:
       bad.append(f"--resume_with={key}: must be one of {', '.join(RESUME_WITH_KEYS)} (settings a "
@@ -875,6 +908,8 @@ def train_phase(loop: Loop, state: TrainState, questions: list[int], rollout: sa
   config, mesh = loop.config, loop.mesh
   g = config.rollout.num_samples
   temperature = jnp.float32(config.rollout.temperature)
+  rollout = _trim_completions(rollout, completion_width(
+      graded.lengths, config.rollout.max_new_tokens, config.train.get("completion_bucket", 0)))
   ref_logp = None
   if loop.ref_params is not None:
     ref_logp = _reference_logp(loop.policy.decoder, loop.ref_params, rollout.prompt_tokens,
@@ -907,8 +942,8 @@ def evaluate_phase(loop: Loop, params, round_index: int, *, all_questions: bool 
   """Training and test Pass@1 (and greedy accuracy) of `params`, the samples split over the
   processes and their rewards gathered; every sample's reward goes to evals/round_<r>.json
   (process 0). Evaluations between the base and the last round (all_questions=False) may use
-  the first eval.curve_test_size test questions only (a curve); the base and final ones all of
-  test_size (the layer comparison). known_test: these params' test rewards ('test',
+  the first eval.curve_test_size test questions only (a curve), and without greedy accuracy
+  unless eval.curve_greedy; the base and final ones all of test_size (the layer comparison). known_test: these params' test rewards ('test',
   'test_greedy') from an earlier identical evaluation (base_eval_phase), so only the training
   question is sampled; the rng split makes that the same as sampling both. The exact
   optimal-arm probability is separate (exact_arms_phase)."""
@@ -920,7 +955,8 @@ def evaluate_phase(loop: Loop, params, round_index: int, *, all_questions: bool 
       [] if known_test else examples,
       jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), round_index),
       train_samples=config.eval.train_samples, temperature=config.eval.temperature,
-      greedy=config.eval.greedy, **_gen_kwargs(config, loop.mesh))
+      greedy=config.eval.greedy and (all_questions or config.eval.get("curve_greedy", True)),
+      **_gen_kwargs(config, loop.mesh))
   rewards.update(known_test or {})
   if distributed.is_main():
     evaluation.save_rewards(os.path.join(loop.workdir, EVALS_DIR), round_index, rewards,

@@ -119,3 +119,63 @@ def test_micro_batch_size_must_divide_the_rollouts_of_an_update():
   batch, transform = step_inputs()
   with pytest.raises(ValueError, match="micro-batches of train.micro_batch_size=3"):
     one_step(batch, transform, 3)
+
+
+def test_completion_width_is_the_longest_rollout_rounded_up_to_the_bucket():
+  lengths = np.array([3, 17, 9])
+  assert train.completion_width(lengths, 256, 0) == 256       # off: every position
+  assert train.completion_width(lengths, 256, 16) == 32       # 17 -> 32
+  assert train.completion_width(lengths, 256, 32) == 32
+  assert train.completion_width(lengths, 20, 32) == 20        # never past max_new_tokens
+  assert train.completion_width(np.array([0, 0]), 256, 8) == 8  # at least one bucket
+
+
+def short_rollouts(longest=6):
+  """step_inputs' batch with every completion ended by position `longest` (pads after)."""
+  batch, transform = step_inputs()
+  lengths = jnp.array([2, 6, 3, 5, 1, 4, 6, 2]) * longest // 6
+  mask = (jnp.arange(N)[None] < lengths[:, None]).astype(jnp.float32)
+  return batch.replace(loss=batch.loss.replace(mask=mask)), transform, np.asarray(lengths)
+
+
+def trimmed(batch, width):
+  rollout = train.sampling.Rollout(
+      prompt_tokens=batch.prompt_tokens, prompt_mask=batch.prompt_mask, tokens=batch.loss.tokens,
+      mask=batch.loss.mask, logp=batch.loss.behaviour_logp,
+      sampler_logp=batch.loss.sampler_logp)
+  cut = train._trim_completions(rollout, width)
+  assert cut.tokens.shape == cut.mask.shape == cut.logp.shape == (B, width)
+  return batch.replace(loss=batch.loss.replace(tokens=cut.tokens, mask=cut.mask,
+                                               behaviour_logp=cut.logp,
+                                               sampler_logp=cut.sampler_logp))
+
+
+@pytest.mark.parametrize("chain", ["group_mean,group_std,clipped_ratio,token_mean",
+                                   "raw_reward,clipped_ratio,seq_mean_token_mean"])
+def test_completions_cut_to_their_longest_give_the_same_update(chain):
+  """Positions after every row's end are masked out of token and sequence means, so the step
+  on the first completion_width positions is the step on all N (the trimmed step drops 2 of
+  10 positions here; a mask or normalizer that counted them would move the loss by ~20%)."""
+  batch, transform, lengths = short_rollouts()
+  transform = losses.from_config({"chain": chain})
+  width = train.completion_width(lengths, N, 4)
+  assert width == 8
+  want, want_m = one_step(batch, transform, 0)
+  got, got_m = one_step(trimmed(batch, width), transform, 0)
+  np.testing.assert_allclose(got_m["loss"], want_m["loss"], rtol=1e-5)
+  np.testing.assert_allclose(got_m["grad_norm"], want_m["grad_norm"], rtol=1e-5)
+  assert_trees_close(got.params, want.params, atol=2e-5)
+  assert float(want_m["grad_norm"]) > 0
+
+
+def test_completion_bucket_refuses_a_loss_normalized_by_the_padded_width():
+  from configs import common
+
+  config = common.base_config()
+  config.loss.chain = "raw_reward,clipped_ratio,seq_mean_token_sum_norm"
+  config.loss.seq_mean_token_sum_norm.max_len = -1
+  config.train.completion_bucket = 32
+  with pytest.raises(train.errors.ConfigError, match="train.completion_bucket=32: must be 0"):
+    train.validate_config(config)
+  config.loss.seq_mean_token_sum_norm.max_len = config.rollout.max_new_tokens
+  train.validate_config(config)  # a fixed normalizer does not depend on the width

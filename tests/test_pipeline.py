@@ -117,6 +117,11 @@ def test_plan_shares_one_base_and_fixes_seeds(tmp_path):
              for _, c in planned)
   with pytest.raises(ValueError, match="no such config field"):
     pipeline.plan(["l0"], 1, str(tmp_path), overrides={"train.roundz": "4"})
+  with pytest.raises(ValueError, match="'flase' is not a boolean"):  # not silently False
+    pipeline.plan(["l0"], 1, str(tmp_path), overrides={"eval.greedy": "flase"})
+  for word, value in (("No", False), ("1", True)):
+    (_, config), = pipeline.plan(["l0"], 1, str(tmp_path), overrides={"eval.greedy": word})
+    assert config.eval.greedy is value
   # The base's test rewards: one file per seed for L0 and L2 (same base), L5's base its own.
   shared = [train.base_test_path(c) for _, c in planned]
   assert all(p.startswith(f"{tmp_path}/difficulty/{pipeline.BASE_TEST_DIR}/") for p in shared)

@@ -196,23 +196,36 @@ def test_every_evaluation_sample_is_kept(reference):
     assert row["train_pass1"] == float(np.mean(saved["train"]))
 
 
-def test_curve_evaluations_use_the_first_test_questions(reference, base_dir, tmp_path,
-                                                        no_retraining):
-  """eval.curve_test_size: the base and last evaluations see all test_size questions, those in
-  between the first curve_test_size; the run is otherwise the reference run."""
-  summary, _ = run(make_config(base_dir, eval__curve_test_size=3), tmp_path)
+def test_cost_options_leave_the_run_as_it_was(reference, base_dir, tmp_path, no_retraining,
+                                              monkeypatch):
+  """The options that cut a run's cost change what it measures only as documented:
+  eval.curve_test_size: the base and last evaluations see all test_size questions, those in
+  between the first curve_test_size; eval.curve_greedy off: no greedy accuracy in between;
+  train.completion_bucket: each train step scores the round's longest completion rounded up
+  to the bucket (fewer than max_new_tokens positions here), the same step to float rounding.
+  Otherwise the run is the reference run."""
+  widths = []
+  trim = train._trim_completions
+  monkeypatch.setattr(train, "_trim_completions",
+                      lambda rollout, width: widths.append(width) or trim(rollout, width))
+  config = make_config(base_dir, eval__curve_test_size=3, eval__curve_greedy=False,
+                       train__completion_bucket=4)
+  summary, _ = run(config, tmp_path)
+  assert len(widths) == ROUNDS and all(w % 4 == 0 for w in widths)
+  assert min(widths) < config.rollout.max_new_tokens, widths
   evals = tmp_path / train.EVALS_DIR
-  sizes = {f.name: len(evaluation.load_rewards(str(f))["test_ids"])
-           for f in evals.iterdir()}
-  assert sizes == {"round_000000.json": 8, "round_000002.json": 3, "round_000004.json": 8}
+  saved = {f.name: evaluation.load_rewards(str(f)) for f in evals.iterdir()}
+  assert {name: len(r["test_ids"]) for name, r in saved.items()} == {
+      "round_000000.json": 8, "round_000002.json": 3, "round_000004.json": 8}
+  assert ["test_greedy" in r for _, r in sorted(saved.items())] == [True, False, True]
   full = evaluation.load_rewards(str(reference["workdir"] / train.EVALS_DIR / "round_000002.json"))
-  part = evaluation.load_rewards(str(evals / "round_000002.json"))
-  assert part["test_ids"] == full["test_ids"][:3]
-  assert summary["final_test_pass1"] == reference["summary"]["final_test_pass1"]
+  assert saved["round_000002.json"]["test_ids"] == full["test_ids"][:3]
+  for key in ("final_test_pass1", "final_test_greedy"):
+    assert summary[key] == reference["summary"][key]
   assert_same_rows([{k: v for k, v in r.items() if not k.startswith("test_")}
                     for r in metrics.read_metrics(tmp_path)],
                    [{k: v for k, v in r.items() if not k.startswith("test_")}
-                    for r in reference["rows"]])
+                    for r in reference["rows"]], rel_tol=1e-5)
 
 
 def test_base_test_key_leaves_out_what_only_training_changes(base_dir):
