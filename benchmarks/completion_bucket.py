@@ -90,7 +90,7 @@ def main():
   print(f"G = {args.g}, prompt {p} positions, completion lengths {sorted(lengths.tolist())}, "
         f"correct {sum(graded):.0f}/{args.g} (the step's rewards: 1, 0, 1, 0, ...); "
         f"{bench_model.load_average()}\n")
-  print("| completion positions | step s (best of %d) | first call s (compiles) |" % args.reps)
+  print(f"| completion positions | step s (best of {args.reps}) | first call s (compiles) |")
   print("|---|---|---|")
   for cut in (N, width):
     print(f"| {cut} | {min(times[cut]):.2f} | {compile_s[cut]:.1f} |")

@@ -202,7 +202,8 @@ def plan(config, shape: str | decoder_lib.ModelConfig, prompt_len: int,
         * jnp.dtype(mc.dtype).itemsize) // batch_shards
   params_bytes = _bytes_per_device(params)
   return Plan(
-      shape=shape if isinstance(shape, str) else "custom", devices=mesh.size, mesh=dict(mesh.shape), rows=rows, prompt_len=p,
+      shape=shape if isinstance(shape, str) else "custom", devices=mesh.size,
+      mesh=dict(mesh.shape), rows=rows, prompt_len=p,
       response_len=n, micro_batch_size=micro, dtype=mc.param_dtype, compute_dtype=mc.dtype,
       remat=mc.remat, lora_rank=mc.lora_rank, param_count=decoder_lib.count_params(values),
       trained_count=decoder_lib.count_params(trained), params=params_bytes,

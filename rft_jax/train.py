@@ -814,7 +814,8 @@ def make_loop(config, workdir: str, task: Task, mesh, log=print) -> Loop:
     log(f"exact optimal-arm probability over {sum(a.num_arms for a in arm_sets):,} arms "
         f"({sum(a.num_optimal for a in arm_sets):,} optimal) of {len(arm_sets)} question(s)")
   return Loop(
-      config=config, workdir=workdir, task=task, policy=policy, frozen=frozen, mesh=mesh, train_examples=train_examples,
+      config=config, workdir=workdir, task=task, policy=policy, frozen=frozen, mesh=mesh,
+      train_examples=train_examples,
       test_examples=list(task.test[:config.eval.test_size] if config.eval.test_size
                          else task.test),
       prompts=prompts, prompt_len=sampling.bucket_length(max(map(len, prompts)),
@@ -943,10 +944,11 @@ def evaluate_phase(loop: Loop, params, round_index: int, *, all_questions: bool 
   processes and their rewards gathered; every sample's reward goes to evals/round_<r>.json
   (process 0). Evaluations between the base and the last round (all_questions=False) may use
   the first eval.curve_test_size test questions only (a curve), and without greedy accuracy
-  unless eval.curve_greedy; the base and final ones all of test_size (the layer comparison). known_test: these params' test rewards ('test',
-  'test_greedy') from an earlier identical evaluation (base_eval_phase), so only the training
-  question is sampled; the rng split makes that the same as sampling both. The exact
-  optimal-arm probability is separate (exact_arms_phase)."""
+  unless eval.curve_greedy; the base and final ones all of test_size (the layer comparison).
+  known_test: these params' test rewards ('test', 'test_greedy') from an earlier identical
+  evaluation (base_eval_phase), so only the training question is sampled; the rng split makes
+  that the same as sampling both. The exact optimal-arm probability is separate
+  (exact_arms_phase)."""
   config = loop.config
   examples = (loop.test_examples if all_questions else
               loop.test_examples[:config.eval.curve_test_size or len(loop.test_examples)])

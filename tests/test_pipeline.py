@@ -17,8 +17,8 @@ def write_run(workdir, evals, rounds=(), summary=True, error=None):
   rows = {}
   for step, reward, signal, entropy in rounds:
     rows[step] = {"step": step, "reward": reward, "signal_frac": signal, "entropy": entropy}
-  for step, train, test in evals:
-    rows.setdefault(step, {"step": step}).update(train_pass1=train, test_pass1=test)
+  for step, train_pass1, test_pass1 in evals:
+    rows.setdefault(step, {"step": step}).update(train_pass1=train_pass1, test_pass1=test_pass1)
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     f.writelines(json.dumps(rows[s]) + "\n" for s in sorted(rows))
   if summary:

@@ -1,0 +1,340 @@
+"""The paper's six findings on SmolLM2's layers, judged by rules fixed before any layer ran.
+
+    python experiments/smollm2/findings.py                          # experiments/smollm2/layers
+    python experiments/smollm2/findings.py --toy=experiments/bottom_up/records   # + L5's other base
+
+Reads the published records of `run.sh layers` (per layer and seed: summary.json,
+metrics.jsonl, evals/round_*.json) and prints, as markdown, each finding's sub-claims with the
+evidence (95% two-level bootstrap intervals, rft_jax.pipeline.bootstrap: seeds, then evaluation
+samples; paired by seed and question where both sides share them) and a verdict, then the
+mechanism table (entropy, length, answers without a final number, greedy against sampled).
+
+The rules (written 2026-11-30, before any layer ran; experiments/smollm2/README.md repeats
+them). An interval "shows" a difference when it excludes 0; otherwise the difference is "not
+shown", never "no difference". A finding is *reproduced* when every sub-claim is shown,
+*partly* when some are, *not shown* when none is; a sub-claim whose layers are missing is
+"not run" and the finding waits.
+
+1. L0 learns the optimal arm; test Pass@1 can rise. (a) at least 2 of 3 seeds reach training
+   Pass@1 0.9 at an evaluation; (b) L0's final test Pass@1 is above its base's.
+2. The advantage makes training and generalization less stable without raising test Pass@1.
+   (a) L2's final test Pass@1 is not above L1's (its interval against L1 does not lie above 0);
+   (b) less stable: every L2 seed's instability (mean |change| of training plus of test Pass@1
+   between consecutive evaluations) exceeds every L1 seed's (3 against 3: exact one-sided
+   p = 1/20).
+3. More rollouts do not significantly improve generalization: for no pair of G in {1, 4, 8,
+   16} (L0, L1:g=4, L1, L1:g=16) is the larger G's final test Pass@1 above the smaller's.
+4. Negative rewards make training fail, for {-1, +1} (L3) and {-1, 0} (L3:neg=m10) each:
+   final training Pass@1 below L1's or below its own base, or a divergence stop or collapse
+   flag in at least 2 of 3 seeds.
+5. Extremely hard examples lead to generalization failure: (a) L4:bucket=extremely_hard's final
+   test Pass@1 is below its base's or below L1's; (b) the medium question's (L4:bucket=medium)
+   is not (difficulty, not any single question, is the cause).
+6. Base models differ; high training Pass@1 does not imply generalization. (a) L1's test gain
+   over the base (final minus base) differs between SmolLM2 and the embedded default (--toy;
+   unpaired across bases); (b) some SmolLM2 layer reaches mean final training Pass@1 >= 0.9
+   while its test Pass@1 is not shown above its base's ("not run" when no layer reaches 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+
+from rft_jax import pipeline  # noqa: E402
+
+LAYERS = os.path.join(HERE, "layers")
+SEEDS = 3
+ROLLOUTS = (("l0", 1), ("l1:g=4", 4), ("l1", 8), ("l1:g=16", 16))
+NEGATIVE = (("l3", "{-1, +1}"), ("l3:neg=m10", "{-1, 0}"))
+SHOWN, NOT_SHOWN, NOT_RUN = "shown", "not shown", "not run"
+
+
+def load(root: str, specs, seeds: int = SEEDS) -> dict[str, list[dict]]:
+  """spec -> [pipeline.seed_result per seed] of the records under root (missing: status
+  'missing', no evaluations)."""
+  return {spec: [pipeline.seed_result(os.path.join(root, pipeline.spec_dir(spec), f"seed{k}"))
+                 for k in range(seeds)] for spec in specs}
+
+
+def _done(results: list[dict] | None) -> list[tuple[int, dict]]:
+  return [(k, r) for k, r in enumerate(results or []) if r["status"] == "done" and r["evals"]]
+
+
+def _complete(per_layer, *specs, seeds: int = SEEDS) -> bool:
+  return all(len(_done(per_layer.get(s))) >= seeds for s in specs)
+
+
+def difference(per_layer, spec_a: str, spec_b: str | None, key: str = "test",
+               boots: int = 2000) -> tuple[float, float, float]:
+  """Final `key` rewards of spec_a minus those of spec_b (None: minus spec_a's own base), over
+  the seeds both have; paired by seed and question when both sides scored the same ones."""
+  a = dict(_done(per_layer[spec_a]))
+  if spec_b is None:
+    seeds = sorted(a)
+    return pipeline.bootstrap([a[k]["evals"]["final"][key] for k in seeds],
+                              [a[k]["evals"]["base"][key] for k in seeds], boots=boots)
+  b = dict(_done(per_layer[spec_b]))
+  seeds = sorted(a.keys() & b.keys())
+  mine = [a[k]["evals"]["final"] for k in seeds]
+  theirs = [b[k]["evals"]["final"] for k in seeds]
+  ids = "train_ids" if key == "train" else "test_ids"
+  paired = all(m[ids] == t[ids] and m[key].shape == t[key].shape for m, t in zip(mine, theirs))
+  return pipeline.bootstrap([m[key] for m in mine], [t[key] for t in theirs], paired=paired,
+                            boots=boots)
+
+
+def gain_difference(a_results: list[dict], b_results: list[dict], key: str = "test",
+                    boots: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+  """(final - base) of one base model's runs minus the same of another's (different test sets:
+  unpaired across the two; each gain paired within its own runs). Two-level bootstrap on each
+  side (seeds, then questions), as pipeline.bootstrap."""
+  sides = []
+  for results in (a_results, b_results):
+    runs = [r["evals"] for _, r in _done(results)]
+    if not runs:
+      raise ValueError("a side without complete runs")
+    sides.append([(np.asarray(e["final"][key], float).ravel(),
+                   np.asarray(e["base"][key], float).ravel()) for e in runs])
+
+  def gain(side, rng=None):
+    total = 0.0
+    picks = range(len(side)) if rng is None else rng.integers(0, len(side), len(side))
+    for s in picks:
+      final, base = side[s]
+      i = np.arange(final.size) if rng is None else rng.integers(0, final.size, final.size)
+      total += final[i].mean() - base[i].mean()
+    return total / len(side)
+
+  rng = np.random.default_rng(seed)
+  stats = [gain(sides[0], rng) - gain(sides[1], rng) for _ in range(boots)]
+  low, high = np.percentile(stats, [2.5, 97.5])
+  return gain(sides[0]) - gain(sides[1]), float(low), float(high)
+
+
+def above(iv) -> bool:
+  return iv[1] > 0
+
+
+def below(iv) -> bool:
+  return iv[2] < 0
+
+
+def fmt(iv) -> str:
+  return f"{iv[0]:+.3f} [{iv[1]:+.3f}, {iv[2]:+.3f}]"
+
+
+def instability(result: dict) -> float:
+  """Mean |change| of training Pass@1 plus that of test Pass@1 between consecutive
+  evaluations of one run."""
+  rows = result["rows"]
+  return sum(pipeline.mean_abs_change([v for _, v in pipeline.eval_curve(rows, key)]) or 0.0
+             for key in ("train_pass1", "test_pass1"))
+
+
+def _stopped(result: dict) -> bool:
+  """A divergence stop or a collapse flag (train._collapse) in the run."""
+  return result["status"] == "failed" or any(
+      k.startswith("collapse") for row in result["rows"] for k in row)
+
+
+def verdict(claims: list[tuple[str, str, str]]) -> str:
+  """claims: (sub-claim, evidence, shown | not shown | not run) -> the finding's verdict."""
+  states = [c[2] for c in claims]
+  if NOT_RUN in states:
+    return "waiting (layers not run)"
+  if all(s == SHOWN for s in states):
+    return "reproduced"
+  return "partly" if SHOWN in states else "not shown"
+
+
+def judge(per_layer: dict[str, list[dict]], toy: dict[str, list[dict]] | None = None,
+          boots: int = 2000) -> list[dict]:
+  """The six findings: [{'finding', 'claims': [(claim, evidence, state)], 'verdict'}]."""
+  have = lambda *specs: _complete(per_layer, *specs)
+  out = []
+
+  claims = []
+  if have("l0"):
+    reached = sum(r["rounds_to"] is not None for _, r in _done(per_layer["l0"]))
+    claims.append(("(a) L0 reaches training Pass@1 0.9 in >= 2 of 3 seeds",
+                   f"{reached} of {len(_done(per_layer['l0']))} seeds",
+                   SHOWN if reached >= 2 else NOT_SHOWN))
+    iv = difference(per_layer, "l0", None, boots=boots)
+    claims.append(("(b) L0's test Pass@1 rises above its base's", f"final - base {fmt(iv)}",
+                   SHOWN if above(iv) else NOT_SHOWN))
+  else:
+    claims += [("(a) L0 reaches training Pass@1 0.9", "", NOT_RUN),
+               ("(b) L0's test Pass@1 rises", "", NOT_RUN)]
+  out.append({"finding": "1. The minimalist configuration learns the optimal arm; test Pass@1 "
+                         "can rise", "claims": claims})
+
+  claims = []
+  if have("l1", "l2"):
+    iv = difference(per_layer, "l2", "l1", boots=boots)
+    claims.append(("(a) L2's test Pass@1 is not above L1's", f"L2 - L1 {fmt(iv)}",
+                   NOT_SHOWN if above(iv) else SHOWN))
+    l1 = [instability(r) for _, r in _done(per_layer["l1"])]
+    l2 = [instability(r) for _, r in _done(per_layer["l2"])]
+    claims.append(("(b) every L2 seed less stable than every L1 seed",
+                   f"instability L2 {', '.join(f'{x:.3f}' for x in l2)}; L1 "
+                   f"{', '.join(f'{x:.3f}' for x in l1)}",
+                   SHOWN if min(l2) > max(l1) else NOT_SHOWN))
+  else:
+    claims += [("(a) L2's test Pass@1 not above L1's", "", NOT_RUN),
+               ("(b) L2 less stable than L1", "", NOT_RUN)]
+  out.append({"finding": "2. The advantage function makes training and generalization less "
+                         "stable without raising test Pass@1", "claims": claims})
+
+  claims = []
+  if have(*(spec for spec, _ in ROLLOUTS)):
+    gains = []
+    for (small, g_small), (large, g_large) in itertools.combinations(ROLLOUTS, 2):
+      iv = difference(per_layer, large, small, boots=boots)
+      gains.append((f"G={g_large} - G={g_small} {fmt(iv)}", above(iv)))
+    claims.append(("no larger G has a higher test Pass@1 than a smaller G",
+                   "; ".join(text for text, _ in gains),
+                   NOT_SHOWN if any(up for _, up in gains) else SHOWN))
+  else:
+    claims.append(("no larger G has a higher test Pass@1", "", NOT_RUN))
+  out.append({"finding": "3. More rollouts per round do not significantly improve "
+                         "generalization", "claims": claims})
+
+  claims = []
+  for spec, name in NEGATIVE:
+    claim = f"{name} ({spec}) fails"
+    stops = sum(_stopped(r) for r in per_layer.get(spec, []))
+    if stops >= 2:  # a stopped run never completes: this needs no intervals
+      claims.append((claim, f"{stops} of {SEEDS} seeds stopped (divergence) or flagged "
+                     "(collapse)", SHOWN))
+    elif not have("l1", spec):
+      claims.append((claim, "", NOT_RUN))
+    else:
+      vs_l1 = difference(per_layer, spec, "l1", key="train", boots=boots)
+      vs_base = difference(per_layer, spec, None, key="train", boots=boots)
+      claims.append((claim, f"training Pass@1 - L1's {fmt(vs_l1)}; - its base's "
+                     f"{fmt(vs_base)}; {stops} seed(s) stopped or flagged",
+                     SHOWN if below(vs_l1) or below(vs_base) else NOT_SHOWN))
+  out.append({"finding": "4. Negative rewards make training fail", "claims": claims})
+
+  claims = []
+  hard, medium = "l4:bucket=extremely_hard", "l4:bucket=medium"
+  for spec, claim, want in ((hard, "(a) the extremely hard question's test Pass@1 falls below "
+                             "its base's or L1's", True),
+                            (medium, "(b) the medium question's does not", False)):
+    if not have("l1", spec):
+      claims.append((claim, "", NOT_RUN))
+      continue
+    vs_base = difference(per_layer, spec, None, boots=boots)
+    vs_l1 = difference(per_layer, spec, "l1", boots=boots)
+    fell = below(vs_base) or below(vs_l1)
+    claims.append((claim, f"final - base {fmt(vs_base)}; - L1's {fmt(vs_l1)}",
+                   SHOWN if fell == want else NOT_SHOWN))
+  out.append({"finding": "5. Extremely hard training examples lead to generalization failure",
+              "claims": claims})
+
+  claims = []
+  if toy is not None and have("l1") and _complete(toy, "l1"):
+    iv = gain_difference(per_layer["l1"], toy["l1"], boots=boots)
+    claims.append(("(a) L1's test gain differs between SmolLM2 and the embedded default",
+                   f"SmolLM2 gain - toy gain {fmt(iv)}",
+                   SHOWN if above(iv) or below(iv) else NOT_SHOWN))
+  else:
+    claims.append(("(a) L1's test gain differs between the bases", "", NOT_RUN))
+  learned = [spec for spec in per_layer if have(spec) and np.mean(
+      [r["final_train"] for _, r in _done(per_layer[spec])]) >= pipeline.THRESHOLD]
+  if learned:
+    flat = [spec for spec in learned if not above(difference(per_layer, spec, None,
+                                                             boots=boots))]
+    claims.append(("(b) a layer with training Pass@1 >= 0.9 whose test Pass@1 does not rise",
+                   f"at 0.9: {', '.join(learned)}; test not shown above base: "
+                   f"{', '.join(flat) or 'none'}", SHOWN if flat else NOT_SHOWN))
+  else:
+    claims.append(("(b) high training Pass@1 without generalization",
+                   "no layer reached mean training Pass@1 0.9", NOT_RUN))
+  out.append({"finding": "6. Base models differ; high training Pass@1 does not imply "
+                         "generalization", "claims": claims})
+
+  for f in out:
+    f["verdict"] = verdict(f["claims"])
+  return out
+
+
+def _window_mean(rows, key: str, first: bool, n: int = 10) -> float | None:
+  curve = pipeline.round_curve(rows, key)
+  part = curve[:n] if first else curve[-n:]
+  return float(np.mean([v for _, v in part])) if part else None
+
+
+def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict]:
+  """Per layer, means over its complete seeds: entropy, response length and the share of
+  rollouts without a final answer over the first and the last 10 rounds, and the change of
+  sampled against greedy test Pass@1 from the base (paired intervals)."""
+  out = []
+  for spec, results in per_layer.items():
+    done = _done(results)
+    if not done:
+      continue
+    row = {"spec": spec, "seeds": len(done)}
+    for key in ("entropy", "length", "no_answer"):
+      for first in (True, False):
+        values = []
+        for _, r in done:
+          if key == "no_answer":
+            rows = [dict(x, no_answer=x["outcome_no_answer"] / max(1, sum(
+                v for k, v in x.items() if k.startswith("outcome_")))) for x in r["rows"]
+                    if "outcome_no_answer" in x]
+          else:
+            rows = r["rows"]
+          v = _window_mean(rows, key, first)
+          if v is not None:
+            values.append(v)
+        row[f"{key}_{'first' if first else 'last'}"] = float(np.mean(values)) if values else None
+    row["sampled"] = difference(per_layer, spec, None, "test", boots=boots)
+    if all("test_greedy" in r["evals"]["final"] for _, r in done):
+      row["greedy"] = difference(per_layer, spec, None, "test_greedy", boots=boots)
+    out.append(row)
+  return out
+
+
+def markdown(findings: list[dict], mech: list[dict]) -> str:
+  lines = ["| finding | sub-claim | evidence (95% intervals) | state |", "|---|---|---|---|"]
+  for f in findings:
+    for i, (claim, evidence, state) in enumerate(f["claims"]):
+      head = f"{f['finding']} — **{f['verdict']}**" if i == 0 else ""
+      lines.append(f"| {head} | {claim} | {evidence or '–'} | {state} |")
+  lines += ["", "| layer | seeds | entropy first -> last 10 rounds | length | no final answer | "
+            "test Pass@1 - base, sampled | greedy |", "|---|---|---|---|---|---|---|"]
+  num = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"
+  for m in mech:
+    lines.append(
+        f"| {m['spec']} | {m['seeds']} | {num(m['entropy_first'])} -> {num(m['entropy_last'])} "
+        f"| {num(m['length_first'], 0)} -> {num(m['length_last'], 0)} "
+        f"| {num(m['no_answer_first'])} -> {num(m['no_answer_last'])} | {fmt(m['sampled'])} "
+        f"| {fmt(m['greedy']) if 'greedy' in m else '–'} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--root", default=LAYERS, help="published SmolLM2 layer records")
+  p.add_argument("--toy", default="", help="published records of the embedded default's L1 "
+                                          "(finding 6a)")
+  p.add_argument("--boots", type=int, default=2000)
+  args = p.parse_args(argv)
+  specs = pipeline.parse_layers("smollm2")
+  per_layer = load(args.root, specs)
+  toy = load(args.toy, ["l1"]) if args.toy else None
+  print(markdown(judge(per_layer, toy, args.boots), mechanisms(per_layer, args.boots)))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,119 @@
+"""experiments/smollm2/findings.py: the pre-registered rules on records written the way a run
+writes them (summary.json, metrics.jsonl, evals/round_*.json)."""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from rft_jax import evaluation, pipeline
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("findings",
+                                              ROOT / "experiments" / "smollm2" / "findings.py")
+findings = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(findings)
+
+Q, K, ROUNDS = 200, 32, 100
+
+
+def rewards(p: float, n: int, seed: int) -> np.ndarray:
+  """n rewards with exactly round(p n) ones, in a seeded order."""
+  out = np.zeros(n)
+  out[:round(p * n)] = 1
+  return np.random.default_rng(seed).permutation(out)
+
+
+def write_run(root, spec, seed, *, train=(0.1, 0.1), test=(0.2, 0.2), greedy=(0.3, 0.3),
+              mid=None, failed=False, collapse=False, entropy=(0.6, 0.6)):
+  """One run's record: base and final evaluations with these Pass@1s (train, test, greedy),
+  an evaluation at round 50 (mid: (train, test), default halfway), per-round rows."""
+  d = pathlib.Path(root) / pipeline.spec_dir(spec) / f"seed{seed}"
+  os.makedirs(d / "evals")
+  mid = mid or ((train[0] + train[1]) / 2, (test[0] + test[1]) / 2)
+  ids = [f"t{i}" for i in range(Q)]
+  rows = []
+  for r, (tr, te, gr) in ((0, (train[0], test[0], greedy[0])), (50, (*mid, None)),
+                          (ROUNDS, (train[1], test[1], greedy[1]))):
+    saved = {"train": rewards(tr, K, seed + r)[None], "test": rewards(te, Q, seed + r + 1)}
+    if gr is not None:
+      saved["test_greedy"] = rewards(gr, Q, seed + r + 2)
+    evaluation.save_rewards(str(d / "evals"), r, saved, ["q0"], ids)
+    rows.append({"step": r, **{k: v for k, v in evaluation.summarize(saved).items()}})
+  for r in range(1, ROUNDS + 1):
+    row = {"step": r, "entropy": entropy[0] if r <= 10 else entropy[1], "length": 100.0,
+           "outcome_correct": 1, "outcome_wrong": 6, "outcome_no_answer": 1}
+    if collapse and r == 60:
+      row["collapse_stuck"] = True
+    rows.append(row)
+  with open(d / "metrics.jsonl", "w") as f:
+    f.writelines(json.dumps(row) + "\n" for row in rows)
+  if failed:
+    (d / "error.txt").write_text("Traceback\nrft_jax.errors.DivergedError: diverged at round 7")
+    return
+  (d / "summary.json").write_text(json.dumps({"wall_s": 1.0, "rounds": ROUNDS,
+                                              "training_questions": ["q0"]}))
+
+
+def judged(root, toy=None):
+  per_layer = findings.load(str(root), pipeline.parse_layers("smollm2"))
+  out = findings.judge(per_layer, toy, boots=300)
+  return {f["finding"][0]: f for f in out}, per_layer
+
+
+def test_without_records_every_finding_waits(tmp_path):
+  out, _ = judged(tmp_path)
+  assert {f["verdict"] for f in out.values()} == {"waiting (layers not run)"}
+
+
+def test_the_rules_on_records_where_the_answers_are_known(tmp_path):
+  same = dict(train=(0.1, 0.1), test=(0.2, 0.2))
+  for k in range(3):
+    # L0 learns (0.9 by round 50 in two seeds, the third never) and its test rises 0.2 -> 0.5.
+    write_run(tmp_path, "l0", k, train=(0.1, 1.0 if k < 2 else 0.5), test=(0.2, 0.5),
+              mid=(0.95 if k < 2 else 0.3, 0.3))
+    write_run(tmp_path, "l1:g=4", k, **same)
+    # L1 smooth; L2 the same end point with a test curve that jumps: less stable, not higher.
+    write_run(tmp_path, "l1", k, **same)
+    write_run(tmp_path, "l2", k, train=(0.1, 0.1), test=(0.2, 0.2), mid=(0.6, 0.6))
+    write_run(tmp_path, "l1:g=16", k, train=(0.1, 0.1), test=(0.2, 0.6))  # G=16 generalizes
+    write_run(tmp_path, "l3", k, failed=k < 2)                             # {-1,+1} diverges
+    write_run(tmp_path, "l3:neg=m10", k, **same)                           # {-1,0} does not
+    write_run(tmp_path, "l4:bucket=extremely_hard", k, test=(0.2, 0.05))
+    write_run(tmp_path, "l4:bucket=medium", k, **same)
+  out, per_layer = judged(tmp_path)
+  assert out["1"]["verdict"] == "reproduced"
+  assert out["1"]["claims"][0][1] == "2 of 3 seeds"
+  assert out["2"]["verdict"] == "reproduced"
+  assert out["3"]["verdict"] == "not shown"  # G=16's test gain over G=1 and G=4 is shown
+  assert "G=16 - G=4 +0.400" in out["3"]["claims"][0][1]
+  states = {claim: state for claim, _, state in out["4"]["claims"]}
+  assert states == {"{-1, +1} (l3) fails": "shown", "{-1, 0} (l3:neg=m10) fails": "not shown"}
+  assert out["4"]["verdict"] == "partly"
+  assert out["5"]["verdict"] == "reproduced"
+  # 6a needs the other base's records; 6b: L0 reaches 0.9 on average? (1 + 1 + 0.5) / 3 < 0.9
+  assert out["6"]["claims"][0][2] == findings.NOT_RUN
+  assert out["6"]["claims"][1][2] == findings.NOT_RUN
+  mech = {m["spec"]: m for m in findings.mechanisms(per_layer, boots=300)}
+  assert "l3" not in {s for s, m in mech.items() if m["seeds"] == 3}
+  assert mech["l1"]["no_answer_last"] == pytest.approx(1 / 8)
+  assert mech["l0"]["sampled"][0] == pytest.approx(0.3)
+  text = findings.markdown(list(out.values()), list(mech.values()))
+  assert "**reproduced**" in text and "| l1 | 3 |" in text
+
+
+def test_gain_difference_is_the_difference_of_mean_gains(tmp_path):
+  """SmolLM2 gains 0.3 (0.2 -> 0.5), the other base 0.1 (0.4 -> 0.5): +0.2, shown."""
+  for k in range(3):
+    write_run(tmp_path / "a", "l1", k, test=(0.2, 0.5))
+    write_run(tmp_path / "b", "l1", k, test=(0.4, 0.5))
+  a = findings.load(str(tmp_path / "a"), ["l1"])["l1"]
+  b = findings.load(str(tmp_path / "b"), ["l1"])["l1"]
+  est, low, high = findings.gain_difference(a, b, boots=300)
+  assert est == pytest.approx(0.2)
+  assert 0 < low < 0.2 < high
+  est, low, high = findings.gain_difference(a, a, boots=300)
+  assert est == 0 and low <= 0 <= high
