@@ -14,7 +14,9 @@ training question depends on the base and on example.* only, not on the seed.
 Resumable: a run whose summary.json exists is skipped; an unfinished one resumes from its last
 checkpoint when the pipeline runs again. Each workdir keeps the config it was made with
 (config.json); asking for the same run with other settings stops with a message, so one report
-never mixes settings. A run that fails writes error.txt and the others go on.
+never mixes settings. A run that fails writes error.txt and the others go on; it is tried again
+the next time, except a run that diverged (train's divergence guard: DivergedError), which is
+an outcome of its settings, kept (and published) as such: delete its workdir to run it again.
 
 The report, <root>/report.md: one summary table (a row per layer: base and final training and
 test Pass@1 as mean ± std over seeds, rounds to training Pass@1 >= 0.9, stability), then per
@@ -248,6 +250,20 @@ def is_done(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, "summary.json"))
 
 
+def diverged(workdir: str) -> bool:
+  """The run stopped at train's divergence guard (its error.txt names DivergedError)."""
+  path = os.path.join(workdir, "error.txt")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return "DivergedError" in f.read()
+
+
+def has_ended(workdir: str) -> bool:
+  """Finished, or diverged: the runner does not run it again."""
+  return is_done(workdir) or diverged(workdir)
+
+
 def _logger(workdir: str, label: str):
   path = os.path.join(workdir, "log.txt")
 
@@ -364,9 +380,10 @@ def _wall(workdir: str) -> float | None:
     return json.load(f).get("wall_s")
 
 
-# A finished run's record, as --publish copies it (everything but checkpoints and TensorBoard).
+# A finished (or diverged) run's record, as --publish copies it (everything but checkpoints and
+# TensorBoard).
 PUBLISHED = ("config.json", "summary.json", "metrics.jsonl", "difficulty.json", "base_eval.json",
-             "evals", "log.txt", "curves.png")
+             "evals", "log.txt", "curves.png", "error.txt")
 
 
 def _replace_dir(src: str, dst: str) -> None:
@@ -391,7 +408,7 @@ def _copy_dir(src: str, dst: str) -> None:
 
 
 def publish(run: Run, dest: str) -> str:
-  """Copies a finished run's record (PUBLISHED) to dest/<layer>/seed<k>; returns that folder."""
+  """Copies an ended run's record (PUBLISHED) to dest/<layer>/seed<k>; returns that folder."""
   target = os.path.join(dest, run.label)
   tmp = target + ".tmp"
   if os.path.exists(tmp):
@@ -408,11 +425,11 @@ def publish(run: Run, dest: str) -> str:
 
 
 def restore_published(run: Run, config, dest: str) -> bool:
-  """A run finished in an earlier sitting (maybe on another machine) counts as done: when
-  dest holds its record made with the same config and the root does not, the record is copied
-  into the run's workdir (the report reads it there). True if it was."""
+  """A run that ended in an earlier sitting (maybe on another machine) counts as ended: when
+  dest holds its record (finished or diverged) made with the same config and the root does not,
+  the record is copied into the run's workdir (the report reads it there). True if it was."""
   record = os.path.join(dest, run.label)
-  if is_done(run.workdir) or not os.path.exists(os.path.join(record, "summary.json")):
+  if has_ended(run.workdir) or not has_ended(record):
     return False
   with open(os.path.join(record, "config.json")) as f:
     if _flat(_comparable(json.load(f))) != _flat(_comparable(json.loads(config.to_json()))):
@@ -485,9 +502,10 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
                  tables: str = "", log=print) -> str:
   """Plans, runs what is not done yet, writes the report; returns the report's path.
 
-  publish_dir: each finished run's record (PUBLISHED) is copied to publish_dir/<layer>/seed<k>
-  as it finishes, with the report, and (commit) committed to git; runs recorded there with
-  the same config count as done, so the pipeline continues in a fresh checkout.
+  publish_dir: each finished or diverged run's record (PUBLISHED) is copied to
+  publish_dir/<layer>/seed<k> as it ends, with the report, and (commit) committed to git; runs
+  recorded there with the same config count as ended, so the pipeline continues in a fresh
+  checkout.
   drop_checkpoints: a finished run's checkpoints are deleted (a SmolLM2 run's are 1.6 GB each).
   tables: where difficulty tables and the base's test rewards (per seed) are shared (default
   <root>/difficulty; one folder for several roots, e.g. a learning-rate sweep, samples each
@@ -502,7 +520,11 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
                 if restore_published(run, config, publish_dir)]
     if restored:
       log(f"{len(restored)} finished run(s) taken from {publish_dir}: {', '.join(restored)}")
-  todo = [run for run, _ in planned if not is_done(run.workdir)]
+  for run, _ in planned:
+    if diverged(run.workdir):
+      log(f"{run.label} diverged in an earlier sitting ({os.path.join(run.workdir, 'error.txt')}):"
+          " not run again; delete its folder to redo it")
+  todo = [run for run, _ in planned if not has_ended(run.workdir)]
   log(f"{len(planned)} runs, {len(planned) - len(todo)} already complete, {len(todo)} to run")
   # The report covers every layer this root has run, also those of earlier invocations.
   before = read_settings(root)
@@ -527,20 +549,24 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
   def after_run(run: Run, ok: bool) -> None:
     if ok and drop_checkpoints:  # a finished run is never resumed; its summary marks it done
       shutil.rmtree(os.path.join(run.workdir, "checkpoints"), ignore_errors=True)
-    if not (ok and publish_dir):
+    # A diverged run is a result (its checkpoints stay, for a --resume_with at a lower rate).
+    if not (publish_dir and (ok or diverged(run.workdir))):
       return
     publish(run, publish_dir)
     report()
     if commit:
-      with open(os.path.join(run.workdir, "summary.json")) as f:
-        s = json.load(f)
+      if ok:
+        with open(os.path.join(run.workdir, "summary.json")) as f:
+          s = json.load(f)
+        what = (f"finished in {root} (test Pass@1 {s['base_test_pass1']:.3f} -> "
+                f"{s['final_test_pass1']:.3f}, training {s['base_train_pass1']:.3f} -> "
+                f"{s['final_train_pass1']:.3f}, {s['wall_s'] / 60:.0f} min)")
+      else:
+        what = f"diverged in {root}: {seed_result(run.workdir).get('error', '')}"
       # Shared tables kept in the same repository go in too (a fresh clone then samples none).
       shared = [tables] if tables and os.path.isdir(tables) and _same_repository(
           tables, publish_dir) else []
-      git_commit([publish_dir, *shared], f"experiments: {run.label} finished in {root} (test "
-                 f"Pass@1 {s['base_test_pass1']:.3f} -> {s['final_test_pass1']:.3f}, training "
-                 f"{s['base_train_pass1']:.3f} -> {s['final_train_pass1']:.3f}, "
-                 f"{s['wall_s'] / 60:.0f} min)", log=log)
+      git_commit([publish_dir, *shared], f"experiments: {run.label} {what}", log=log)
 
   t0 = time.time()
   if todo:
@@ -615,7 +641,7 @@ def seed_result(workdir: str) -> dict:
   if os.path.exists(os.path.join(workdir, "error.txt")):
     with open(os.path.join(workdir, "error.txt")) as f:
       lines = [line for line in f.read().strip().splitlines() if line.strip()]
-    out["status"] = "failed"
+    out["status"] = "diverged" if diverged(workdir) else "failed"
     out["error"] = lines[-1] if lines else "unknown error"
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
@@ -904,12 +930,12 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
   for spec, results in per_layer.items():
     agg = layer_result(results)
     done = sum(r["status"] == "done" for r in results)
-    failed = sum(r["status"] == "failed" for r in results)
+    ended = {state: sum(r["status"] == state for r in results) for state in ("diverged", "failed")}
     spread = agg["final_test"][1]
     out.append(f"| {spec} | {_fmt(agg['base_train'])} | {_fmt(agg['final_train'])} "
                f"| {_fmt(agg['base_test'])} | {_fmt(agg['final_test'])} | {_fmt_rounds(agg)} "
-               f"| {_num(spread)} | {_fmt(agg['test_change'])} "
-               f"| {done}/{len(results)} done" + (f", {failed} failed" if failed else "") + " |")
+               f"| {_num(spread)} | {_fmt(agg['test_change'])} | {done}/{len(results)} done"
+               + "".join(f", {n} {state}" for state, n in ended.items() if n) + " |")
   paired = [row for row in paired_rows(per_layer) if row["seeds"]]
   if paired:
     out += ["", "With intervals (95% two-level bootstrap over seeds and evaluation samples, "
@@ -1023,7 +1049,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
   if args.dry_run:
     for run, config in plan(specs, args.seeds, root, runlocal=args.runlocal, quick=args.quick,
                             overrides=overrides, base=args.base, tables=args.tables):
-      state = "done" if is_done(run.workdir) else "to run"
+      state = ("done" if is_done(run.workdir) else "diverged" if diverged(run.workdir)
+               else "to run")
       print(f"{run.workdir}: {run.spec} seed {run.seed}, {config.train.rounds} rounds, "
             f"base {config.warm_start.dir or config.model.checkpoint} ({state})")
     return 0

@@ -621,8 +621,10 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
       bad.append(f"--config.loss: {e}")
     chain = [name.strip() for name in str(get("loss.chain")).split(",")]
     max_len = get("loss.seq_mean_token_sum_norm.max_len")
+    if max_len is _NO_DEFAULT:  # a config holding the chain only: the factory's default
+      max_len = losses.config.factory_defaults("seq_mean_token_sum_norm")["max_len"]
     check("train.completion_bucket", lambda v: not (
-        v and "seq_mean_token_sum_norm" in chain and max_len is not _NO_DEFAULT and max_len <= 0),
+        v and "seq_mean_token_sum_norm" in chain and max_len <= 0),
           "must be 0 when the loss divides by the padded completion width "
           "(seq_mean_token_sum_norm with max_len <= 0); set "
           "--config.loss.seq_mean_token_sum_norm.max_len to rollout.max_new_tokens instead")

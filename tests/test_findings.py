@@ -117,3 +117,35 @@ def test_gain_difference_is_the_difference_of_mean_gains(tmp_path):
   assert 0 < low < 0.2 < high
   est, low, high = findings.gain_difference(a, a, boots=300)
   assert est == 0 and low <= 0 <= high
+
+
+def test_the_rules_edge_by_edge(tmp_path):
+  """Branches the first scenario leaves alone: a one-sided G comparison (a smaller G ahead is
+  no gain), 2b on separation rather than means, 4 through collapse flags and through L1's
+  training Pass@1 (not the base's), 5a through L1 (not the base), a diverged seed (the layer
+  still counts with 2 finished), 6b shown."""
+  for k in range(3):
+    write_run(tmp_path, "l0", k, train=(0.1, 1.0), test=(0.2, 0.4), mid=(0.95, 0.3))
+    write_run(tmp_path, "l1:g=4", k, test=(0.2, 0.4))
+    # L1: two calm seeds (instability ~0.2) and a jumpy one (~1.2); L2: three seeds at ~0.75,
+    # above L1's mean (~0.53) but not above every L1 seed.
+    write_run(tmp_path, "l1", k, train=(0.1, 0.5), test=(0.2, 0.2),
+              mid=(0.9, 0.8) if k == 2 else (0.3, 0.2))
+    write_run(tmp_path, "l2", k, train=(0.1, 1.0), test=(0.2, 0.2), mid=(0.3, 0.5))
+    write_run(tmp_path, "l1:g=16", k, test=(0.2, 0.2))
+    write_run(tmp_path, "l3", k, train=(0.1, 0.5), collapse=k < 2)
+    write_run(tmp_path, "l3:neg=m10", k, train=(0.0, 0.0))
+    write_run(tmp_path, "l4:bucket=extremely_hard", k, test=(0.1, 0.1))
+    write_run(tmp_path, "l4:bucket=medium", k, failed=k == 2)
+  out, per_layer = judged(tmp_path)
+  assert out["1"]["verdict"] == "reproduced"
+  l1, l2 = ([findings.instability(r) for r in per_layer[s]] for s in ("l1", "l2"))
+  assert np.mean(l2) > np.mean(l1) and min(l2) < max(l1)
+  assert out["2"]["claims"][1][2] == findings.NOT_SHOWN and out["2"]["verdict"] == "partly"
+  assert out["3"]["verdict"] == "reproduced"  # G=8 - G=4 is -0.2: below, not a gain
+  assert [state for _, _, state in out["4"]["claims"]] == ["shown", "shown"]
+  assert "2 of 3 seeds stopped" in out["4"]["claims"][0][1]
+  assert per_layer["l4:bucket=medium"][2]["status"] == "diverged"
+  assert out["5"]["verdict"] == "reproduced"
+  assert out["6"]["claims"][1][2] == findings.SHOWN and "none" not in out["6"]["claims"][1][1]
+  assert "l2" in out["6"]["claims"][1][1].split("not shown above base: ")[1]

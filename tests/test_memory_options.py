@@ -179,3 +179,6 @@ def test_completion_bucket_refuses_a_loss_normalized_by_the_padded_width():
     train.validate_config(config)
   config.loss.seq_mean_token_sum_norm.max_len = config.rollout.max_new_tokens
   train.validate_config(config)  # a fixed normalizer does not depend on the width
+  del config.loss["seq_mean_token_sum_norm"]  # absent: the factory's max_len, -1
+  with pytest.raises(train.errors.ConfigError, match="train.completion_bucket=32: must be 0"):
+    train.validate_config(config)

@@ -57,3 +57,9 @@ def test_outcomes_from_published_records_and_failed_runs(tmp_path):
   assert get("1e-6", 1)["collapse"] == ["collapse_stuck"]
   assert get("3e-6", 0)["status"] == "diverged"
   assert get("3e-6", 1) == {"status": "missing"}
+  # A published divergence (another checkout's sitting) counts as well.
+  elsewhere = published / "lr3e-5" / "l0" / "seed1"
+  elsewhere.mkdir(parents=True)
+  (elsewhere / "error.txt").write_text("rft_jax.errors.DivergedError: diverged at round 9\n")
+  assert get("3e-5", 1) == {"status": "diverged",
+                            "error": "rft_jax.errors.DivergedError: diverged at round 9"}

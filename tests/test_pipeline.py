@@ -259,6 +259,51 @@ def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys
   assert "Traceback" not in err
 
 
+def test_a_diverged_run_is_published_and_not_run_again(tmp_path, monkeypatch, capsys):
+  """Divergence is an outcome of a run's settings: its record (error.txt with it) is published
+  and committed like a finished run's, and neither this root nor a fresh one runs it again."""
+  root, repo = str(tmp_path / "pipe"), tmp_path / "repo"
+  repo.mkdir()
+  git(repo, "init", "-q")
+  for who in ("AUTHOR", "COMMITTER"):
+    monkeypatch.setenv(f"GIT_{who}_NAME", "test")
+    monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.com")
+  published = repo / "published"
+
+  def stand_in(workdir, label=None):  # l1 finishes, l2 diverges at round 3
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps({"step": 0, "train_pass1": 0.5, "test_pass1": 0.25}) + "\n")
+    if label.startswith("l2"):
+      with open(os.path.join(workdir, "error.txt"), "w") as f:
+        f.write("Traceback (most recent call last):\nrft_jax.errors.DivergedError: diverged at "
+                "round 3: non-finite loss; stopped without saving.\n")
+      return False
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump({"base_test_pass1": 0.25, "final_test_pass1": 0.25, "base_train_pass1": 0.5,
+                 "final_train_pass1": 1.0, "wall_s": 60.0, "rounds": 2}, f)
+    return True
+
+  monkeypatch.setattr(pipeline, "run_one", stand_in)
+  monkeypatch.setattr(pipeline, "prepare_bases", lambda *a, **k: None)
+  argv = ["--layers=l1,l2", "--seeds=1", "--runlocal", f"--root={root}",
+          f"--publish={published}"]
+  assert pipeline.main(argv + ["--commit"]) == 0
+  log = git(repo, "log", "--format=%s").splitlines()
+  assert log[0] == (f"experiments: l2/seed0 diverged in {root}: rft_jax.errors.DivergedError: "
+                    "diverged at round 3: non-finite loss; stopped without saving.")
+  assert "published/l2/seed0/error.txt" in git(repo, "ls-files").splitlines()
+  assert "| 0/1 done, 1 diverged |" in open(f"{root}/report.md").read()
+
+  monkeypatch.setattr(pipeline, "run_one", lambda *a: pytest.fail("a run was started again"))
+  capsys.readouterr()
+  assert pipeline.main(argv) == 0  # the same root
+  assert "l2/seed0 diverged in an earlier sitting" in capsys.readouterr().out
+  fresh = str(tmp_path / "fresh")  # another checkout: the published records only
+  assert pipeline.main([a.replace(root, fresh) for a in argv]) == 0
+  assert pipeline.diverged(f"{fresh}/l2/seed0") and pipeline.is_done(f"{fresh}/l1/seed0")
+  assert "| 0/1 done, 1 diverged |" in open(f"{fresh}/report.md").read()
+
+
 STAND_IN = """
 import json, os, sys, time
 workdir = sys.argv[1]

@@ -11,9 +11,12 @@ mechanism table (entropy, length, answers without a final number, greedy against
 
 The rules (written 2026-11-30, before any layer ran; experiments/smollm2/README.md repeats
 them). An interval "shows" a difference when it excludes 0; otherwise the difference is "not
-shown", never "no difference". A finding is *reproduced* when every sub-claim is shown,
-*partly* when some are, *not shown* when none is; a sub-claim whose layers are missing is
-"not run" and the finding waits.
+shown", never "no difference". Three sub-claims are absences (2a, 3, 5b: "not above", "not
+below"): they count as shown when the opposite difference is not shown, which is weak evidence
+with 3 seeds, and the report says so. A finding is *reproduced* when every sub-claim is shown,
+*partly* when some are, *not shown* when none is. A layer is ready when each of its 3 seeds has
+ended (finished, or stopped by the divergence guard) and at least 2 finished; its intervals use
+the finished seeds. A sub-claim whose layers are not ready is "not run" and the finding waits.
 
 1. L0 learns the optimal arm; test Pass@1 can rise. (a) at least 2 of 3 seeds reach training
    Pass@1 0.9 at an evaluation; (b) L0's final test Pass@1 is above its base's.
@@ -33,7 +36,8 @@ shown", never "no difference". A finding is *reproduced* when every sub-claim is
 6. Base models differ; high training Pass@1 does not imply generalization. (a) L1's test gain
    over the base (final minus base) differs between SmolLM2 and the embedded default (--toy;
    unpaired across bases); (b) some SmolLM2 layer reaches mean final training Pass@1 >= 0.9
-   while its test Pass@1 is not shown above its base's ("not run" when no layer reaches 0.9).
+   while its test Pass@1 is not shown above its base's (untestable, counted as not shown,
+   when every layer is ready and none reaches 0.9).
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ LAYERS = os.path.join(HERE, "layers")
 SEEDS = 3
 ROLLOUTS = (("l0", 1), ("l1:g=4", 4), ("l1", 8), ("l1:g=16", 16))
 NEGATIVE = (("l3", "{-1, +1}"), ("l3:neg=m10", "{-1, 0}"))
-SHOWN, NOT_SHOWN, NOT_RUN = "shown", "not shown", "not run"
+SHOWN, NOT_SHOWN, NOT_RUN, UNTESTABLE = "shown", "not shown", "not run", "untestable"
+ABSENCE = " (an absence: the opposite difference is not shown)"
 
 
 def load(root: str, specs, seeds: int = SEEDS) -> dict[str, list[dict]]:
@@ -68,8 +73,14 @@ def _done(results: list[dict] | None) -> list[tuple[int, dict]]:
   return [(k, r) for k, r in enumerate(results or []) if r["status"] == "done" and r["evals"]]
 
 
-def _complete(per_layer, *specs, seeds: int = SEEDS) -> bool:
-  return all(len(_done(per_layer.get(s))) >= seeds for s in specs)
+def _ready(per_layer, *specs, seeds: int = SEEDS) -> bool:
+  """Every seed of each layer ended (finished or diverged) and at least 2 finished."""
+  for spec in specs:
+    results = per_layer.get(spec) or []
+    ended = [r for r in results if r["status"] in ("done", "diverged")]
+    if len(results) < seeds or len(ended) < seeds or len(_done(results)) < 2:
+      return False
+  return True
 
 
 def difference(per_layer, spec_a: str, spec_b: str | None, key: str = "test",
@@ -140,8 +151,8 @@ def instability(result: dict) -> float:
 
 
 def _stopped(result: dict) -> bool:
-  """A divergence stop or a collapse flag (train._collapse) in the run."""
-  return result["status"] == "failed" or any(
+  """A divergence stop or a collapse flag (train._collapse) in the run (not other failures)."""
+  return result["status"] == "diverged" or any(
       k.startswith("collapse") for row in result["rows"] for k in row)
 
 
@@ -149,7 +160,7 @@ def verdict(claims: list[tuple[str, str, str]]) -> str:
   """claims: (sub-claim, evidence, shown | not shown | not run) -> the finding's verdict."""
   states = [c[2] for c in claims]
   if NOT_RUN in states:
-    return "waiting (layers not run)"
+    return "waiting (layers not run)"  # untestable counts as not shown below
   if all(s == SHOWN for s in states):
     return "reproduced"
   return "partly" if SHOWN in states else "not shown"
@@ -158,7 +169,7 @@ def verdict(claims: list[tuple[str, str, str]]) -> str:
 def judge(per_layer: dict[str, list[dict]], toy: dict[str, list[dict]] | None = None,
           boots: int = 2000) -> list[dict]:
   """The six findings: [{'finding', 'claims': [(claim, evidence, state)], 'verdict'}]."""
-  have = lambda *specs: _complete(per_layer, *specs)
+  have = lambda *specs: _ready(per_layer, *specs)
   out = []
 
   claims = []
@@ -179,7 +190,7 @@ def judge(per_layer: dict[str, list[dict]], toy: dict[str, list[dict]] | None = 
   claims = []
   if have("l1", "l2"):
     iv = difference(per_layer, "l2", "l1", boots=boots)
-    claims.append(("(a) L2's test Pass@1 is not above L1's", f"L2 - L1 {fmt(iv)}",
+    claims.append(("(a) L2's test Pass@1 is not above L1's", f"L2 - L1 {fmt(iv)}{ABSENCE}",
                    NOT_SHOWN if above(iv) else SHOWN))
     l1 = [instability(r) for _, r in _done(per_layer["l1"])]
     l2 = [instability(r) for _, r in _done(per_layer["l2"])]
@@ -200,7 +211,7 @@ def judge(per_layer: dict[str, list[dict]], toy: dict[str, list[dict]] | None = 
       iv = difference(per_layer, large, small, boots=boots)
       gains.append((f"G={g_large} - G={g_small} {fmt(iv)}", above(iv)))
     claims.append(("no larger G has a higher test Pass@1 than a smaller G",
-                   "; ".join(text for text, _ in gains),
+                   "; ".join(text for text, _ in gains) + ABSENCE,
                    NOT_SHOWN if any(up for _, up in gains) else SHOWN))
   else:
     claims.append(("no larger G has a higher test Pass@1", "", NOT_RUN))
@@ -235,13 +246,13 @@ def judge(per_layer: dict[str, list[dict]], toy: dict[str, list[dict]] | None = 
     vs_base = difference(per_layer, spec, None, boots=boots)
     vs_l1 = difference(per_layer, spec, "l1", boots=boots)
     fell = below(vs_base) or below(vs_l1)
-    claims.append((claim, f"final - base {fmt(vs_base)}; - L1's {fmt(vs_l1)}",
-                   SHOWN if fell == want else NOT_SHOWN))
+    claims.append((claim, f"final - base {fmt(vs_base)}; - L1's {fmt(vs_l1)}"
+                   + ("" if want else ABSENCE), SHOWN if fell == want else NOT_SHOWN))
   out.append({"finding": "5. Extremely hard training examples lead to generalization failure",
               "claims": claims})
 
   claims = []
-  if toy is not None and have("l1") and _complete(toy, "l1"):
+  if toy is not None and have("l1") and _ready(toy, "l1"):
     iv = gain_difference(per_layer["l1"], toy["l1"], boots=boots)
     claims.append(("(a) L1's test gain differs between SmolLM2 and the embedded default",
                    f"SmolLM2 gain - toy gain {fmt(iv)}",
@@ -256,9 +267,11 @@ def judge(per_layer: dict[str, list[dict]], toy: dict[str, list[dict]] | None = 
     claims.append(("(b) a layer with training Pass@1 >= 0.9 whose test Pass@1 does not rise",
                    f"at 0.9: {', '.join(learned)}; test not shown above base: "
                    f"{', '.join(flat) or 'none'}", SHOWN if flat else NOT_SHOWN))
-  else:
+  elif all(have(spec) for spec in per_layer):
     claims.append(("(b) high training Pass@1 without generalization",
-                   "no layer reached mean training Pass@1 0.9", NOT_RUN))
+                   "no layer reached mean training Pass@1 0.9", UNTESTABLE))
+  else:
+    claims.append(("(b) high training Pass@1 without generalization", "", NOT_RUN))
   out.append({"finding": "6. Base models differ; high training Pass@1 does not imply "
                          "generalization", "claims": claims})
 

@@ -43,12 +43,13 @@ def seed_outcome(rate: str, seed: int, published: str = PUBLISHED, runs: str = R
       return {"status": "done", "gain": s["final_train_pass1"] - s["base_train_pass1"],
               "base": s["base_train_pass1"], "final": s["final_train_pass1"],
               "collapse": collapse}
-  error = os.path.join(runs, f"lr{rate}", "l0", f"seed{seed}", "error.txt")
-  if os.path.exists(error):
-    with open(error) as f:
-      text = f.read()
-    return {"status": "diverged" if "DivergedError" in text else "failed",
-            "error": text.strip().splitlines()[-1]}
+  for root in (published, runs):  # a diverged run is published too (pipeline.diverged)
+    error = os.path.join(root, f"lr{rate}", "l0", f"seed{seed}", "error.txt")
+    if os.path.exists(error):
+      with open(error) as f:
+        text = f.read()
+      return {"status": "diverged" if "DivergedError" in text else "failed",
+              "error": text.strip().splitlines()[-1]}
   return {"status": "missing"}
 
 
