@@ -155,7 +155,8 @@ def _head_objective(chunk, targets, g_logp, g_ent):
   return f
 
 
-# chunk 3 and 2 do not divide N = 7 (padded last chunk); 7 = N; 64 > N is one chunk of N.
+# chunk 3 and 2 do not divide N = 7 (chunks of 3 and 2: the last one padded); 7 = N; 64 > N is
+# one chunk of N.
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
 def test_chunked_head_values_and_gradients_match_unchunked(chunk, temperature):
@@ -173,6 +174,14 @@ def test_chunked_head_values_and_gradients_match_unchunked(chunk, temperature):
       hidden, head, tau)
   for g, w, name in zip(got, want, ("hidden", "head", "tau")):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("n, chunk, size", [(160, 128, 80), (224, 128, 112), (256, 128, 128),
+                                           (129, 128, 65), (7, 3, 3), (7, 2, 2), (7, 64, 7)])
+def test_balanced_chunk_is_the_fewest_chunks_of_equal_size(n, chunk, size):
+  assert logprobs.balanced_chunk(n, chunk) == size
+  chunks = -(-n // size)
+  assert size <= chunk and chunks == -(-n // chunk) and chunks * size - n < chunks
 
 
 def test_chunked_head_hand_computed():
