@@ -150,14 +150,14 @@ def trimmed(batch, width):
                                                sampler_logp=cut.sampler_logp))
 
 
-@pytest.mark.parametrize("chain", ["group_mean,group_std,clipped_ratio,token_mean",
-                                   "raw_reward,clipped_ratio,seq_mean_token_mean"])
-def test_completions_cut_to_their_longest_give_the_same_update(chain):
-  """Positions after every row's end are masked out of token and sequence means, so the step
-  on the first completion_width positions is the step on all N (the trimmed step drops 2 of
-  10 positions here; a mask or normalizer that counted them would move the loss by ~20%)."""
+def test_completions_cut_to_their_longest_give_the_same_update():
+  """Positions after every row's end are masked out of group baselines and sequence means
+  (token means: tests/test_train.py's run with train.completion_bucket), so the step on the
+  first completion_width positions is the step on all N (the trimmed step drops 2 of 10
+  positions here; a mask or normalizer that counted them would move the loss by ~20%)."""
   batch, transform, lengths = short_rollouts()
-  transform = losses.from_config({"chain": chain})
+  transform = losses.from_config({"chain": "group_mean,group_std,clipped_ratio,"
+                                           "seq_mean_token_mean"})
   width = train.completion_width(lengths, N, 4)
   assert width == 8
   want, want_m = one_step(batch, transform, 0)
