@@ -125,3 +125,18 @@ def load_average() -> str:
 
 def block(x):
   return jax.tree.map(lambda a: a.block_until_ready() if isinstance(a, jnp.ndarray) else a, x)
+
+
+def smollm2_layer_round():
+  """What a SmolLM2 layer's round starts from: (L1's config on SmolLM2, the policy, the task,
+  the layers' training question 'Compute 9 + 28.', its left-padded prompt tokens and mask)."""
+  from configs import l1_rollouts
+  from rft_jax import sampling, train
+
+  config = l1_rollouts.get_config("base=smollm2")
+  policy = models.load("smollm2")
+  task = train.build_task(config.task)
+  example = next(e for e in task.train if e.id == "arith/train/31")
+  prompt, prompt_mask = sampling.left_pad([policy.encode_prompt(task.prompt_text(example))],
+                                          policy.pad_id, bucket=config.rollout.prompt_bucket)
+  return config, policy, task, example, prompt, prompt_mask

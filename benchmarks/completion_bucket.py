@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import common, l1_rollouts
-from rft_jax import losses, models, sampling, train
+from configs import common
+from rft_jax import losses, sampling, train
 
 N, BUCKET = 256, 32
 
@@ -36,12 +36,7 @@ def main():
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args()
 
-  config = l1_rollouts.get_config("base=smollm2")
-  policy = models.load("smollm2")
-  task = train.build_task(config.task)
-  example = next(e for e in task.train if e.id == "arith/train/31")
-  prompt, prompt_mask = sampling.left_pad([policy.encode_prompt(task.prompt_text(example))],
-                                          policy.pad_id, bucket=config.rollout.prompt_bucket)
+  config, policy, task, example, prompt, prompt_mask = bench_model.smollm2_layer_round()
   rollout = sampling.sample(policy.decoder, policy.params, jnp.asarray(prompt),
                             jnp.asarray(prompt_mask), jax.random.PRNGKey(args.seed),
                             max_new_tokens=N, num_samples=args.g, temperature=np.float32(0.6),

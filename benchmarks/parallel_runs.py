@@ -31,21 +31,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def worker(args) -> None:
-  import bench_model  # noqa: F401  (the repository root on sys.path)
+  import bench_model
   import jax
   import jax.numpy as jnp
   import ml_collections
   import numpy as np
 
-  from configs import common, l1_rollouts
-  from rft_jax import losses, models, sampling, train
+  from configs import common
+  from rft_jax import losses, sampling, train
 
-  config = l1_rollouts.get_config("base=smollm2")
-  policy = models.load("smollm2")
-  task = train.build_task(config.task)
-  example = next(e for e in task.train if e.id == "arith/train/31")
-  prompt, prompt_mask = sampling.left_pad([policy.encode_prompt(task.prompt_text(example))],
-                                          policy.pad_id, bucket=config.rollout.prompt_bucket)
+  config, policy, task, example, prompt, prompt_mask = bench_model.smollm2_layer_round()
   transform = losses.from_config(config.loss.to_dict())
   optimizer = train.make_optimizer(ml_collections.ConfigDict(
       {**common.base_config().optimizer.to_dict(), "learning_rate": 1e-5}))

@@ -174,17 +174,22 @@ def test_shared_tables_are_committed_only_from_inside_the_repository(tmp_path):
   assert not pipeline._same_repository(str(tmp_path / "repo2"), published)  # a name's prefix
 
 
+def init_repo(repo, monkeypatch) -> None:
+  """An empty git repository with a committer (the runner commits published records)."""
+  repo.mkdir()
+  git(repo, "init", "-q")
+  for who in ("AUTHOR", "COMMITTER"):
+    monkeypatch.setenv(f"GIT_{who}_NAME", "test")
+    monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.com")
+
+
 def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys):
   """Two tiny layers x 1 seed, one after another in-process, published and committed as each
   finishes; then again: nothing reruns, also in a fresh root that has only the published
   records (another checkout)."""
   root = str(tmp_path / "pipe")
   repo = tmp_path / "repo"
-  repo.mkdir()
-  git(repo, "init", "-q")
-  for who in ("AUTHOR", "COMMITTER"):
-    monkeypatch.setenv(f"GIT_{who}_NAME", "test")
-    monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.com")
+  init_repo(repo, monkeypatch)
   published = repo / "published"
   # The runlocal base is barely trained: every question is extremely hard.
   argv = ["--layers=l1,l2", "--seeds=1", "--runlocal", f"--root={root}",
@@ -263,11 +268,7 @@ def test_a_diverged_run_is_published_and_not_run_again(tmp_path, monkeypatch, ca
   """Divergence is an outcome of a run's settings: its record (error.txt with it) is published
   and committed like a finished run's, and neither this root nor a fresh one runs it again."""
   root, repo = str(tmp_path / "pipe"), tmp_path / "repo"
-  repo.mkdir()
-  git(repo, "init", "-q")
-  for who in ("AUTHOR", "COMMITTER"):
-    monkeypatch.setenv(f"GIT_{who}_NAME", "test")
-    monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.com")
+  init_repo(repo, monkeypatch)
   published = repo / "published"
 
   def stand_in(workdir, label=None):  # l1 finishes, l2 diverges at round 3
