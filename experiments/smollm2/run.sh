@@ -44,3 +44,14 @@ if [[ "$what" == all || "$what" == layers ]]; then
     --set eval.curve_greedy=false --tables=experiments/smollm2/tables \
     --publish=experiments/smollm2/layers --commit --drop_checkpoints
 fi
+
+# 3. The findings, by the rules fixed before the layers ran (experiments/smollm2/findings.py),
+#    once every layer has its records; written to findings.md and committed.
+if [[ "$what" == all || "$what" == findings ]]; then
+  python experiments/smollm2/findings.py --toy=experiments/bottom_up/records \
+    > experiments/smollm2/findings.md.tmp
+  mv experiments/smollm2/findings.md.tmp experiments/smollm2/findings.md
+  git add experiments/smollm2/findings.md
+  git commit -q -m "experiments/smollm2/findings.md: the findings on the layer records" \
+    -- experiments/smollm2/findings.md || true
+fi
