@@ -363,8 +363,8 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array,
   differentiates the chain's loss stage over its mini-batch (normalized by its own tokens).
   logprob_chunk: completion positions scored at a time (logprobs.completion_logprobs; 0 = all
   at once), so the step's memory grows with it rather than with N x V.
-  micro_batch_size (static; 0 = the whole mini-batch): rows whose forward and backward run at
-  once; an update sums the gradients of its micro-batches (losses.accumulate_gradients, in a
+  micro_batch_size (static; 0, or at least the mini-batch's rows = the whole mini-batch): rows
+  whose forward and backward run at once; an update sums the gradients of its micro-batches (losses.accumulate_gradients, in a
   lax.scan), equal to the mini-batch's gradient up to float rounding, with the activations of
   one micro-batch in memory.
   frozen: params that are not trained (LoRA: the base, `lora.split`); the forward runs on
@@ -606,9 +606,10 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
           f"must divide the {rows} rollouts of a round ({min(per_round, questions)} question(s) "
           f"x rollout.num_samples={g})")
     if rows % parts == 0:
+      per_update = rows // parts
       check("train.micro_batch_size", lambda v: not isinstance(v, int) or v == 0 or (
-          (rows // parts) % v == 0), f"must be 0 or divide the {rows // parts} rollouts of an "
-            f"update ({rows} per round / train.mini_batches={parts})")
+          v >= per_update or per_update % v == 0), f"must be 0, at least, or divide the "
+            f"{per_update} rollouts of an update ({rows} per round / train.mini_batches={parts})")
   if get("diagnostics.exact_arms"):
     for key, ok in (("rollout.temperature", lambda v: v > 0), ("rollout.top_k", lambda v: v == 0),
                     ("rollout.top_p", lambda v: v == 1.0)):

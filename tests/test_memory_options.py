@@ -119,6 +119,19 @@ def test_micro_batch_size_must_divide_the_rollouts_of_an_update():
   batch, transform = step_inputs()
   with pytest.raises(ValueError, match="micro-batches of train.micro_batch_size=3"):
     one_step(batch, transform, 3)
+  # Checked before any work: 0, a divisor, or at least the update's rows (the whole batch: one
+  # setting for layers of G = 1 and G = 8 alike).
+  from configs import common
+
+  config = common.base_config()
+  config.rollout.num_samples = 8
+  for ok in (0, 2, 8, 16):
+    config.train.micro_batch_size = ok
+    train.validate_config(config)
+  config.train.micro_batch_size = 3
+  with pytest.raises(train.errors.ConfigError, match="micro_batch_size=3: must be 0, at least, "
+                     "or divide the 8 rollouts of an update"):
+    train.validate_config(config)
 
 
 def test_completion_width_is_the_longest_rollout_rounded_up_to_the_bucket():

@@ -32,15 +32,16 @@ fi
 #    script, saying what is missing, until the sweep has finished). 100 rounds, the sweep's
 #    length (cost: README); evaluations every 25 rounds on 100 test questions, the base and the
 #    last on 500; a checkpoint every 10 rounds (a run outlasts a sitting). The base's test
-#    evaluation is sampled once per seed and shared by the layers (--tables). Two cost options
-#    (set 2026-11-30, before any layer ran; README "Cost on this CPU"): greedy accuracy at the
-#    base and the last round only, and train steps on the round's longest completion rounded up
-#    to 32 positions rather than all 256.
+#    evaluation is sampled once per seed and shared by the layers (--tables). Three cost
+#    options (set 2026-11-30, before any layer ran; README "Cost on this CPU"): greedy accuracy
+#    at the base and the last round only, train steps on the round's longest completion rounded
+#    up to 32 positions rather than all 256, and rollouts through the step 4 at a time.
 if [[ "$what" == all || "$what" == layers ]]; then
   lr="$(python experiments/smollm2/pick_lr.py --print)"
   python -m rft_jax.pipeline --layers=smollm2 --base=smollm2 --seeds=3 \
     --root=runs/smollm2/layers --set optimizer.learning_rate="$lr" --set train.rounds=100 \
     --set train.checkpoint_every=10 --set train.completion_bucket=32 \
+    --set train.micro_batch_size=4 \
     --set eval.curve_greedy=false --tables=experiments/smollm2/tables \
     --publish=experiments/smollm2/layers --commit --drop_checkpoints
 fi
