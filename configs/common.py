@@ -85,7 +85,7 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (rft_jax.logprobs.head_logprobs_and_entropy; 0 = all at once; float rounding differs only).
   # micro_batch_size: rollouts whose forward and backward run at once, gradients summed over an
   # update's micro-batches (0, or at least the update's rollouts = the whole mini-batch at once;
-  # float rounding differs only). On CPU small micro-batches are also faster (benchmarks/README).
+  # float rounding differs only; on the 2-core CPU not shown slower: benchmarks/README.md).
   # completion_bucket: the step scores the round's longest completion rounded up to a multiple
   # of it, not all max_new_tokens positions (0 = all; float rounding differs only, unless the
   # loss divides by the padded width: train.completion_width).

@@ -251,12 +251,15 @@ def is_done(workdir: str) -> bool:
 
 
 def diverged(workdir: str) -> bool:
-  """The run stopped at train's divergence guard (its error.txt names DivergedError)."""
+  """The run stopped at train's divergence guard and has not finished since: error.txt's last
+  line is the DivergedError (a traceback that only mentions it, chained or in source, is another
+  failure), and there is no summary.json (a run resumed with --resume_with and finished)."""
   path = os.path.join(workdir, "error.txt")
-  if not os.path.exists(path):
+  if is_done(workdir) or not os.path.exists(path):
     return False
   with open(path) as f:
-    return "DivergedError" in f.read()
+    lines = [line for line in f.read().splitlines() if line.strip()]
+  return bool(lines) and lines[-1].split(":")[0].strip().endswith("DivergedError")
 
 
 def has_ended(workdir: str) -> bool:
@@ -415,6 +418,8 @@ def publish(run: Run, dest: str) -> str:
     shutil.rmtree(tmp)
   os.makedirs(tmp)
   for name in PUBLISHED:
+    if name == "error.txt" and is_done(run.workdir):
+      continue  # a failure the run has since recovered from
     src = os.path.join(run.workdir, name)
     if os.path.isdir(src):
       shutil.copytree(src, os.path.join(tmp, name))
@@ -522,8 +527,9 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
       log(f"{len(restored)} finished run(s) taken from {publish_dir}: {', '.join(restored)}")
   for run, _ in planned:
     if diverged(run.workdir):
+      record = f" and {os.path.join(publish_dir, run.label)}" if publish_dir else ""
       log(f"{run.label} diverged in an earlier sitting ({os.path.join(run.workdir, 'error.txt')}):"
-          " not run again; delete its folder to redo it")
+          f" not run again; delete {run.workdir}{record} to redo it")
   todo = [run for run, _ in planned if not has_ended(run.workdir)]
   log(f"{len(planned)} runs, {len(planned) - len(todo)} already complete, {len(todo)} to run")
   # The report covers every layer this root has run, also those of earlier invocations.
@@ -638,7 +644,7 @@ def seed_result(workdir: str) -> dict:
   train, test = eval_curve(rows, "train_pass1"), eval_curve(rows, "test_pass1")
   if rows:
     out["status"] = "partial"
-  if os.path.exists(os.path.join(workdir, "error.txt")):
+  if os.path.exists(os.path.join(workdir, "error.txt")) and not is_done(workdir):
     with open(os.path.join(workdir, "error.txt")) as f:
       lines = [line for line in f.read().strip().splitlines() if line.strip()]
     out["status"] = "diverged" if diverged(workdir) else "failed"

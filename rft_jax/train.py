@@ -364,9 +364,9 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array,
   logprob_chunk: completion positions scored at a time (logprobs.completion_logprobs; 0 = all
   at once), so the step's memory grows with it rather than with N x V.
   micro_batch_size (static; 0, or at least the mini-batch's rows = the whole mini-batch): rows
-  whose forward and backward run at once; an update sums the gradients of its micro-batches (losses.accumulate_gradients, in a
-  lax.scan), equal to the mini-batch's gradient up to float rounding, with the activations of
-  one micro-batch in memory.
+  whose forward and backward run at once; an update sums the gradients of its micro-batches
+  (losses.accumulate_gradients, in a lax.scan), equal to the mini-batch's gradient up to float
+  rounding, with the activations of one micro-batch in memory.
   frozen: params that are not trained (LoRA: the base, `lora.split`); the forward runs on
   lora.combine(frozen, state.params) and only state.params get gradients and optimizer state.
   """

@@ -305,6 +305,20 @@ def test_a_diverged_run_is_published_and_not_run_again(tmp_path, monkeypatch, ca
   assert "| 0/1 done, 1 diverged |" in open(f"{fresh}/report.md").read()
 
 
+@pytest.mark.parametrize("error, finished, want", [
+    ("rft_jax.errors.DivergedError: diverged at round 3", False, True),
+    ("rft_jax.errors.DivergedError: diverged at round 3", True, False),  # resumed, finished
+    # Another failure while the divergence was handled: the traceback names it, the run failed.
+    ("rft_jax.errors.DivergedError: x\n\nDuring handling...\nOSError: disk full", False, False),
+    ("ValueError: bad", False, False)])
+def test_diverged_means_the_last_error_is_the_divergence(tmp_path, error, finished, want):
+  (tmp_path / "error.txt").write_text("Traceback (most recent call last):\n" + error + "\n")
+  if finished:
+    (tmp_path / "summary.json").write_text("{}")
+  assert pipeline.diverged(str(tmp_path)) is want
+  assert pipeline.has_ended(str(tmp_path)) is (want or finished)
+
+
 STAND_IN = """
 import json, os, sys, time
 workdir = sys.argv[1]

@@ -49,10 +49,15 @@ fi
 # 3. The findings, by the rules fixed before the layers ran (experiments/smollm2/findings.py),
 #    once every layer has its records; written to findings.md and committed.
 if [[ "$what" == all || "$what" == findings ]]; then
-  python experiments/smollm2/findings.py --toy=experiments/bottom_up/records \
-    > experiments/smollm2/findings.md.tmp
-  mv experiments/smollm2/findings.md.tmp experiments/smollm2/findings.md
-  git add experiments/smollm2/findings.md
-  git commit -q -m "experiments/smollm2/findings.md: the findings on the layer records" \
-    -- experiments/smollm2/findings.md || true
+  out=experiments/smollm2/findings.md
+  if ! python experiments/smollm2/findings.py --toy=experiments/bottom_up/records > "$out.tmp"
+  then
+    rm -f "$out.tmp"
+    exit 1
+  fi
+  mv "$out.tmp" "$out"
+  git add "$out"
+  # Findings still waiting for layers say so in the file; a commit only when it changed.
+  git diff --cached --quiet -- "$out" || git commit -q -m \
+    "experiments/smollm2/findings.md: the findings on the layer records" -- "$out"
 fi
