@@ -254,12 +254,18 @@ def diverged(workdir: str) -> bool:
   """The run stopped at train's divergence guard and has not finished since: error.txt's last
   line is the DivergedError (a traceback that only mentions it, chained or in source, is another
   failure), and there is no summary.json (a run resumed with --resume_with and finished)."""
+  line = last_error(workdir)
+  return not is_done(workdir) and line.split(":")[0].strip().endswith("DivergedError")
+
+
+def last_error(workdir: str) -> str:
+  """The last non-empty line of the run's error.txt (the exception), '' without one."""
   path = os.path.join(workdir, "error.txt")
-  if is_done(workdir) or not os.path.exists(path):
-    return False
+  if not os.path.exists(path):
+    return ""
   with open(path) as f:
     lines = [line for line in f.read().splitlines() if line.strip()]
-  return bool(lines) and lines[-1].split(":")[0].strip().endswith("DivergedError")
+  return lines[-1] if lines else "unknown error"
 
 
 def has_ended(workdir: str) -> bool:
@@ -645,10 +651,8 @@ def seed_result(workdir: str) -> dict:
   if rows:
     out["status"] = "partial"
   if os.path.exists(os.path.join(workdir, "error.txt")) and not is_done(workdir):
-    with open(os.path.join(workdir, "error.txt")) as f:
-      lines = [line for line in f.read().strip().splitlines() if line.strip()]
     out["status"] = "diverged" if diverged(workdir) else "failed"
-    out["error"] = lines[-1] if lines else "unknown error"
+    out["error"] = last_error(workdir)
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
     with open(summary_path) as f:

@@ -226,7 +226,8 @@ def format_plan(pl: Plan) -> str:
       f"params {pl.dtype}, compute {pl.compute_dtype}, remat {pl.remat}, "
       f"lora rank {pl.lora_rank}",
       f"round: {pl.rows} rollouts, prompt {pl.prompt_len} + response {pl.response_len} tokens, "
-      f"micro-batch {min(pl.micro_batch_size or pl.rows, pl.rows)}; mesh {pl.mesh} ({pl.devices} device(s))",
+      f"micro-batch {min(pl.micro_batch_size or pl.rows, pl.rows)}; mesh {pl.mesh} "
+      f"({pl.devices} device(s))",
       "per device:",
       f"  params            {gb(pl.params)}",
       f"  optimizer state   {gb(pl.opt_state)}",

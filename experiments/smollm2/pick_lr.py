@@ -23,6 +23,10 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+
+from rft_jax import pipeline  # noqa: E402
+
 RATES = ("1e-6", "3e-6", "1e-5", "3e-5")
 SEEDS = 2
 PUBLISHED = os.path.join(HERE, "lr_sweep")                     # committed records of finished runs
@@ -43,13 +47,10 @@ def seed_outcome(rate: str, seed: int, published: str = PUBLISHED, runs: str = R
       return {"status": "done", "gain": s["final_train_pass1"] - s["base_train_pass1"],
               "base": s["base_train_pass1"], "final": s["final_train_pass1"],
               "collapse": collapse}
-  for root in (published, runs):  # a diverged run is published too (pipeline.diverged)
-    error = os.path.join(root, f"lr{rate}", "l0", f"seed{seed}", "error.txt")
-    if os.path.exists(error):
-      with open(error) as f:
-        text = f.read()
-      return {"status": "diverged" if "DivergedError" in text else "failed",
-              "error": text.strip().splitlines()[-1]}
+  for root in (published, runs):  # a diverged run is published too
+    workdir = os.path.join(root, f"lr{rate}", "l0", f"seed{seed}")
+    if error := pipeline.last_error(workdir):
+      return {"status": "diverged" if pipeline.diverged(workdir) else "failed", "error": error}
   return {"status": "missing"}
 
 
