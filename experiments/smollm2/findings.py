@@ -1,13 +1,16 @@
 """The paper's six findings on SmolLM2's layers, judged by rules fixed before any layer ran.
 
     python experiments/smollm2/findings.py                          # experiments/smollm2/layers
-    python experiments/smollm2/findings.py --toy=experiments/bottom_up/records   # + L5's other base
+    python experiments/smollm2/findings.py --toy=experiments/bottom_up/layers    # + the toy
 
 Reads the published records of `run.sh layers` (per layer and seed: summary.json,
 metrics.jsonl, evals/round_*.json) and prints, as markdown, each finding's sub-claims with the
 evidence (95% two-level bootstrap intervals, rft_jax.pipeline.bootstrap: seeds, then evaluation
 samples; paired by seed and question where both sides share them) and a verdict, then the
 mechanism table (entropy, length, answers without a final number, greedy against sampled).
+With --toy (the embedded default's records of the same preset) the same rules judge the toy
+too, and a table puts the paper, the toy and SmolLM2 side by side; records of the toy's L1 alone
+serve finding 6a only.
 
 The rules (written 2026-11-30, before any layer ran; experiments/smollm2/README.md repeats
 them). An interval "shows" a difference when it excludes 0; otherwise the difference is "not
@@ -37,7 +40,9 @@ the finished seeds. A sub-claim whose layers are not ready is "not run" and the 
    over the base (final minus base) differs between SmolLM2 and the embedded default (--toy;
    unpaired across bases); (b) some SmolLM2 layer reaches mean final training Pass@1 >= 0.9
    while its test Pass@1 is not shown above its base's (untestable, counted as not shown,
-   when every layer is ready and none reaches 0.9).
+   when every layer has ended and none reaches 0.9; "ended", not "ready", since 2026-11-30,
+   before any layer ran: a layer whose seeds mostly diverged is never ready, and 6b waited on
+   it for ever).
 """
 
 from __future__ import annotations
@@ -71,6 +76,12 @@ def load(root: str, specs, seeds: int = SEEDS) -> dict[str, list[dict]]:
 
 def _done(results: list[dict] | None) -> list[tuple[int, dict]]:
   return [(k, r) for k, r in enumerate(results or []) if r["status"] == "done" and r["evals"]]
+
+
+def _ended(results: list[dict] | None, seeds: int = SEEDS) -> bool:
+  """Every seed of a layer ended: finished, or stopped by the divergence guard."""
+  return len(results or []) == seeds and all(r["status"] in ("done", "diverged")
+                                             for r in results)
 
 
 def _ready(per_layer, *specs, seeds: int = SEEDS) -> bool:
@@ -166,9 +177,10 @@ def verdict(claims: list[tuple[str, str, str]]) -> str:
   return "partly" if SHOWN in states else "not shown"
 
 
-def judge(per_layer: dict[str, list[dict]], toy: dict[str, list[dict]] | None = None,
-          boots: int = 2000) -> list[dict]:
-  """The six findings: [{'finding', 'claims': [(claim, evidence, state)], 'verdict'}]."""
+def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None = None,
+          boots: int = 2000, names: tuple[str, str] = ("SmolLM2", "toy")) -> list[dict]:
+  """The six findings: [{'finding', 'claims': [(claim, evidence, state)], 'verdict'}].
+  other: the other base's records (finding 6a); names: (this base, the other) for the text."""
   have = lambda *specs: _ready(per_layer, *specs)
   out = []
 
@@ -252,10 +264,10 @@ def judge(per_layer: dict[str, list[dict]], toy: dict[str, list[dict]] | None = 
               "claims": claims})
 
   claims = []
-  if toy is not None and have("l1") and _ready(toy, "l1"):
-    iv = gain_difference(per_layer["l1"], toy["l1"], boots=boots)
+  if other is not None and have("l1") and _ready(other, "l1"):
+    iv = gain_difference(per_layer["l1"], other["l1"], boots=boots)
     claims.append(("(a) L1's test gain differs between SmolLM2 and the embedded default",
-                   f"SmolLM2 gain - toy gain {fmt(iv)}",
+                   f"{names[0]} gain - {names[1]} gain {fmt(iv)}",
                    SHOWN if above(iv) or below(iv) else NOT_SHOWN))
   else:
     claims.append(("(a) L1's test gain differs between the bases", "", NOT_RUN))
@@ -267,7 +279,8 @@ def judge(per_layer: dict[str, list[dict]], toy: dict[str, list[dict]] | None = 
     claims.append(("(b) a layer with training Pass@1 >= 0.9 whose test Pass@1 does not rise",
                    f"at 0.9: {', '.join(learned)}; test not shown above base: "
                    f"{', '.join(flat) or 'none'}", SHOWN if flat else NOT_SHOWN))
-  elif all(have(spec) for spec in per_layer):
+  elif all(_ended(results) for results in per_layer.values()):
+    # (ended, not ready: a layer whose seeds mostly diverged never becomes ready)
     claims.append(("(b) high training Pass@1 without generalization",
                    "no layer reached mean training Pass@1 0.9", UNTESTABLE))
   else:
@@ -335,17 +348,65 @@ def markdown(findings: list[dict], mech: list[dict]) -> str:
   return "\n".join(lines)
 
 
+# What the paper reports for each finding (../shared/PAPER.md; Llama 3.2 1B, OLMo 2 1B and
+# Qwen2.5 Instruct on GSM8K and MATH).
+PAPER = {
+    "1": "reported: the optimal arm is learned; test Pass@1 rises by up to +0.5; seeds vary a lot",
+    "2": "reported: less stable training and generalization, test Pass@1 not raised",
+    "3": "reported: no significant gain in test Pass@1",
+    "4": "reported: training fails",
+    "5": "reported: generalization fails",
+    "6": "reported: the models differ; OLMo reaches training Pass@1 1 without generalizing",
+}
+
+
+def _cell(finding: dict) -> str:
+  """'partly (a; not b)': the verdict and which sub-claims were shown."""
+  if finding["verdict"].startswith("waiting"):
+    return "waiting (layers not run)"
+  marks = []
+  for claim, _, state in finding["claims"]:
+    # '(a) ...' -> 'a'; '{-1, +1} (l3) fails' -> '{-1, +1}'
+    label = claim[1:claim.index(")")] if claim.startswith("(") else claim.split(" (")[0]
+    marks.append(label if state == SHOWN else f"not {label}")
+  return f"{finding['verdict']} ({'; '.join(marks)})" if len(marks) > 1 else finding["verdict"]
+
+
+def side_by_side(columns: dict[str, list[dict]]) -> str:
+  """Markdown: one row per finding, the paper's report then each judged column's verdict
+  (columns: title -> judge() output, in order)."""
+  titles = list(columns)
+  lines = ["| finding | the paper | " + " | ".join(titles) + " |",
+           "|---|---|" + "---|" * len(titles)]
+  for i, f in enumerate(next(iter(columns.values()))):
+    key = f["finding"].split(".", 1)[0]
+    cells = [_cell(columns[t][i]) for t in titles]
+    lines.append(f"| {f['finding']} | {PAPER[key]} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--root", default=LAYERS, help="published SmolLM2 layer records")
-  p.add_argument("--toy", default="", help="published records of the embedded default's L1 "
-                                          "(finding 6a)")
+  p.add_argument("--toy", default="", help="published records of the embedded default: the "
+                 "same preset (a judged column of its own) or its L1 alone (finding 6a only)")
   p.add_argument("--boots", type=int, default=2000)
   args = p.parse_args(argv)
   specs = pipeline.parse_layers("smollm2")
   per_layer = load(args.root, specs)
-  toy = load(args.toy, ["l1"]) if args.toy else None
-  print(markdown(judge(per_layer, toy, args.boots), mechanisms(per_layer, args.boots)))
+  toy = load(args.toy, specs) if args.toy else None
+  smollm2 = judge(per_layer, toy, args.boots)
+  sections, toy_judged = [], None
+  if toy is not None and all(_ended(toy[spec]) for spec in specs):  # else its L1 serves 6a
+    toy_judged = judge(toy, per_layer, args.boots, names=("toy", "SmolLM2"))
+    sections += ["## Side by side", "", side_by_side(
+        {"embedded toy (0.43M)": toy_judged, "SmolLM2-135M-Instruct": smollm2}), ""]
+  sections += ["## SmolLM2-135M-Instruct", "",
+               markdown(smollm2, mechanisms(per_layer, args.boots))]
+  if toy_judged is not None:
+    sections += ["", "## The embedded toy", "", markdown(toy_judged, mechanisms(toy,
+                                                                                 args.boots))]
+  print("\n".join(sections))
   return 0
 
 

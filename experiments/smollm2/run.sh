@@ -47,10 +47,11 @@ if [[ "$what" == all || "$what" == layers ]]; then
 fi
 
 # 3. The findings, by the rules fixed before the layers ran (experiments/smollm2/findings.py),
-#    once every layer has its records; written to findings.md and committed.
+#    once every layer has its records, side by side with the embedded toy's run of the same
+#    preset (experiments/bottom_up/README.md); written to findings.md and committed.
 if [[ "$what" == all || "$what" == findings ]]; then
   out=experiments/smollm2/findings.md
-  if ! python experiments/smollm2/findings.py --toy=experiments/bottom_up/records > "$out.tmp"
+  if ! python experiments/smollm2/findings.py --toy=experiments/bottom_up/layers > "$out.tmp"
   then
     rm -f "$out.tmp"
     exit 1
