@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rft_jax import errors
+from rft_jax import errors, fileio
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -435,6 +435,17 @@ def publish(run: Run, dest: str) -> str:
   return target
 
 
+def is_published(run: Run, dest: str) -> bool:
+  """dest holds the record of the run as it ended here: the same summary.json (finished) or
+  error.txt (diverged). False for a run that has not ended."""
+  name = "summary.json" if is_done(run.workdir) else "error.txt"
+  mine, theirs = os.path.join(run.workdir, name), os.path.join(dest, run.label, name)
+  if not (os.path.exists(mine) and os.path.exists(theirs)):
+    return False
+  with open(mine, "rb") as a, open(theirs, "rb") as b:
+    return a.read() == b.read()
+
+
 def restore_published(run: Run, config, dest: str) -> bool:
   """A run that ended in an earlier sitting (maybe on another machine) counts as ended: when
   dest holds its record (finished or diverged) made with the same config and the root does not,
@@ -489,9 +500,39 @@ def _same_repository(path: str, other: str) -> bool:
   return top.returncode == 0 and os.path.abspath(path).startswith(root + os.sep)
 
 
+# A git index.lock older than this is left by a killed git, not held by a live one.
+STALE_GIT_LOCK_S = 600
+
+
+def _remove_stale_git_lock(cwd: str, output: str, log=print) -> None:
+  """A git command killed mid-way (SIGKILL at the end of a sitting) leaves .git/index.lock
+  behind, and every later commit fails on it: removed once older than STALE_GIT_LOCK_S."""
+  if "index.lock" not in output:
+    return
+  top = subprocess.run(["git", "rev-parse", "--git-dir"], cwd=cwd, capture_output=True,
+                       text=True)
+  lock = os.path.join(cwd, top.stdout.strip(), "index.lock")
+  try:
+    age = time.time() - os.path.getmtime(lock)
+  except OSError:
+    return
+  if top.returncode == 0 and age > STALE_GIT_LOCK_S:
+    os.remove(lock)
+    log(f"removed {lock}, left {age / 60:.0f} min ago by a git command that did not finish")
+
+
+def uncommitted(paths: Sequence[str]) -> bool:
+  """Whether git sees changes (or untracked files) under paths; False outside a repository."""
+  paths = [os.path.abspath(p) for p in paths]
+  status = subprocess.run(["git", "status", "--porcelain", "--", *paths],
+                          cwd=os.path.dirname(paths[0]), capture_output=True, text=True)
+  return status.returncode == 0 and bool(status.stdout.strip())
+
+
 def git_commit(paths: Sequence[str], message: str, log=print, attempts: int = 5) -> bool:
   """`git add` + `git commit` of exactly `paths` (other staged changes stay staged); retried
-  while another git command holds the index. False (and a log line) if it could not."""
+  while another git command holds the index (a lock left by a killed one is removed). False
+  (and a log line) if it could not."""
   paths = [os.path.abspath(p) for p in paths]  # git runs in the first path's folder
   cwd = os.path.dirname(paths[0])
   for attempt in range(attempts):
@@ -501,6 +542,7 @@ def git_commit(paths: Sequence[str], message: str, log=print, attempts: int = 5)
         text=True)
     if commit.returncode == 0 or "nothing to commit" in commit.stdout + commit.stderr:
       return True
+    _remove_stale_git_lock(cwd, commit.stdout + commit.stderr, log=log)
     time.sleep(2 ** attempt)
   log(f"could not commit {', '.join(paths)}: {(commit.stderr or commit.stdout).strip()}")
   return False
@@ -547,24 +589,35 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
               "overrides": overrides or {}, "base": base, "parallel": parallel,
               "commands": commands}
 
-  def report() -> str:
-    with open(os.path.join(root, SETTINGS_FILE), "w") as f:
-      json.dump(settings, f, indent=1)
+  def report(publish_it: bool = True) -> str:
+    fileio.write_json_atomic(os.path.join(root, SETTINGS_FILE), settings)
     path = write_report(root, all_specs, all_seeds, settings=settings)
-    if publish_dir:
+    if publish_dir and publish_it:
       os.makedirs(publish_dir, exist_ok=True)
       shutil.copy2(path, os.path.join(publish_dir, "report.md"))
       shutil.copy2(os.path.join(root, SETTINGS_FILE), os.path.join(publish_dir, SETTINGS_FILE))
       _copy_dir(os.path.join(root, "plots"), os.path.join(publish_dir, "plots"))
     return path
 
-  def after_run(run: Run, ok: bool) -> None:
+  # Shared tables kept in the same repository go in with the records (a fresh clone then
+  # samples none).
+  shared = [tables] if publish_dir and tables and os.path.isdir(tables) and _same_repository(
+      tables, publish_dir) else []
+
+  def record(run: Run, ok: bool) -> bool:
+    """Publishes an ended run's record, then drops a finished run's checkpoints (in this order:
+    a kill in between leaves both, and the next sitting publishes again); True if published."""
+    published = bool(publish_dir and (ok or diverged(run.workdir)))
+    if published:
+      publish(run, publish_dir)
     if ok and drop_checkpoints:  # a finished run is never resumed; its summary marks it done
       shutil.rmtree(os.path.join(run.workdir, "checkpoints"), ignore_errors=True)
     # A diverged run is a result (its checkpoints stay, for a --resume_with at a lower rate).
-    if not (publish_dir and (ok or diverged(run.workdir))):
+    return published
+
+  def after_run(run: Run, ok: bool) -> None:
+    if not record(run, ok):
       return
-    publish(run, publish_dir)
     report()
     if commit:
       if ok:
@@ -575,10 +628,22 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
                 f"{s['final_train_pass1']:.3f}, {s['wall_s'] / 60:.0f} min)")
       else:
         what = f"diverged in {root}: {seed_result(run.workdir).get('error', '')}"
-      # Shared tables kept in the same repository go in too (a fresh clone then samples none).
-      shared = [tables] if tables and os.path.isdir(tables) and _same_repository(
-          tables, publish_dir) else []
       git_commit([publish_dir, *shared], f"experiments: {run.label} {what}", log=log)
+
+  # What a sitting killed after a run ended (in the publish, the report or the commit) left
+  # undone: the record published again, then committed with whatever else is uncommitted there.
+  if publish_dir:
+    behind = [run for run, _ in planned
+              if has_ended(run.workdir) and not is_published(run, publish_dir)]
+    for run in behind:
+      record(run, is_done(run.workdir))
+    if behind:
+      log(f"published {len(behind)} run(s) that ended in an earlier sitting: "
+          f"{', '.join(run.label for run in behind)}")
+      report()
+    if commit and uncommitted([publish_dir, *shared]):
+      git_commit([publish_dir, *shared], f"experiments: records an earlier sitting left "
+                 f"uncommitted in {publish_dir}", log=log)
 
   t0 = time.time()
   if todo:
@@ -586,7 +651,10 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
     done_before = [w for r, _ in planned if is_done(r.workdir) and (w := _wall(r.workdir))]
     execute(todo, parallel=parallel, log=log, durations=done_before, after_run=after_run)
   settings["wall_s_last_invocation"] = time.time() - t0
-  return report()
+  # Published after each run already: rewritten there only where there is none yet (a sitting
+  # with nothing to run leaves the published folder, and git, as they were).
+  return report(publish_it=bool(publish_dir) and not os.path.exists(
+      os.path.join(publish_dir, "report.md")))
 
 
 def read_settings(root: str) -> dict:

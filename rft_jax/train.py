@@ -857,6 +857,8 @@ def restore_phase(loop: Loop, ckpt: checkpoint_lib.Checkpointer, state: TrainSta
                         if isinstance(x, jax.Array) else x, state)
   try:
     state, extra = ckpt.restore(target, step)
+  except errors.RunInterrupted:  # a SIGTERM during the restore, not a bad checkpoint
+    raise
   except Exception as e:  # a corrupt or partly deleted step folder
     raise errors.CheckpointReadError(
         f"checkpoint round {step} in {ckpt.directory} cannot be read ({type(e).__name__}: "

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import time
 
 import ml_collections
 import numpy as np
@@ -303,6 +304,76 @@ def test_a_diverged_run_is_published_and_not_run_again(tmp_path, monkeypatch, ca
   assert pipeline.main([a.replace(root, fresh) for a in argv]) == 0
   assert pipeline.diverged(f"{fresh}/l2/seed0") and pipeline.is_done(f"{fresh}/l1/seed0")
   assert "| 0/1 done, 1 diverged |" in open(f"{fresh}/report.md").read()
+
+
+def test_a_sitting_killed_after_a_run_ended_is_caught_up(tmp_path, monkeypatch, capsys):
+  """A kill after a run's summary.json but before its record was published (or committed)
+  leaves it ended here and missing there; the next sitting publishes it (and only then drops
+  its checkpoints), clears the half-copied folder and commits what was left uncommitted,
+  without running anything again."""
+  root, repo = str(tmp_path / "pipe"), tmp_path / "repo"
+  init_repo(repo, monkeypatch)
+  published = repo / "published"
+
+  def stand_in(workdir, label=None):
+    os.makedirs(os.path.join(workdir, "checkpoints", "2"))
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps({"step": 0, "train_pass1": 0.5, "test_pass1": 0.25}) + "\n")
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump({"base_test_pass1": 0.25, "final_test_pass1": 0.25, "base_train_pass1": 0.5,
+                 "final_train_pass1": 1.0, "wall_s": 60.0, "rounds": 2}, f)
+    return True
+
+  monkeypatch.setattr(pipeline, "run_one", stand_in)
+  monkeypatch.setattr(pipeline, "prepare_bases", lambda *a, **k: None)
+  argv = ["--layers=l1,l2", "--seeds=1", "--runlocal", f"--root={root}"]
+  # The killed sitting: both runs ended; l2 was never published, l1's copy was cut short
+  # (its .tmp folder) after an earlier record of it, and the report was not committed.
+  assert pipeline.main(argv) == 0
+  monkeypatch.undo()
+  monkeypatch.setattr(pipeline, "run_one", lambda *a: pytest.fail("a run was started again"))
+  monkeypatch.setattr(pipeline, "prepare_bases", lambda *a, **k: None)
+  (published / "l1" / "seed0").mkdir(parents=True)
+  (published / "l1" / "seed0" / "summary.json").write_text("{}")  # another, older record
+  (published / "l1" / "seed0.tmp").mkdir()
+  (published / "report.md").write_text("the report of the killed sitting")
+  assert pipeline.is_done(f"{root}/l1/seed0") and os.path.isdir(f"{root}/l1/seed0/checkpoints")
+  capsys.readouterr()
+  assert pipeline.main(argv + [f"--publish={published}", "--commit", "--drop_checkpoints"]) == 0
+  assert "published 2 run(s) that ended in an earlier sitting: l1/seed0, l2/seed0" in (
+      capsys.readouterr().out)
+  for layer in ("l1", "l2"):
+    run = pipeline.Run(layer, 0, f"{root}/{layer}/seed0")
+    assert pipeline.is_published(run, str(published))
+    assert not os.path.exists(f"{root}/{layer}/seed0/checkpoints")
+  assert not (published / "l1" / "seed0.tmp").exists()
+  assert git(repo, "log", "--format=%s").splitlines() == [
+      f"experiments: records an earlier sitting left uncommitted in {published}"]
+  assert not pipeline.uncommitted([str(published)])
+  assert "| l2 |" in (published / "report.md").read_text()
+  # A sitting with nothing to do leaves the published folder and git as they were.
+  assert pipeline.main(argv + [f"--publish={published}", "--commit"]) == 0
+  assert not pipeline.uncommitted([str(published)])
+  assert len(git(repo, "log", "--format=%s").splitlines()) == 1
+
+
+def test_git_commit_removes_an_index_lock_left_by_a_killed_git(tmp_path, monkeypatch):
+  repo = tmp_path / "repo"
+  init_repo(repo, monkeypatch)
+  (repo / "records").mkdir()
+  (repo / "records" / "summary.json").write_text("{}")
+  lock = repo / ".git" / "index.lock"
+  lock.write_text("")
+  monkeypatch.setattr(pipeline.time, "sleep", lambda s: None)
+  lines = []
+  assert not pipeline.git_commit([str(repo / "records")], "records", log=lines.append,
+                                 attempts=2)  # a fresh lock: a live git may hold it
+  assert lock.exists() and lines[-1].startswith("could not commit")
+  old = time.time() - pipeline.STALE_GIT_LOCK_S - 60
+  os.utime(lock, (old, old))
+  assert pipeline.git_commit([str(repo / "records")], "records", log=lines.append, attempts=2)
+  assert not lock.exists() and "removed " in lines[-1] and "index.lock" in lines[-1]
+  assert git(repo, "log", "--format=%s").splitlines() == ["records"]
 
 
 @pytest.mark.parametrize("error, finished, want", [

@@ -638,6 +638,26 @@ def test_signal_before_the_rounds_stops_at_once(reference, base_dir, tmp_path, m
   assert sorted(os.listdir(tmp_path)) == ["checkpoints"]  # the fingerprint only
 
 
+def test_a_stop_signal_during_a_restore_is_not_a_bad_checkpoint():
+  """RunInterrupted raised inside a restore (a SIGTERM then) stops the run; it is not turned
+  into a CheckpointReadError that asks to delete a good checkpoint."""
+
+  class Stopped:
+    directory = "/nowhere/checkpoints"
+
+    def latest_step(self):
+      return 3
+
+    def all_steps(self):
+      return [3]
+
+    def restore(self, target, step):
+      raise errors.RunInterrupted("stopped by SIGTERM before the first round", 15)
+
+  with pytest.raises(errors.RunInterrupted):
+    train.restore_phase(None, Stopped(), {})
+
+
 # -- one run per workdir, up-front refusals -------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ import os
 
 import numpy as np
 
+from rft_jax import errors
 from rft_jax.models import hf
 from rft_jax.models.policy import Policy
 
@@ -82,6 +83,8 @@ class GGUFFile:
     for key, field in reader.fields.items():
       try:
         self.metadata[key] = field.contents()
+      except errors.RunInterrupted:  # a SIGTERM while loading (train._Signals)
+        raise
       except Exception:  # a field we cannot decode is one we do not use
         continue
     self.tensors = {t.name: t for t in reader.tensors}

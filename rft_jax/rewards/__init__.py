@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from rft_jax import errors
 from rft_jax.rewards import arithmetic, gsm8k, math
 from rft_jax.rewards.base import Outcome
 
@@ -46,6 +47,8 @@ def grade_outcome(task: str, response: str, gold: str) -> Outcome:
   fn = _grader(task)
   try:
     return fn(response, gold)
+  except errors.RunInterrupted:  # a SIGTERM before the rounds (train._Signals), not a bad answer
+    raise
   except Exception:
     return Outcome.ERROR
 

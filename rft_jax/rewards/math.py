@@ -24,6 +24,7 @@ import signal
 import threading
 from collections.abc import Sequence
 
+from rft_jax import errors
 from rft_jax.rewards import pool as pool_lib
 from rft_jax.rewards.base import Outcome
 from rft_jax.rewards.extract import brace_depth, final_part, find_boxes, strip_trailing_punct
@@ -135,6 +136,8 @@ def _run_in_process(jobs: list[Pending], timeout_s: float) -> list[tuple[pool_li
       results.append((pool_lib.JobStatus.OK, mv.equivalent(job.gold, job.preds)))
     except _Alarm:
       results.append((pool_lib.JobStatus.TIMEOUT, f"no result within {timeout_s:g} s"))
+    except errors.RunInterrupted:  # a SIGTERM before the rounds (train._Signals)
+      raise
     except Exception as e:
       results.append((pool_lib.JobStatus.ERROR, f"{type(e).__name__}: {e}"))
     finally:
@@ -167,6 +170,8 @@ def grade_many(
   for i, (response, gold) in enumerate(zip(responses, golds)):
     try:
       decided = prepare(response, gold)
+    except errors.RunInterrupted:
+      raise
     except Exception:
       decided = Outcome.ERROR
     if isinstance(decided, Pending):

@@ -35,3 +35,20 @@ def test_answer_phrase_marker():
   assert (marker.kind, marker.content) == ("phrase", "12.")
   assert marker.start == len("Step 1.\nThe ")  # where "final answer is" begins
   assert extract.find_answer_phrase("no marker here") is None
+
+
+def test_a_stop_signal_is_not_graded_as_an_error(monkeypatch):
+  """train._Signals raises RunInterrupted wherever the main thread is before the rounds; a
+  grader's `except Exception` must let it through (else the run goes on, scoring a 0)."""
+  from rft_jax import errors
+  from rft_jax.rewards import math as math_grader
+
+  def stopped(*args):
+    raise errors.RunInterrupted("stopped by SIGTERM before the first round", 15)
+
+  monkeypatch.setitem(rewards.GRADERS, "final_answer", stopped)
+  with pytest.raises(errors.RunInterrupted):
+    rewards.grade_outcome("final_answer", "the answer is 4", "4")
+  monkeypatch.setattr(math_grader, "prepare", stopped)
+  with pytest.raises(errors.RunInterrupted):
+    math_grader.grade_many(["\\boxed{4}"], ["4"], pool=False)
