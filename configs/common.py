@@ -89,8 +89,11 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # completion_bucket: the step scores the round's longest completion rounded up to a multiple
   # of it, not all max_new_tokens positions (0 = all; float rounding differs only, unless the
   # loss divides by the padded width: train.completion_width).
+  # texts_every: the text and reward of every rollout of round 1, of every texts_every-th round
+  # and of the last go to <workdir>/rollouts.jsonl (0 = none): what the policy writes, for
+  # reading a mechanism off the curves (format, length, repetition).
   c.train = dict(rounds=100, epochs=1, mini_batches=1, eval_every=10, checkpoint_every=20,
-                 logprob_chunk=128, micro_batch_size=0, completion_bucket=0)
+                 logprob_chunk=128, micro_batch_size=0, completion_bucket=0, texts_every=0)
 
   # Training Pass@1 = mean of train_samples samples of the training question(s); test Pass@1 =
   # one sample per test question (test_size 0 = all); greedy accuracy on the test set too.

@@ -31,9 +31,12 @@ TB_DIR = "tb"
 
 
 def _to_python(key: str, value: Any) -> Any:
-  """Python / numpy / jax scalars -> bool, int, float or str (NaN and inf stay floats here)."""
+  """Python / numpy / jax scalars -> bool, int, float or str (NaN and inf stay floats here); a
+  list of them -> a list (metrics.jsonl only, not TensorBoard)."""
   if value is None or isinstance(value, bool | int | float | str):
     return value
+  if isinstance(value, list | tuple):
+    return [_to_python(key, v) for v in value]
   arr = np.asarray(value)  # numpy scalars, 0-d / size-1 numpy and jax arrays
   if arr.size != 1 or arr.dtype.kind not in "biuf":
     raise TypeError(f"metric {key!r} must be a scalar number, got {type(value).__name__} "
@@ -42,6 +45,8 @@ def _to_python(key: str, value: Any) -> Any:
 
 
 def _json_value(v: Any) -> Any:
+  if isinstance(v, list):
+    return [_json_value(x) for x in v]
   return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
@@ -64,9 +69,10 @@ def _read_lines(path: str) -> list[tuple[str, dict]]:
   return out
 
 
-def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-  """Rows of `<workdir>/metrics.jsonl` in file order (non-finite values read back as None)."""
-  return [row for _, row in _read_lines(os.path.join(workdir, METRICS_FILE))]
+def read_metrics(workdir: str | os.PathLike, name: str = METRICS_FILE) -> list[dict]:
+  """Rows of `<workdir>/metrics.jsonl` (or of `name`) in file order (non-finite values read
+  back as None)."""
+  return [row for _, row in _read_lines(os.path.join(workdir, name))]
 
 
 def _rewrite(path: str, lines: list[str]) -> None:
@@ -79,11 +85,13 @@ class MetricWriter:
   `resume_step`: the step of the checkpoint being resumed; rows with a larger step (written
   after that checkpoint by the run that died) are dropped. Pass -1 when starting from scratch
   in a workdir that may hold rows of a run that never saved a checkpoint; None keeps all rows.
-  Only process 0 writes (one file per run, not per host).
+  Only process 0 writes (one file per run, not per host). `name`: another JSONL file of rows
+  per step (e.g. rollout texts), `tensorboard=False` to leave TensorBoard out.
   """
 
-  def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None):
-    self.path = os.path.join(os.fspath(workdir), METRICS_FILE)
+  def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None,
+               name: str = METRICS_FILE, tensorboard: bool = True):
+    self.path = os.path.join(os.fspath(workdir), name)
     self._file = self._tb = None
     if jax.process_index() != 0:
       return
@@ -96,6 +104,8 @@ class MetricWriter:
       if raw != "".join(line + "\n" for line in kept):  # torn tail or rows to drop
         _rewrite(self.path, kept)
     self._file = open(self.path, "a")
+    if not tensorboard:
+      return
     # purge_step makes TensorBoard discard the dead run's events from that step on.
     purge = None if resume_step is None else resume_step + 1
     # tensorboardX names event files by the second and opens them "wb": a writer reopened within
@@ -114,8 +124,13 @@ class MetricWriter:
     row = {"step": step} | {k: _json_value(v) for k, v in values.items()}
     self._file.write(json.dumps(row, allow_nan=False) + "\n")
     self._file.flush()
+    self._scalars(step, values)
+
+  def _scalars(self, step: int, values: dict[str, Any]) -> None:
+    if self._tb is None:
+      return
     for k, v in values.items():
-      if isinstance(v, int | float):  # bools included; strings and None are jsonl-only
+      if isinstance(v, int | float):  # bools included; strings, lists and None are jsonl-only
         self._tb.add_scalar(k, v, global_step=step)
     self._tb.flush()
 
@@ -137,15 +152,13 @@ class MetricWriter:
     raw[hits[-1]] = json.dumps(row, allow_nan=False)
     _rewrite(self.path, raw)
     self._file = open(self.path, "a")
-    for k, v in values.items():
-      if isinstance(v, int | float):
-        self._tb.add_scalar(k, v, global_step=int(step))
-    self._tb.flush()
+    self._scalars(int(step), values)
 
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
-      self._tb.close()
+      if self._tb is not None:
+        self._tb.close()
       self._file = self._tb = None
 
   def __enter__(self) -> Self:

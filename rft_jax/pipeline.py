@@ -392,7 +392,7 @@ def _wall(workdir: str) -> float | None:
 # A finished (or diverged) run's record, as --publish copies it (everything but checkpoints and
 # TensorBoard).
 PUBLISHED = ("config.json", "summary.json", "metrics.jsonl", "difficulty.json", "base_eval.json",
-             "evals", "log.txt", "curves.png", "error.txt")
+             "evals", "log.txt", "curves.png", "error.txt", "rollouts.jsonl")
 
 
 def _replace_dir(src: str, dst: str) -> None:

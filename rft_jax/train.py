@@ -73,6 +73,7 @@ from rft_jax.models.decoder import ModelConfig
 from rft_jax.models.policy import Policy
 
 EVALS_DIR = "evals"  # per-sample rewards of each evaluation (rft_jax.evaluation.save_rewards)
+ROLLOUTS_FILE = "rollouts.jsonl"  # rollouts' texts of some rounds (train.texts_every)
 
 # Settings that may change between a run and its resumption (they do not change what a round
 # computes); everything else of the config enters the checkpoint's fingerprint.
@@ -115,6 +116,7 @@ LATER_KEYS = {
     # evaluations only when curve_greedy is off.
     "train.completion_bucket": 0,
     "eval.curve_greedy": True,
+    "train.texts_every": 0,
 }
 
 
@@ -540,7 +542,7 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
               "diagnostics.p_correct_window", "diagnostics.max_arms"):
     check(key, *at_least(1))
   for key in ("train.rounds", "train.logprob_chunk", "train.micro_batch_size",
-              "train.completion_bucket", "model.attn_chunk",
+              "train.completion_bucket", "train.texts_every", "model.attn_chunk",
               "model.lora.rank", "rollout.top_k", "eval.test_size", "eval.curve_test_size",
               "example.index", "optimizer.warmup_steps"):
     check(key, *at_least(0))
@@ -799,6 +801,8 @@ class Graded:
   rewards: np.ndarray       # [B] float32
   lengths: np.ndarray       # [B] completion tokens (float32)
   outcomes: dict[str, int]  # outcome name -> rollouts, summed over the processes
+  rows: list[int] = dataclasses.field(default_factory=list)   # this process's rows ...
+  texts: list[str] = dataclasses.field(default_factory=list)  # ... and their decoded texts
 
 
 def make_loop(config, workdir: str, task: Task, mesh, log=print) -> Loop:
@@ -904,7 +908,17 @@ def grade_phase(loop: Loop, questions: list[int], rollout: sampling.Rollout) -> 
   return Graded(
       rewards=distributed.gather_rows(rows, np.asarray(rewards, np.float32), total),
       lengths=distributed.gather_rows(rows, mask.sum(-1), total),
-      outcomes=distributed.sum_counts(outcomes, list(outcomes)))
+      outcomes=distributed.sum_counts(outcomes, list(outcomes)),
+      rows=[int(row) for row in rows], texts=texts)
+
+
+def _texts_row(loop: Loop, questions: list[int], graded: Graded) -> dict:
+  """A round's rollouts as rollouts.jsonl keeps them: row, question id, reward, text (this
+  process's rows: all of them on one process)."""
+  g = loop.config.rollout.num_samples
+  return {"row": graded.rows,
+          "question": [loop.train_examples[questions[row // g]].id for row in graded.rows],
+          "reward": [float(graded.rewards[row]) for row in graded.rows], "text": graded.texts}
 
 
 def train_phase(loop: Loop, state: TrainState, questions: list[int], rollout: sampling.Rollout,
@@ -1100,6 +1114,9 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
   if start:
     log(f"resumed from round {start} in {workdir}")
   writer = metrics_lib.MetricWriter(workdir, resume_step=start if start else -1)
+  texts_every = config.train.get("texts_every", 0)
+  texts = metrics_lib.MetricWriter(workdir, resume_step=start if start else -1,
+                                   name=ROLLOUTS_FILE, tensorboard=False) if texts_every else None
   # Bandit diagnostics: p(correct | training questions) from each round's rollouts (that round,
   # and the last `p_correct_window` rounds pooled).
   diag = config.diagnostics
@@ -1146,6 +1163,8 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
         bar.set_postfix(train=f"{last_eval['train_pass1']:.2f}",
                         test=f"{last_eval['test_pass1']:.2f}")
       writer.write(done, row)
+      if texts is not None and (done == 1 or done % texts_every == 0 or done == rounds):
+        texts.write(done, _texts_row(loop, questions, graded))
       stopping = checkpoint_phase(loop, ckpt, state, done, stop,
                                   wall_s=wall_before + time.time() - t0)
       bar.update(1)
@@ -1156,6 +1175,8 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
     stop.deferred = False
     bar.close()
     writer.close()
+    if texts is not None:
+      texts.close()
     ckpt.close()
 
   if not last_eval or "train_pass1" not in last_eval:  # resumed after the final round

@@ -69,6 +69,24 @@ def test_resume_drops_rows_after_checkpoint(tmp_path, tmp_path_factory):
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
 
 
+def test_a_file_of_its_own_with_lists_and_no_tensorboard(tmp_path):
+  """name= / tensorboard=False: rows of lists (rollout texts) in another JSONL file, cut back
+  on resume like metrics.jsonl; TensorBoard left out."""
+  with MetricWriter(tmp_path, name="rollouts.jsonl", tensorboard=False) as w:
+    for s in (1, 3, 4):
+      w.write(s, {"text": [f"round {s}", "ü"], "reward": [np.float32(1), 0.0, float("nan")]})
+  with MetricWriter(tmp_path, resume_step=3, name="rollouts.jsonl", tensorboard=False) as w:
+    w.write(4, {"text": ["again"], "reward": [0.5]})
+  assert read_metrics(tmp_path, name="rollouts.jsonl") == [
+      {"step": 1, "text": ["round 1", "ü"], "reward": [1.0, 0.0, None]},
+      {"step": 3, "text": ["round 3", "ü"], "reward": [1.0, 0.0, None]},
+      {"step": 4, "text": ["again"], "reward": [0.5]}]
+  assert sorted(os.listdir(tmp_path)) == ["rollouts.jsonl"]  # no tb/, no metrics.jsonl
+  with MetricWriter(tmp_path, name="rollouts.jsonl") as w:
+    with pytest.raises(TypeError, match="'v'"):
+      w.write(5, {"v": [np.zeros(3)]})  # list items are scalars too
+
+
 def test_torn_last_line_dropped_without_resume(tmp_path):
   path = tmp_path / METRICS_FILE
   path.write_text('{"step": 0, "a": 1}\n{"step": 1, "a"')

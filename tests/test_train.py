@@ -202,15 +202,24 @@ def test_cost_options_leave_the_run_as_it_was(reference, base_dir, tmp_path, no_
   eval.curve_test_size: the base and last evaluations see all test_size questions, those in
   between the first curve_test_size; eval.curve_greedy off: no greedy accuracy in between;
   train.completion_bucket: each train step scores the round's longest completion rounded up
-  to the bucket (fewer than max_new_tokens positions here), the same step to float rounding.
-  Otherwise the run is the reference run."""
+  to the bucket (fewer than max_new_tokens positions here), the same step to float rounding;
+  train.texts_every: the texts of rounds 1, 3 (every third) and 4 (the last) in
+  rollouts.jsonl. Otherwise the run is the reference run."""
   widths = []
   trim = train._trim_completions
   monkeypatch.setattr(train, "_trim_completions",
                       lambda rollout, width: widths.append(width) or trim(rollout, width))
   config = make_config(base_dir, eval__curve_test_size=3, eval__curve_greedy=False,
-                       train__completion_bucket=4)
+                       train__completion_bucket=4, train__texts_every=3)
   summary, _ = run(config, tmp_path)
+  texts = metrics.read_metrics(tmp_path, name=train.ROLLOUTS_FILE)
+  assert [row["step"] for row in texts] == [1, 3, ROUNDS]
+  g, rows = config.rollout.num_samples, metrics.read_metrics(tmp_path)
+  for row in texts:
+    assert row["row"] == list(range(g)) and len(row["text"]) == g
+    assert all(isinstance(t, str) for t in row["text"]) and len(set(row["question"])) == 1
+    metric_row = next(r for r in rows if r["step"] == row["step"] and "reward" in r)
+    assert np.mean(row["reward"]) == pytest.approx(metric_row["reward"])
   assert len(widths) == ROUNDS and all(w % 4 == 0 for w in widths)
   assert min(widths) < config.rollout.max_new_tokens, widths
   evals = tmp_path / train.EVALS_DIR
