@@ -28,9 +28,10 @@ def rewards(p: float, n: int, seed: int) -> np.ndarray:
 
 
 def write_run(root, spec, seed, *, train=(0.1, 0.1), test=(0.2, 0.2), greedy=(0.3, 0.3),
-              mid=None, failed=False, collapse=False, entropy=(0.6, 0.6)):
+              mid=None, failed=False, collapse=False, entropy=(0.6, 0.6), markers=None):
   """One run's record: base and final evaluations with these Pass@1s (train, test, greedy),
-  an evaluation at round 50 (mid: (train, test), default halfway), per-round rows."""
+  an evaluation at round 50 (mid: (train, test), default halfway), per-round rows; markers
+  (first, last): rollouts.jsonl with that many of 8 texts at rounds 1 and 100 writing '####'."""
   d = pathlib.Path(root) / pipeline.spec_dir(spec) / f"seed{seed}"
   os.makedirs(d / "evals")
   mid = mid or ((train[0] + train[1]) / 2, (test[0] + test[1]) / 2)
@@ -51,6 +52,11 @@ def write_run(root, spec, seed, *, train=(0.1, 0.1), test=(0.2, 0.2), greedy=(0.
     rows.append(row)
   with open(d / "metrics.jsonl", "w") as f:
     f.writelines(json.dumps(row) + "\n" for row in rows)
+  if markers is not None:
+    with open(d / "rollouts.jsonl", "w") as f:
+      for r, n in ((1, markers[0]), (50, 0), (ROUNDS, markers[1])):
+        texts = ["so #### 7"] * n + ["the answer is 7"] * (8 - n)
+        f.write(json.dumps({"step": r, "text": texts, "reward": [0.0] * 8}) + "\n")
   if failed:
     (d / "error.txt").write_text("Traceback\nrft_jax.errors.DivergedError: diverged at round 7")
     return
@@ -79,7 +85,7 @@ def write_scenario(root):
               mid=(0.95 if k < 2 else 0.3, 0.3))
     write_run(root, "l1:g=4", k, **same)
     # L1 smooth; L2 the same end point with a test curve that jumps: less stable, not higher.
-    write_run(root, "l1", k, **same)
+    write_run(root, "l1", k, **same, markers=(0, 6 if k else 3))  # '####' taken up
     write_run(root, "l2", k, train=(0.1, 0.1), test=(0.2, 0.2), mid=(0.6, 0.6))
     write_run(root, "l1:g=16", k, train=(0.1, 0.1), test=(0.2, 0.6))  # G=16 generalizes
     write_run(root, "l3", k, failed=k < 2)                             # {-1,+1} diverges
@@ -107,9 +113,11 @@ def test_the_rules_on_records_where_the_answers_are_known(tmp_path):
   mech = {m["spec"]: m for m in findings.mechanisms(per_layer, boots=300)}
   assert "l3" not in {s for s, m in mech.items() if m["seeds"] == 3}
   assert mech["l1"]["no_answer_last"] == pytest.approx(1 / 8)
+  assert mech["l1"]["marker_first"] == 0 and mech["l1"]["marker_last"] == pytest.approx(5 / 8)
+  assert mech["l2"]["marker_first"] is None  # no texts kept
   assert mech["l0"]["sampled"][0] == pytest.approx(0.3)
   text = findings.markdown(list(out.values()), list(mech.values()))
-  assert "**reproduced**" in text and "| l1 | 3 |" in text
+  assert "**reproduced**" in text and "| l1 | 3 |" in text and "| 0.00 -> 0.62 |" in text
 
 
 def test_gain_difference_is_the_difference_of_mean_gains(tmp_path):

@@ -57,7 +57,12 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
-from rft_jax import pipeline  # noqa: E402
+from rft_jax import metrics, pipeline  # noqa: E402
+
+# The paper's GSM8K instruction asks for the final answer after '####', which SmolLM2-135M does
+# not write at the base (experiments/smollm2/README.md): its share of the rollouts is format
+# adoption.
+MARKER = "####"
 
 LAYERS = os.path.join(HERE, "layers")
 SEEDS = 3
@@ -69,9 +74,17 @@ ABSENCE = " (an absence: the opposite difference is not shown)"
 
 def load(root: str, specs, seeds: int = SEEDS) -> dict[str, list[dict]]:
   """spec -> [pipeline.seed_result per seed] of the records under root (missing: status
-  'missing', no evaluations)."""
-  return {spec: [pipeline.seed_result(os.path.join(root, pipeline.spec_dir(spec), f"seed{k}"))
-                 for k in range(seeds)] for spec in specs}
+  'missing', no evaluations), each with 'texts': its rollouts.jsonl rows (train.texts_every;
+  [] without)."""
+  out = {}
+  for spec in specs:
+    out[spec] = []
+    for k in range(seeds):
+      workdir = os.path.join(root, pipeline.spec_dir(spec), f"seed{k}")
+      result = pipeline.seed_result(workdir)
+      result["texts"] = metrics.read_metrics(workdir, name="rollouts.jsonl")
+      out[spec].append(result)
+  return out
 
 
 def _done(results: list[dict] | None) -> list[tuple[int, dict]]:
@@ -301,7 +314,8 @@ def _window_mean(rows, key: str, first: bool, n: int = 10) -> float | None:
 
 def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict]:
   """Per layer, means over its complete seeds: entropy, response length and the share of
-  rollouts without a final answer over the first and the last 10 rounds, and the change of
+  rollouts without a final answer over the first and the last 10 rounds, the share of rollouts
+  writing MARKER in the first and the last round with texts (rollouts.jsonl), and the change of
   sampled against greedy test Pass@1 from the base (paired intervals)."""
   out = []
   for spec, results in per_layer.items():
@@ -323,6 +337,10 @@ def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict
           if v is not None:
             values.append(v)
         row[f"{key}_{'first' if first else 'last'}"] = float(np.mean(values)) if values else None
+    for first in (True, False):
+      shares = [np.mean([MARKER in t for t in r["texts"][0 if first else -1]["text"]])
+                for _, r in done if r["texts"]]
+      row[f"marker_{'first' if first else 'last'}"] = float(np.mean(shares)) if shares else None
     row["sampled"] = difference(per_layer, spec, None, "test", boots=boots)
     if all("test_greedy" in r["evals"]["final"] for _, r in done):
       row["greedy"] = difference(per_layer, spec, None, "test_greedy", boots=boots)
@@ -337,13 +355,15 @@ def markdown(findings: list[dict], mech: list[dict]) -> str:
       head = f"{f['finding']} — **{f['verdict']}**" if i == 0 else ""
       lines.append(f"| {head} | {claim} | {evidence or '–'} | {state} |")
   lines += ["", "| layer | seeds | entropy first -> last 10 rounds | length | no final answer | "
-            "test Pass@1 - base, sampled | greedy |", "|---|---|---|---|---|---|---|"]
+            f"'{MARKER}' first -> last round with texts | test Pass@1 - base, sampled | greedy |",
+            "|---|---|---|---|---|---|---|---|"]
   num = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"
   for m in mech:
     lines.append(
         f"| {m['spec']} | {m['seeds']} | {num(m['entropy_first'])} -> {num(m['entropy_last'])} "
         f"| {num(m['length_first'], 0)} -> {num(m['length_last'], 0)} "
-        f"| {num(m['no_answer_first'])} -> {num(m['no_answer_last'])} | {fmt(m['sampled'])} "
+        f"| {num(m['no_answer_first'])} -> {num(m['no_answer_last'])} "
+        f"| {num(m['marker_first'])} -> {num(m['marker_last'])} | {fmt(m['sampled'])} "
         f"| {fmt(m['greedy']) if 'greedy' in m else '–'} |")
   return "\n".join(lines)
 

@@ -35,13 +35,14 @@ fi
 #    evaluation is sampled once per seed and shared by the layers (--tables). Three cost
 #    options (set 2026-11-30, before any layer ran; README "Cost on this CPU"): greedy accuracy
 #    at the base and the last round only, train steps on the round's longest completion rounded
-#    up to 32 positions rather than all 256, and rollouts through the step 4 at a time.
+#    up to 32 positions rather than all 256, and rollouts through the step 4 at a time. The
+#    texts of rounds 1, 10, 20, ..., 100's rollouts are kept (rollouts.jsonl), for the mechanism.
 if [[ "$what" == all || "$what" == layers ]]; then
   lr="$(python experiments/smollm2/pick_lr.py --print)"
   python -m rft_jax.pipeline --layers=smollm2 --base=smollm2 --seeds=3 \
     --root=runs/smollm2/layers --set optimizer.learning_rate="$lr" --set train.rounds=100 \
     --set train.checkpoint_every=10 --set train.completion_bucket=32 \
-    --set train.micro_batch_size=4 \
+    --set train.micro_batch_size=4 --set train.texts_every=10 \
     --set eval.curve_greedy=false --tables=experiments/smollm2/tables \
     --publish=experiments/smollm2/layers --commit --drop_checkpoints
 fi
