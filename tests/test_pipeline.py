@@ -265,6 +265,16 @@ def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys
   assert "Traceback" not in err
 
 
+def write_finished_run(workdir) -> bool:
+  """What a finished run leaves behind (metrics and summary): a stand-in for run_one."""
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"step": 0, "train_pass1": 0.5, "test_pass1": 0.25}) + "\n")
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump({"base_test_pass1": 0.25, "final_test_pass1": 0.25, "base_train_pass1": 0.5,
+               "final_train_pass1": 1.0, "wall_s": 60.0, "rounds": 2}, f)
+  return True
+
+
 def test_a_diverged_run_is_published_and_not_run_again(tmp_path, monkeypatch, capsys):
   """Divergence is an outcome of a run's settings: its record (error.txt with it) is published
   and committed like a finished run's, and neither this root nor a fresh one runs it again."""
@@ -273,17 +283,14 @@ def test_a_diverged_run_is_published_and_not_run_again(tmp_path, monkeypatch, ca
   published = repo / "published"
 
   def stand_in(workdir, label=None):  # l1 finishes, l2 diverges at round 3
+    if not label.startswith("l2"):
+      return write_finished_run(workdir)
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
       f.write(json.dumps({"step": 0, "train_pass1": 0.5, "test_pass1": 0.25}) + "\n")
-    if label.startswith("l2"):
-      with open(os.path.join(workdir, "error.txt"), "w") as f:
-        f.write("Traceback (most recent call last):\nrft_jax.errors.DivergedError: diverged at "
-                "round 3: non-finite loss; stopped without saving.\n")
-      return False
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump({"base_test_pass1": 0.25, "final_test_pass1": 0.25, "base_train_pass1": 0.5,
-                 "final_train_pass1": 1.0, "wall_s": 60.0, "rounds": 2}, f)
-    return True
+    with open(os.path.join(workdir, "error.txt"), "w") as f:
+      f.write("Traceback (most recent call last):\nrft_jax.errors.DivergedError: diverged at "
+              "round 3: non-finite loss; stopped without saving.\n")
+    return False
 
   monkeypatch.setattr(pipeline, "run_one", stand_in)
   monkeypatch.setattr(pipeline, "prepare_bases", lambda *a, **k: None)
@@ -317,12 +324,7 @@ def test_a_sitting_killed_after_a_run_ended_is_caught_up(tmp_path, monkeypatch, 
 
   def stand_in(workdir, label=None):
     os.makedirs(os.path.join(workdir, "checkpoints", "2"))
-    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-      f.write(json.dumps({"step": 0, "train_pass1": 0.5, "test_pass1": 0.25}) + "\n")
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump({"base_test_pass1": 0.25, "final_test_pass1": 0.25, "base_train_pass1": 0.5,
-                 "final_train_pass1": 1.0, "wall_s": 60.0, "rounds": 2}, f)
-    return True
+    return write_finished_run(workdir)
 
   monkeypatch.setattr(pipeline, "run_one", stand_in)
   monkeypatch.setattr(pipeline, "prepare_bases", lambda *a, **k: None)
