@@ -436,14 +436,10 @@ def publish(run: Run, dest: str) -> str:
 
 
 def is_published(run: Run, dest: str) -> bool:
-  """dest holds the record of the run as it ended here: the same summary.json (finished) or
-  error.txt (diverged). False for a run that has not ended."""
-  name = "summary.json" if is_done(run.workdir) else "error.txt"
-  mine, theirs = os.path.join(run.workdir, name), os.path.join(dest, run.label, name)
-  if not (os.path.exists(mine) and os.path.exists(theirs)):
-    return False
-  with open(mine, "rb") as a, open(theirs, "rb") as b:
-    return a.read() == b.read()
+  """dest holds a record of the run that ended as it did here: finished, or diverged (not
+  necessarily this root's copy: another machine's finished record of the same run counts)."""
+  record = os.path.join(dest, run.label)
+  return has_ended(record) and is_done(record) == is_done(run.workdir)
 
 
 def restore_published(run: Run, config, dest: str) -> bool:
@@ -492,9 +488,18 @@ def difficulty_path(directory: str, config) -> str:
   return os.path.join(directory, f"{digest}.json")
 
 
+def _existing_parent(path: str) -> str:
+  """path, or its nearest folder that exists (git needs a working directory that does)."""
+  path = os.path.abspath(path)
+  while not os.path.isdir(path):
+    path = os.path.dirname(path)
+  return path
+
+
 def _same_repository(path: str, other: str) -> bool:
-  """Whether `path` lies inside the git work tree that holds `other`."""
-  top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=os.path.abspath(other),
+  """Whether `path` lies inside the git work tree that holds `other` (either may not exist
+  yet)."""
+  top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=_existing_parent(other),
                        capture_output=True, text=True)
   root = top.stdout.strip()
   return top.returncode == 0 and os.path.abspath(path).startswith(root + os.sep)
@@ -525,7 +530,7 @@ def uncommitted(paths: Sequence[str]) -> bool:
   """Whether git sees changes (or untracked files) under paths; False outside a repository."""
   paths = [os.path.abspath(p) for p in paths]
   status = subprocess.run(["git", "status", "--porcelain", "--", *paths],
-                          cwd=os.path.dirname(paths[0]), capture_output=True, text=True)
+                          cwd=_existing_parent(paths[0]), capture_output=True, text=True)
   return status.returncode == 0 and bool(status.stdout.strip())
 
 
@@ -533,8 +538,10 @@ def git_commit(paths: Sequence[str], message: str, log=print, attempts: int = 5)
   """`git add` + `git commit` of exactly `paths` (other staged changes stay staged); retried
   while another git command holds the index (a lock left by a killed one is removed). False
   (and a log line) if it could not."""
-  paths = [os.path.abspath(p) for p in paths]  # git runs in the first path's folder
-  cwd = os.path.dirname(paths[0])
+  paths = [os.path.abspath(p) for p in paths if os.path.exists(p)]
+  if not paths:
+    return True
+  cwd = _existing_parent(os.path.dirname(paths[0]))  # git runs in the first path's folder
   for attempt in range(attempts):
     add = subprocess.run(["git", "add", "--", *paths], cwd=cwd, capture_output=True, text=True)
     commit = add if add.returncode else subprocess.run(
@@ -590,9 +597,13 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
               "commands": commands}
 
   def report(publish_it: bool = True) -> str:
+    """Writes the root's report; copies it to publish_dir if publish_it or if what it says
+    there differs (a run failed, or a sitting was killed before the report of a run it had
+    published)."""
     fileio.write_json_atomic(os.path.join(root, SETTINGS_FILE), settings)
     path = write_report(root, all_specs, all_seeds, settings=settings)
-    if publish_dir and publish_it:
+    published = os.path.join(publish_dir, "report.md") if publish_dir else ""
+    if publish_dir and (publish_it or _report_body(path) != _report_body(published)):
       os.makedirs(publish_dir, exist_ok=True)
       shutil.copy2(path, os.path.join(publish_dir, "report.md"))
       shutil.copy2(os.path.join(root, SETTINGS_FILE), os.path.join(publish_dir, SETTINGS_FILE))
@@ -651,10 +662,20 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
     done_before = [w for r, _ in planned if is_done(r.workdir) and (w := _wall(r.workdir))]
     execute(todo, parallel=parallel, log=log, durations=done_before, after_run=after_run)
   settings["wall_s_last_invocation"] = time.time() - t0
-  # Published after each run already: rewritten there only where there is none yet (a sitting
-  # with nothing to run leaves the published folder, and git, as they were).
-  return report(publish_it=bool(publish_dir) and not os.path.exists(
-      os.path.join(publish_dir, "report.md")))
+  # Published after each run already: copied there again only where it says something else (a
+  # sitting with nothing to run leaves the published folder, and git, as they were).
+  path = report(publish_it=False)
+  if commit and publish_dir and uncommitted([publish_dir, *shared]):
+    git_commit([publish_dir, *shared], f"experiments: the report of {root}", log=log)
+  return path
+
+
+def _report_body(path: str) -> list[str] | None:
+  """A report's lines but the one saying when it was written (None if there is none)."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return [line for line in f.read().splitlines() if not line.startswith("Written ")]
 
 
 def read_settings(root: str) -> dict:

@@ -335,8 +335,9 @@ def test_a_sitting_killed_after_a_run_ended_is_caught_up(tmp_path, monkeypatch, 
   monkeypatch.undo()
   monkeypatch.setattr(pipeline, "run_one", lambda *a: pytest.fail("a run was started again"))
   monkeypatch.setattr(pipeline, "prepare_bases", lambda *a, **k: None)
+  # l1's published record is of an earlier outcome (diverged, since resumed and finished).
   (published / "l1" / "seed0").mkdir(parents=True)
-  (published / "l1" / "seed0" / "summary.json").write_text("{}")  # another, older record
+  (published / "l1" / "seed0" / "error.txt").write_text("rft_jax.errors.DivergedError: round 1")
   (published / "l1" / "seed0.tmp").mkdir()
   (published / "report.md").write_text("the report of the killed sitting")
   assert pipeline.is_done(f"{root}/l1/seed0") and os.path.isdir(f"{root}/l1/seed0/checkpoints")
@@ -353,10 +354,52 @@ def test_a_sitting_killed_after_a_run_ended_is_caught_up(tmp_path, monkeypatch, 
       f"experiments: records an earlier sitting left uncommitted in {published}"]
   assert not pipeline.uncommitted([str(published)])
   assert "| l2 |" in (published / "report.md").read_text()
-  # A sitting with nothing to do leaves the published folder and git as they were.
-  assert pipeline.main(argv + [f"--publish={published}", "--commit"]) == 0
+  # A sitting with nothing to do (the same command) leaves the published folder and git as
+  # they were.
+  argv += [f"--publish={published}", "--commit", "--drop_checkpoints"]
+  assert pipeline.main(argv) == 0
   assert not pipeline.uncommitted([str(published)])
   assert len(git(repo, "log", "--format=%s").splitlines()) == 1
+  # Another machine's finished record of a run counts as published: not replaced by this one.
+  other = published / "l2" / "seed0" / "summary.json"
+  other.write_text(other.read_text().replace("60.0", "61.0"))
+  git(repo, "commit", "-qam", "the other machine's l2")
+  assert pipeline.main(argv) == 0
+  assert "61.0" in other.read_text() and not pipeline.uncommitted([str(published)])
+  # A sitting killed after a run's publish but before its report: the next one rewrites it.
+  (published / "report.md").write_text("the report before l2 ended")
+  git(repo, "commit", "-qam", "killed before the report")
+  assert pipeline.main(argv) == 0
+  assert "| l2 |" in (published / "report.md").read_text()
+  assert git(repo, "log", "-1", "--format=%s").strip() == f"experiments: the report of {root}"
+
+
+def test_a_failed_run_and_a_new_publish_folder(tmp_path, monkeypatch):
+  """A run that fails (not by divergence) is in the published report; --tables inside the
+  repository with a publish folder that does not exist yet (the first sitting of run.sh's
+  layers) publishes and commits both."""
+  root, repo = str(tmp_path / "pipe"), tmp_path / "repo"
+  init_repo(repo, monkeypatch)
+  (repo / "tables").mkdir()
+  (repo / "tables" / "table.json").write_text("{}")
+  published = repo / "experiments" / "layers"
+
+  def stand_in(workdir, label=None):  # l1 finishes, l2 fails
+    if label.startswith("l1"):
+      return write_finished_run(workdir)
+    with open(os.path.join(workdir, "error.txt"), "w") as f:
+      f.write("Traceback (most recent call last):\nValueError: a bug\n")
+    return False
+
+  monkeypatch.setattr(pipeline, "run_one", stand_in)
+  monkeypatch.setattr(pipeline, "prepare_bases", lambda *a, **k: None)
+  assert pipeline.main(["--layers=l1,l2", "--seeds=1", "--runlocal", f"--root={root}",
+                        f"--publish={published}", f"--tables={repo / 'tables'}",
+                        "--commit"]) == 0
+  files = git(repo, "ls-files").splitlines()
+  assert "tables/table.json" in files and "experiments/layers/l1/seed0/summary.json" in files
+  assert "0/1 done, 1 failed" in (published / "report.md").read_text()
+  assert not pipeline.uncommitted([str(published), str(repo / "tables")])
 
 
 def test_git_commit_removes_an_index_lock_left_by_a_killed_git(tmp_path, monkeypatch):
