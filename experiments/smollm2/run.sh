@@ -27,19 +27,20 @@ if [[ "$what" == all || "$what" == sweep ]]; then
   done
 fi
 
-# 2. The layers (preset smollm2: configs/layers.py) x 3 seeds at the sweep's learning rate
-#    (experiments/smollm2/pick_lr.py applies the rule written before the sweep; it stops this
-#    script, saying what is missing, until the sweep has finished). 100 rounds, the sweep's
-#    length (cost: README); evaluations every 25 rounds on 100 test questions, the base and the
-#    last on 500; a checkpoint every 10 rounds (a run outlasts a sitting). The base's test
-#    evaluation is sampled once per seed and shared by the layers (--tables). Three cost
-#    options (set 2026-11-30, before any layer ran; README "Cost on this CPU"): greedy accuracy
-#    at the base and the last round only, train steps on the round's longest completion rounded
-#    up to 32 positions rather than all 256, and rollouts through the step 4 at a time. The
-#    texts of rounds 1, 10, 20, ..., 100's rollouts are kept (rollouts.jsonl), for the mechanism.
+# 2. The layers (preset smollm2: configs/layers.py) x 3 seeds at the sweep's rate (pick_lr.py
+#    applies the rule written before the sweep; it stops this script until the sweep is done),
+#    in the order completing findings soonest, the G sweep last (set 07:20, before any layer run
+#    had finished). 100 rounds; evaluations every 25 rounds on 100 test questions, the base
+#    and the last on 500; a checkpoint every 10 rounds (runs outlast a sitting); the base's
+#    test evaluation sampled once per seed and shared (--tables). Cost options (set 2026-11-30,
+#    before any layer ran; README "Cost on this CPU"): greedy accuracy at the base and the
+#    last round only, train steps on the round's longest completion rounded up to 32
+#    positions, rollouts through the step 4 at a time; texts of rounds 1, 10, ..., 100 kept
+#    (rollouts.jsonl).
 if [[ "$what" == all || "$what" == layers ]]; then
   lr="$(python experiments/smollm2/pick_lr.py --print)"
-  python -m rft_jax.pipeline --layers=smollm2 --base=smollm2 --seeds=3 \
+  python -m rft_jax.pipeline --base=smollm2 --seeds=3 \
+    --layers=l0,l1,l2,l3,l3:neg=m10,l4:bucket=medium,l4:bucket=extremely_hard,l1:g=4,l1:g=16 \
     --root=runs/smollm2/layers --set optimizer.learning_rate="$lr" --set train.rounds=100 \
     --set train.checkpoint_every=10 --set train.completion_bucket=32 \
     --set train.micro_batch_size=4 --set train.texts_every=10 \
