@@ -29,7 +29,7 @@ fi
 
 # 2. The layers (preset smollm2: configs/layers.py) x 3 seeds at the sweep's rate (pick_lr.py
 #    applies the rule written before the sweep; it stops this script until the sweep is done),
-#    in the order completing findings soonest, the G sweep last (set 07:20, before any layer run
+#    in the order completing findings soonest, the G sweep last (set 07:13, before any layer run
 #    had finished). 100 rounds; evaluations every 25 rounds on 100 test questions, the base
 #    and the last on 500; a checkpoint every 10 rounds (runs outlast a sitting); the base's
 #    test evaluation sampled once per seed and shared (--tables). Cost options (set 2026-11-30,
