@@ -605,7 +605,7 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
     published = os.path.join(publish_dir, "report.md") if publish_dir else ""
     if publish_dir and (publish_it or _report_body(path) != _report_body(published)):
       os.makedirs(publish_dir, exist_ok=True)
-      shutil.copy2(path, os.path.join(publish_dir, "report.md"))
+      shutil.copy2(path, published)
       shutil.copy2(os.path.join(root, SETTINGS_FILE), os.path.join(publish_dir, SETTINGS_FILE))
       _copy_dir(os.path.join(root, "plots"), os.path.join(publish_dir, "plots"))
     return path
@@ -625,6 +625,11 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
       shutil.rmtree(os.path.join(run.workdir, "checkpoints"), ignore_errors=True)
     # A diverged run is a result (its checkpoints stay, for a --resume_with at a lower rate).
     return published
+
+  def commit_leftovers(message: str) -> None:
+    """With --commit: whatever is uncommitted in publish_dir and the shared tables."""
+    if commit and publish_dir and uncommitted([publish_dir, *shared]):
+      git_commit([publish_dir, *shared], message, log=log)
 
   def after_run(run: Run, ok: bool) -> None:
     if not record(run, ok):
@@ -652,9 +657,8 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
       log(f"published {len(behind)} run(s) that ended in an earlier sitting: "
           f"{', '.join(run.label for run in behind)}")
       report()
-    if commit and uncommitted([publish_dir, *shared]):
-      git_commit([publish_dir, *shared], f"experiments: records an earlier sitting left "
-                 f"uncommitted in {publish_dir}", log=log)
+    commit_leftovers(f"experiments: records an earlier sitting left uncommitted in "
+                     f"{publish_dir}")
 
   t0 = time.time()
   if todo:
@@ -665,8 +669,7 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
   # Published after each run already: copied there again only where it says something else (a
   # sitting with nothing to run leaves the published folder, and git, as they were).
   path = report(publish_it=False)
-  if commit and publish_dir and uncommitted([publish_dir, *shared]):
-    git_commit([publish_dir, *shared], f"experiments: the report of {root}", log=log)
+  commit_leftovers(f"experiments: the report of {root}")
   return path
 
 
