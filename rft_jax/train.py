@@ -700,6 +700,11 @@ def _collapse_warning(kind: str, row: dict, log_vocab: float, window: int, done:
           "easier question, a higher temperature?); metric collapse_stuck")
 
 
+def _stopped_before_the_rounds(signum: int) -> errors.RunInterrupted:
+  return errors.RunInterrupted(f"stopped by {signal.Signals(signum).name} before the first "
+                               "round of this process; run the same command to resume", signum)
+
+
 class _Signals:
   """SIGINT / SIGTERM during a run (installed in the main thread only).
 
@@ -707,6 +712,8 @@ class _Signals:
   saves a checkpoint and stops. Before them (warm start, base evaluation) it stops at once: each
   artifact there is written atomically, so nothing is lost. A second signal exits at once.
   """
+
+  active: _Signals | None = None  # the run's, while it is running
 
   def __init__(self):
     self.signum: int | None = None
@@ -717,12 +724,24 @@ class _Signals:
     if threading.current_thread() is threading.main_thread():
       for s in (signal.SIGINT, signal.SIGTERM):
         self._old[s] = signal.signal(s, self._handle)
+      _Signals.active = self
     return self
 
   def __exit__(self, *exc) -> None:
     for s, handler in self._old.items():
       signal.signal(s, handler)
     self._old = {}
+    if _Signals.active is self:
+      _Signals.active = None
+
+  @staticmethod
+  def raise_if_swallowed() -> None:
+    """Raises RunInterrupted where a signal came before the rounds but its exception never
+    arrived: some library code (math-verify's graders) catches every Exception. Called before
+    a pre-round result is written, so that result is not one scored with the interruption."""
+    stop = _Signals.active
+    if stop is not None and stop.signum is not None and not stop.deferred:
+      raise _stopped_before_the_rounds(stop.signum)
 
   def _handle(self, signum, frame) -> None:
     del frame
@@ -734,8 +753,7 @@ class _Signals:
       os._exit(128 + signum)
     self.signum = signum
     if not self.deferred:
-      raise errors.RunInterrupted(f"stopped by {name} before the first round of this process; "
-                                  "run the same command to resume", signum)
+      raise _stopped_before_the_rounds(signum)
     sys.stderr.write(f"{nl}{name}: finishing the current round, then saving and stopping (send it "
                      "again to exit at once)\n")
     sys.stderr.flush()
@@ -979,6 +997,7 @@ def evaluate_phase(loop: Loop, params, round_index: int, *, all_questions: bool 
       greedy=config.eval.greedy and (all_questions or config.eval.get("curve_greedy", True)),
       **_gen_kwargs(config, loop.mesh))
   rewards.update(known_test or {})
+  _Signals.raise_if_swallowed()
   if distributed.is_main():
     evaluation.save_rewards(os.path.join(loop.workdir, EVALS_DIR), round_index, rewards,
                             [e.id for e in loop.train_examples], [e.id for e in examples])
@@ -1124,6 +1143,7 @@ def _run(config, workdir: str, task: Task, log, changes: dict, stop: _Signals, t
   if start:  # the resumed window goes on where the checkpointed run left it
     correct_rate.resume(metrics_lib.read_metrics(workdir), start)
   base = base_eval_phase(loop, state.params, workdir, writer, fresh=start == 0, log=log)
+  _Signals.raise_if_swallowed()
   stop.deferred = True  # from here on a signal lets the round finish and saves it
   log(f"base: training Pass@1 {base['train_pass1']:.3f}, test Pass@1 {base['test_pass1']:.3f}")
   if changes:  # --resume_with: recorded on the row of the round the run goes on from

@@ -647,6 +647,29 @@ def test_signal_before_the_rounds_stops_at_once(reference, base_dir, tmp_path, m
   assert sorted(os.listdir(tmp_path)) == ["checkpoints"]  # the fingerprint only
 
 
+def test_a_signal_swallowed_in_the_base_evaluation_stops_before_it_is_written(
+    reference, base_dir, tmp_path, monkeypatch, no_retraining):
+  """A SIGTERM whose RunInterrupted some library's `except Exception` swallowed (math-verify's
+  graders do) still stops the run before the base evaluation's rewards are written: they would
+  hold a sample graded as an error."""
+  real = evaluation.evaluation_rewards
+
+  def swallowing(*args, **kwargs):
+    rewards = real(*args, **kwargs)
+    try:
+      os.kill(os.getpid(), signal.SIGTERM)
+    except Exception:  # the library's own handler
+      pass
+    return rewards
+
+  monkeypatch.setattr(evaluation, "evaluation_rewards", swallowing)
+  with pytest.raises(errors.RunInterrupted, match="^stopped by SIGTERM before the first round"):
+    run(make_config(base_dir), tmp_path)
+  assert not (tmp_path / train.EVALS_DIR).exists()
+  assert not (tmp_path / "base_eval.json").exists()
+  assert train._Signals.active is None
+
+
 def test_a_stop_signal_during_a_restore_is_not_a_bad_checkpoint():
   """RunInterrupted raised inside a restore (a SIGTERM then) stops the run; it is not turned
   into a CheckpointReadError that asks to delete a good checkpoint."""
