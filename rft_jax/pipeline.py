@@ -327,33 +327,59 @@ def prepare_bases(planned: Sequence[tuple[Run, object]], log=print) -> None:
                            sharding.build_mesh(**config.mesh), log=log)
 
 
-def remaining_time(durations: Sequence[float], left: int, parallel: int = 1) -> str:
-  """'about 2.5 h left (4 runs at 37 min each)': the mean of the finished runs' wall times
-  times the runs left (divided among `parallel` at once); '' before any run has finished."""
-  if not durations or left <= 0:
+def run_rollouts(config) -> float:
+  """The rollouts a run samples over its rounds: what its training part costs grows with."""
+  rollout = config.rollout
+  return float(config.train.rounds * rollout.num_samples * rollout.get("prompts_per_round", 1))
+
+
+def remaining_time(finished: Sequence[tuple[float, float]], left: Sequence[float],
+                   parallel: int = 1) -> str:
+  """'about 2.5 h left (4 runs, 37 to 70 min each)'; '' before any run has finished.
+
+  finished: (rollouts, wall seconds) of the finished runs; left: the rollouts of each run still
+  to go (run_rollouts). A run left costs the line wall = a + b * rollouts fitted to the finished
+  runs where they span two or more rollout counts (an evaluation-bound part and a rollout-bound
+  part: a G = 16 layer costs more than L0), their mean wall otherwise or where the fit's slope
+  is negative (noise). The runs go, in order, to whichever of `parallel` slots frees first."""
+  if not finished or not left:
     return ""
-  each = float(np.mean(durations))
-  total = each * math.ceil(left / max(1, parallel))
+  x, y = (np.asarray(v, float) for v in zip(*finished, strict=True))
+  slope = 0.0
+  if len(set(x.tolist())) > 1:
+    slope = float(np.polyfit(x, y, 1)[0])
+  slope = max(slope, 0.0)
+  costs = [float(np.mean(y) + slope * (r - np.mean(x))) for r in left]
+  slots = [0.0] * max(1, parallel)
+  for cost in costs:
+    slots[slots.index(min(slots))] += max(cost, 0.0)
+  total = max(slots)
   when = f"{total / 3600:.1f} h" if total >= 5400 else f"{total / 60:.0f} min"
-  return f"about {when} left ({left} run{'s' * (left != 1)} at {each / 60:.0f} min each)"
+  low, high = round(min(costs) / 60), round(max(costs) / 60)
+  each = f" at {low} min each" if low == high else f", {low} to {high} min each"
+  return f"about {when} left ({len(costs)} run{'s' * (len(costs) != 1)}{each})"
 
 
-def execute(runs: Sequence[Run], parallel: int = 1, log=print, durations: Sequence[float] = (),
-            after_run=None) -> dict[str, bool]:
+def execute(runs: Sequence[Run], parallel: int = 1, log=print,
+            finished: Sequence[tuple[float, float]] = (),
+            rollouts: dict[str, float] | None = None, after_run=None) -> dict[str, bool]:
   """Runs each run (in-process one after another, or `parallel` subprocesses at once).
 
-  durations: wall seconds of runs finished before (for the time estimate); after_run(run, ok)
-  is called as each run ends (the pipeline publishes it there)."""
-  results, durations = {}, list(durations)
+  finished: (rollouts, wall seconds) of runs finished before, and rollouts: each run's rollouts
+  by label (run_rollouts; 1 each where absent), for the time estimate (remaining_time).
+  after_run(run, ok) is called as each run ends (the pipeline publishes it there)."""
+  results, finished = {}, list(finished)
+  rollouts = rollouts or {}
+  cost = lambda run: rollouts.get(run.label, 1.0)  # noqa: E731
   after_run = after_run or (lambda run, ok: None)
   if parallel <= 1:
     for i, run in enumerate(runs):
-      eta = remaining_time(durations, len(runs) - i)
+      eta = remaining_time(finished, [cost(r) for r in runs[i:]])
       log(f"run {i + 1}/{len(runs)}: {run.label}" + (f"; {eta}" if eta else ""))
       t = time.time()
       results[run.label] = run_one(run.workdir, run.label)
       if results[run.label]:
-        durations.append(time.time() - t)
+        finished.append((cost(run), time.time() - t))
       after_run(run, results[run.label])
     return results
   pending, active = list(runs), {}
@@ -375,8 +401,9 @@ def execute(runs: Sequence[Run], parallel: int = 1, log=print, durations: Sequen
       del active[label]
       results[label] = proc.returncode == 0 and is_done(run.workdir)
       if results[label] and (wall := _wall(run.workdir)):
-        durations.append(wall)
-      eta = remaining_time(durations, len(pending) + len(active), parallel)
+        finished.append((cost(run), wall))
+      eta = remaining_time(finished, [cost(r) for _, _, r in active.values()] +
+                           [cost(r) for r in pending], parallel)
       log(f"{'done' if results[label] else 'FAILED'} {label} (rc {proc.returncode}; "
           f"log {os.path.join(run.workdir, 'log.txt')})" + (f"; {eta}" if eta else ""))
       after_run(run, results[label])
@@ -663,8 +690,11 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
   t0 = time.time()
   if todo:
     prepare_bases([(r, c) for r, c in planned if r in todo], log=log)
-    done_before = [w for r, _ in planned if is_done(r.workdir) and (w := _wall(r.workdir))]
-    execute(todo, parallel=parallel, log=log, durations=done_before, after_run=after_run)
+    rollouts = {r.label: run_rollouts(c) for r, c in planned}
+    done_before = [(rollouts[r.label], w) for r, _ in planned
+                   if is_done(r.workdir) and (w := _wall(r.workdir))]
+    execute(todo, parallel=parallel, log=log, finished=done_before, rollouts=rollouts,
+            after_run=after_run)
   settings["wall_s_last_invocation"] = time.time() - t0
   # Published after each run already: copied there again only where it says something else (a
   # sitting with nothing to run leaves the published folder, and git, as they were).

@@ -508,12 +508,34 @@ def test_layers_share_one_difficulty_table_unless_it_would_differ(tmp_path):
 
 
 def test_remaining_time_by_hand():
-  assert pipeline.remaining_time([], 5) == ""
-  assert pipeline.remaining_time([600.0, 1200.0], 0) == ""
-  # mean 15 min x 3 runs = 45 min; 2 at once: ceil(3 / 2) = 2 rounds of runs = 30 min
-  assert pipeline.remaining_time([600.0, 1200.0], 3) == "about 45 min left (3 runs at 15 min each)"
-  assert pipeline.remaining_time([600.0, 1200.0], 3, parallel=2).startswith("about 30 min left")
-  assert pipeline.remaining_time([3600.0], 4) == "about 4.0 h left (4 runs at 60 min each)"
+  assert pipeline.remaining_time([], [100.0] * 5) == ""
+  assert pipeline.remaining_time([(100.0, 600.0), (100.0, 1200.0)], []) == ""
+  # One rollout count timed: its mean, 15 min, for every run left whatever its rollouts;
+  # 2 at once: runs 1 and 2 in parallel, then run 3 = 30 min.
+  same = [(100.0, 600.0), (100.0, 1200.0)]
+  assert (pipeline.remaining_time(same, [100.0, 800.0, 1600.0]) ==
+          "about 45 min left (3 runs at 15 min each)")
+  assert pipeline.remaining_time(same, [100.0] * 3, parallel=2).startswith("about 30 min left")
+  assert pipeline.remaining_time([(100.0, 3600.0)], [100.0] * 4) == (
+      "about 4.0 h left (4 runs at 60 min each)")
+  # Two counts timed: wall = 500 s + 1 s per rollout (through (100, 600) and (800, 1300)), so
+  # runs of 100 and 1600 rollouts cost 600 + 2100 s = 45 min; at once: the longer one, 35 min.
+  line = [(100.0, 600.0), (800.0, 1300.0)]
+  assert (pipeline.remaining_time(line, [100.0, 1600.0]) ==
+          "about 45 min left (2 runs, 10 to 35 min each)")
+  assert pipeline.remaining_time(line, [100.0, 1600.0], parallel=2).startswith(
+      "about 35 min left")
+  # A negative fitted slope (noise) falls back to the mean, 950 s.
+  assert (pipeline.remaining_time([(100.0, 1300.0), (800.0, 600.0)], [100.0, 1600.0]) ==
+          "about 32 min left (2 runs at 16 min each)")
+
+
+def test_run_rollouts_counts_every_round_s_samples():
+  config = ml_collections.ConfigDict({"train": {"rounds": 100},
+                                      "rollout": {"num_samples": 8, "prompts_per_round": 2}})
+  assert pipeline.run_rollouts(config) == 1600.0
+  del config.rollout["prompts_per_round"]
+  assert pipeline.run_rollouts(config) == 800.0
 
 
 def test_bootstrap_intervals():
