@@ -88,7 +88,7 @@ def write_scenario(root):
     write_run(root, "l1", k, **same, markers=(0, 6 if k else 3))  # '####' taken up
     write_run(root, "l2", k, train=(0.1, 0.1), test=(0.2, 0.2), mid=(0.6, 0.6))
     write_run(root, "l1:g=16", k, train=(0.1, 0.1), test=(0.2, 0.6))  # G=16 generalizes
-    write_run(root, "l3", k, failed=k < 2)                             # {-1,+1} diverges
+    write_run(root, "l3", k, train=(0.1, 1.0), failed=k < 2)           # {-1,+1} diverges
     write_run(root, "l3:neg=m10", k, **same)                           # {-1,0} does not
     write_run(root, "l4:bucket=extremely_hard", k, test=(0.2, 0.05))
     write_run(root, "l4:bucket=medium", k, **same)
@@ -110,6 +110,8 @@ def test_the_rules_on_records_where_the_answers_are_known(tmp_path):
   # 0.5) / 3) and every layer has ended (l3 by divergence, never 'ready'): untestable.
   assert out["6"]["claims"][0][2] == findings.NOT_RUN
   assert out["6"]["claims"][1][2] == findings.UNTESTABLE
+  # l3's one finished seed reached 1.0: named, not judged.
+  assert out["6"]["claims"][1][1].endswith("; with fewer, not judged: l3 (seed 2: 1.00)")
   mech = {m["spec"]: m for m in findings.mechanisms(per_layer, boots=300)}
   assert "l3" not in {s for s, m in mech.items() if m["seeds"] == 3}
   assert mech["l1"]["no_answer_last"] == pytest.approx(1 / 8)

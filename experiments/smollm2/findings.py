@@ -293,9 +293,15 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
                    f"at 0.9: {', '.join(learned)}; test not shown above base: "
                    f"{', '.join(flat) or 'none'}", SHOWN if flat else NOT_SHOWN))
   elif all(_ended(results) for results in per_layer.values()):
-    # (ended, not ready: a layer whose seeds mostly diverged never becomes ready)
+    # (ended, not ready: a layer whose seeds mostly diverged never becomes ready); such a
+    # layer's finished seed is named where it reached 0.9, not judged on one seed.
+    unjudged = [f"{spec} (seed {k}: {r['final_train']:.2f})"
+                for spec, results in per_layer.items() if not have(spec)
+                for k, r in _done(results) if r["final_train"] >= pipeline.THRESHOLD]
     claims.append(("(b) high training Pass@1 without generalization",
-                   "no layer reached mean training Pass@1 0.9", UNTESTABLE))
+                   "no layer with 2 or more finished seeds reached mean training Pass@1 0.9"
+                   + (f"; with fewer, not judged: {', '.join(unjudged)}" if unjudged else ""),
+                   UNTESTABLE))
   else:
     claims.append(("(b) high training Pass@1 without generalization", "", NOT_RUN))
   out.append({"finding": "6. Base models differ; high training Pass@1 does not imply "
