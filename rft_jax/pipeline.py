@@ -349,10 +349,12 @@ def remaining_time(finished: Sequence[tuple[float, float]], left: Sequence[float
   if len(set(x.tolist())) > 1:
     slope = float(np.polyfit(x, y, 1)[0])
   slope = max(slope, 0.0)
-  costs = [float(np.mean(y) + slope * (r - np.mean(x))) for r in left]
+  # (no run left is taken to be cheaper than the cheapest finished one: the line's intercept
+  # can fall below 0 where the fit extrapolates down)
+  costs = [max(float(np.mean(y) + slope * (r - np.mean(x))), float(y.min())) for r in left]
   slots = [0.0] * max(1, parallel)
   for cost in costs:
-    slots[slots.index(min(slots))] += max(cost, 0.0)
+    slots[slots.index(min(slots))] += cost
   total = max(slots)
   when = f"{total / 3600:.1f} h" if total >= 5400 else f"{total / 60:.0f} min"
   low, high = round(min(costs) / 60), round(max(costs) / 60)
@@ -376,10 +378,9 @@ def execute(runs: Sequence[Run], parallel: int = 1, log=print,
     for i, run in enumerate(runs):
       eta = remaining_time(finished, [cost(r) for r in runs[i:]])
       log(f"run {i + 1}/{len(runs)}: {run.label}" + (f"; {eta}" if eta else ""))
-      t = time.time()
       results[run.label] = run_one(run.workdir, run.label)
-      if results[run.label]:
-        finished.append((cost(run), time.time() - t))
+      if results[run.label] and (wall := _wall(run.workdir)):  # all sittings' time, as below
+        finished.append((cost(run), wall))
       after_run(run, results[run.label])
     return results
   pending, active = list(runs), {}
@@ -781,7 +782,8 @@ def seed_result(workdir: str) -> dict:
       summary = json.load(f)
     out.update(status="done", wall_s=summary.get("wall_s"), rounds=summary.get("rounds"),
                questions=summary.get("training_questions"))
-  out["evals"] = _base_and_final_evals(workdir) if out["status"] == "done" else {}
+  out["evals"] = (_base_and_final_evals(workdir, out["rounds"]) if out["status"] == "done"
+                 else {})
   out.update(
       base_train=train[0][1] if train and train[0][0] == 0 else None,
       base_test=test[0][1] if test and test[0][0] == 0 else None,
@@ -792,37 +794,54 @@ def seed_result(workdir: str) -> dict:
   return out
 
 
-def _base_and_final_evals(workdir: str) -> dict:
-  """{'base': ..., 'final': ...}: the per-sample rewards of round 0 and of the last evaluation
-  (rft_jax.evaluation.save_rewards), for the runs that kept them."""
+def _base_and_final_evals(workdir: str, rounds: int | None) -> dict:
+  """{'base': ..., 'final': ...}: the per-sample rewards of round 0 and of round `rounds` (the
+  run's last, from its summary; rft_jax.evaluation.save_rewards), for the runs that kept both.
+  {} where either is missing, or where the last one scored fewer test questions than the base
+  (a curve evaluation): a final Pass@1 from another question set is not comparable."""
   from rft_jax import evaluation, train
 
   folder = os.path.join(workdir, train.EVALS_DIR)
-  if not os.path.isdir(folder):
+  paths = [evaluation.rewards_path(folder, r) for r in (0, rounds)] if rounds else []
+  if not paths or not all(os.path.exists(p) for p in paths):
     return {}
-  files = sorted(f for f in os.listdir(folder) if f.startswith("round_") and f.endswith(".json"))
-  if not files or files[0] != "round_000000.json":
+  base, final = (evaluation.load_rewards(p) for p in paths)
+  if len(final.get("test_ids", ())) < len(base.get("test_ids", ())):
     return {}
-  return {"base": evaluation.load_rewards(os.path.join(folder, files[0])),
-          "final": evaluation.load_rewards(os.path.join(folder, files[-1]))}
+  return {"base": base, "final": final}
+
+
+def pairable(a: dict, b: dict, key: str) -> bool:
+  """Whether two evaluations' `key` rewards ('test', 'test_greedy', 'train') can be paired
+  sample by sample: the same question ids in the same order, and the same shape."""
+  ids = "train_ids" if key == "train" else "test_ids"
+  return (a.get(ids) is not None and list(a[ids]) == list(b.get(ids) or [])
+          and np.shape(a[key]) == np.shape(b[key]))
 
 
 def bootstrap(a: Sequence, b: Sequence | None = None, *, paired: bool = True, boots: int = 2000,
               seed: int = 0) -> tuple[float, float, float]:
   """(estimate, low, high): a 95% percentile bootstrap interval of
 
-      mean over seeds s of mean_i a[s][i]    (minus the same of b, when given)
+      mean over seeds s of mean a[s]    (minus the same of b, when given)
 
-  a, b: per seed (index = seed), the 0/1 rewards of one evaluation (questions, or question x
-  sample). Two levels, since both vary: seeds are resampled with replacement (training
-  randomness), then each chosen seed's samples (evaluation randomness). Paired (same questions,
-  same evaluation rng: rft_jax.evaluation's common random numbers) resamples the same indices
-  of a[s] and b[s], so the difference's interval is as narrow as the pairing allows."""
-  a = [np.asarray(x, float).ravel() for x in a]
-  b = None if b is None else [np.asarray(x, float).ravel() for x in b]
+  a, b: per seed (index = seed), the 0/1 rewards of one evaluation: [questions] (one sample
+  each), or [questions, samples]. Two levels, since both vary: seeds are resampled with
+  replacement (training randomness), then each chosen seed's questions (evaluation randomness);
+  a [questions, samples] array is resampled by question (its samples are one cluster), or by
+  sample where it holds one question. Paired (the same questions in the same order on both
+  sides, `pairable`; across layers at one seed and round also the same random numbers) resamples
+  the same questions of a[s] and b[s], so the difference's interval is as narrow as the pairing
+  allows. Few seeds: the seed level's percentiles come from at most n^n resamples of n values
+  (3 seeds: about the range of the 3 per-seed values), so its width is a lower bound; findings
+  that rest on it say so."""
+  a = [_clusters(x) for x in a]
+  b = None if b is None else [_clusters(x) for x in b]
   if not a or (b is not None and len(b) != len(a)):
     raise ValueError(f"need the same number of seeds on both sides, got {len(a)} and "
                      f"{None if b is None else len(b)}")
+  if any(x.size == 0 for x in a + (b or [])):
+    raise ValueError("a seed without samples")
   if paired and b is not None and any(x.shape != y.shape for x, y in zip(a, b)):
     raise ValueError("paired samples need the same number of samples per seed")
   estimate = float(np.mean([x.mean() for x in a]))
@@ -833,21 +852,30 @@ def bootstrap(a: Sequence, b: Sequence | None = None, *, paired: bool = True, bo
   for t in range(boots):
     total = 0.0
     for s in rng.integers(0, len(a), len(a)):
-      i = rng.integers(0, a[s].size, a[s].size)
+      i = rng.integers(0, len(a[s]), len(a[s]))
       total += a[s][i].mean()
       if b is not None:
-        j = i if paired else rng.integers(0, b[s].size, b[s].size)
+        j = i if paired else rng.integers(0, len(b[s]), len(b[s]))
         total -= b[s][j].mean()
     stats[t] = total / len(a)
   low, high = np.percentile(stats, [2.5, 97.5])
   return estimate, float(low), float(high)
 
 
-def _interval(x: tuple[float, float, float] | None, signed: bool = False) -> str:
+def _clusters(x) -> np.ndarray:
+  """Rewards as [units, samples per unit]: the units a bootstrap draws (bootstrap)."""
+  x = np.asarray(x, float)
+  if x.ndim <= 1 or x.shape[0] == 1:
+    return x.reshape(-1, 1)
+  return x.reshape(x.shape[0], -1)
+
+
+def _interval(x: tuple | None, signed: bool = False) -> str:
   if x is None:
     return "–"
   sign = "+" if signed else ""
-  return f"{x[0]:{sign}.3f} [{x[1]:{sign}.3f}, {x[2]:{sign}.3f}]"
+  unpaired = " (unpaired)" if x[3:] == ("unpaired",) else ""
+  return f"{x[0]:{sign}.3f} [{x[1]:{sign}.3f}, {x[2]:{sign}.3f}]{unpaired}"
 
 
 def paired_rows(per_layer: dict[str, list[dict]]) -> list[dict]:
@@ -868,18 +896,25 @@ def paired_rows(per_layer: dict[str, list[dict]]) -> list[dict]:
         continue
       final = [runs[k]["final"][key] for k in have]
       row[name] = bootstrap(final)
-      row[f"{name}_vs_base"] = bootstrap(final, [runs[k]["base"][key] for k in have])
+      row[f"{name}_vs_base"] = paired_difference([runs[k]["final"] for k in have],
+                                                 [runs[k]["base"] for k in have], key)
       both = [k for k in have if key in parent.get(k, {}).get("final", {})]
       if row["parent"] and both:
-        ids = "test_ids" if key != "train" else "train_ids"
-        mine, theirs = [runs[k]["final"] for k in both], [parent[k]["final"] for k in both]
-        same = all(m[ids] == t[ids] and m[key].shape == t[key].shape
-                   for m, t in zip(mine, theirs))
-        row[f"{name}_vs_parent"] = bootstrap([m[key] for m in mine], [t[key] for t in theirs],
-                                             paired=same)
+        row[f"{name}_vs_parent"] = paired_difference(
+            [runs[k]["final"] for k in both], [parent[k]["final"] for k in both], key)
         row[f"{name}_vs_parent_seeds"] = len(both)
     out.append(row)
   return out
+
+
+def paired_difference(mine: Sequence[dict], theirs: Sequence[dict], key: str,
+                      boots: int = 2000) -> tuple:
+  """bootstrap of mine[s][key] - theirs[s][key] (evaluations of the same seeds, in order):
+  paired where every seed's two sides are `pairable`, else unpaired; a fourth element
+  'unpaired' says so (the report marks it)."""
+  paired = all(pairable(m, t, key) for m, t in zip(mine, theirs, strict=True))
+  iv = bootstrap([m[key] for m in mine], [t[key] for t in theirs], paired=paired, boots=boots)
+  return iv if paired else (*iv, "unpaired")
 
 
 def layer_result(results: Sequence[dict]) -> dict:
@@ -1072,8 +1107,8 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
   if paired:
     out += ["", "With intervals (95% two-level bootstrap over seeds and evaluation samples, "
             "rft_jax.pipeline.bootstrap): final Pass@1 of the complete runs, its difference from "
-            "the parent layer (paired by seed and question) and from the run's own base policy. "
-            "An interval that holds 0 is a difference not shown.", "",
+            "the parent layer (paired by seed and question, unless marked unpaired) and from the "
+            "run's own base policy. An interval that holds 0 is a difference not shown.", "",
             "| layer | seeds | test Pass@1 | Δ vs parent | Δ vs base | greedy | Δ greedy vs "
             "parent | training Pass@1 | Δ training vs base |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -882,6 +882,7 @@ def restore_phase(loop: Loop, ckpt: checkpoint_lib.Checkpointer, state: TrainSta
   except errors.RunInterrupted:  # a SIGTERM during the restore, not a bad checkpoint
     raise
   except Exception as e:  # a corrupt or partly deleted step folder
+    _Signals.raise_if_swallowed()  # or a SIGTERM that orbax's threads turned into another error
     raise errors.CheckpointReadError(
         f"checkpoint round {step} in {ckpt.directory} cannot be read ({type(e).__name__}: "
         f"{errors.short_reason(str(e))}); delete "

@@ -181,11 +181,14 @@ def test_side_by_side_judges_the_toy_by_the_same_rules(tmp_path, capsys):
   table = text.split("## SmolLM2-135M-Instruct")[0]
   rows = {line.split(" | ")[0][2:4]: line.split(" | ")[1:] for line in table.splitlines()
           if line.startswith("| ") and line[2].isdigit()}
-  # finding -> [paper, toy, SmolLM2]
+  # finding -> [paper, toy, toy with the seeds' t-intervals, SmolLM2, SmolLM2 with them]
+  # (the scenario's seeds agree exactly, so the t-intervals judge alike)
+  waiting = "waiting (layers not run)"
   assert rows["1."] == ["reported: the optimal arm is learned; test Pass@1 rises by up to +0.5; "
-                        "seeds vary a lot", "reproduced (a; b)", "waiting (layers not run) |"]
-  assert rows["3."][1:] == ["not shown", "waiting (layers not run) |"]
-  assert rows["4."][1] == "partly ({-1, +1}; not {-1, 0})"
+                        "seeds vary a lot", "reproduced (a; b)", "reproduced (a; b)", waiting,
+                        waiting + " |"]
+  assert rows["3."][1:] == ["not shown", "not shown", waiting, waiting + " |"]
+  assert rows["4."][1] == rows["4."][2] == "partly ({-1, +1}; not {-1, 0})"
   # 6a on the toy's side: gain 0 against SmolLM2's +0.3, shown; 6b: no toy layer at 0.9.
   assert rows["6."][1] == "partly (a; not b)"
   assert "toy gain - SmolLM2 gain -0.300" in text and "SmolLM2 gain - toy gain +0.300" in text
@@ -201,3 +204,34 @@ def test_toy_records_of_l1_alone_serve_6a_only(tmp_path, capsys):
   text = capsys.readouterr().out
   assert "Side by side" not in text and "The embedded toy" not in text
   assert "SmolLM2 gain - toy gain +0.300" in text
+
+
+def test_seed_interval_by_hand():
+  # [1, 2, 3]: mean 2, sd 1, se 1 / sqrt 3; t(0.975, 2 df) = 4.3027.
+  est, low, high = findings.seed_interval([1.0, 2.0, 3.0])
+  assert est == 2.0 and high - est == pytest.approx(4.3027 / np.sqrt(3), abs=1e-4)
+  assert low == pytest.approx(2 * est - high)
+  # Welch: [1, 2, 3] - [0, 0, 1]: se^2 = 1/3 + (1/3)/3 = 4/9; df = (4/9)^2 / ((1/3)^2 / 2 +
+  # (1/9)^2 / 2) = 3.2; t(0.975, 3.2) = 3.0718 (table value by interpolation: scipy).
+  est, low, high = findings.seed_interval([1.0, 2.0, 3.0], [0.0, 0.0, 1.0])
+  assert est == pytest.approx(5 / 3)
+  assert high - est == pytest.approx(2 / 3 * 3.0718, abs=2e-3)
+  assert np.isnan(findings.seed_interval([0.5])[1])  # one seed: no interval
+  assert findings.fmt(findings.seed_interval([0.5])) == "+0.500 (no interval: one seed)"
+
+
+def test_seed_level_is_stricter_where_the_seeds_disagree(tmp_path):
+  """L0's test gains +0.6, +0.6, +0.15: the two-level bootstrap's seed level spans about
+  [+0.15, +0.6] and shows the rise; the t-interval over the three gains (mean 0.45, sd 0.26,
+  half-width 4.30 x 0.15 = 0.65) holds 0: not shown."""
+  for k, final in enumerate((0.8, 0.8, 0.35)):
+    write_run(tmp_path, "l0", k, test=(0.2, final))
+  per_layer = findings.load(str(tmp_path), pipeline.parse_layers("smollm2"))
+  shown = {level: dict((c, s) for c, _, s in
+                       findings.judge(per_layer, boots=300, seed_level=level)[0]["claims"])
+           for level in (False, True)}
+  claim = "(b) L0's test Pass@1 rises above its base's"
+  assert shown[False][claim] == findings.SHOWN and shown[True][claim] == findings.NOT_SHOWN
+  est, low, high = findings.difference(per_layer, "l0", None, seed_level=True)
+  assert est == pytest.approx(0.45) and high - est == pytest.approx(
+      4.3027 * np.std([0.6, 0.6, 0.15], ddof=1) / np.sqrt(3), abs=1e-3)

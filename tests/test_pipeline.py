@@ -525,6 +525,10 @@ def test_remaining_time_by_hand():
           "about 45 min left (2 runs, 10 to 35 min each)")
   assert pipeline.remaining_time(line, [100.0, 1600.0], parallel=2).startswith(
       "about 35 min left")
+  # Extrapolated below the cheapest finished run (the line through (800, 600) and
+  # (1600, 2000) is at -1000 s at 100 rollouts): that run's 600 s instead.
+  assert (pipeline.remaining_time([(800.0, 600.0), (1600.0, 2000.0)], [100.0]) ==
+          "about 10 min left (1 run at 10 min each)")
   # A negative fitted slope (noise) falls back to the mean, 950 s.
   assert (pipeline.remaining_time([(100.0, 1300.0), (800.0, 600.0)], [100.0, 1600.0]) ==
           "about 32 min left (2 runs at 16 min each)")
@@ -567,3 +571,47 @@ def test_bootstrap_intervals():
     pipeline.bootstrap(a, a[:2])
   with pytest.raises(ValueError, match="same number of samples"):
     pipeline.bootstrap(a, [x[:10] for x in a])
+  with pytest.raises(ValueError, match="without samples"):
+    pipeline.bootstrap([np.zeros(0)])
+
+
+def test_bootstrap_resamples_questions_not_their_samples():
+  """[questions, samples] rewards: each question's samples are one cluster. 20 questions, 50
+  samples each, every sample of a question equal (10 questions all 1, 10 all 0): resampling
+  questions gives the interval of 20 coin flips, 0.5 +- 1.96 sqrt(0.25 / 20) = +- 0.22;
+  resampling the 1,000 samples alone would claim +- 0.03. One question: its samples are drawn."""
+  clustered = [np.repeat(np.r_[np.ones(10), np.zeros(10)][:, None], 50, axis=1)]
+  est, low, high = pipeline.bootstrap(clustered, boots=4000)
+  assert est == 0.5 and low == pytest.approx(0.28, abs=0.04) and high == pytest.approx(
+      0.72, abs=0.04)
+  one = [np.r_[np.ones(750), np.zeros(1750)][None, :]]
+  est, low, high = pipeline.bootstrap(one, boots=4000)
+  assert est == 0.3 and low == pytest.approx(0.3 - 0.018, abs=0.003)
+
+
+def test_paired_differences_pair_only_the_same_questions_in_order():
+  a = {"test_ids": ["q0", "q1", "q2"], "test": np.array([1.0, 0.0, 1.0])}
+  same = {"test_ids": ["q0", "q1", "q2"], "test": np.array([1.0, 0.0, 0.0])}
+  reordered = {"test_ids": ["q2", "q1", "q0"], "test": np.array([0.0, 0.0, 1.0])}
+  assert pipeline.pairable(a, same, "test") and not pipeline.pairable(a, reordered, "test")
+  assert len(pipeline.paired_difference([a], [same], "test")) == 3
+  iv = pipeline.paired_difference([a], [reordered], "test")
+  assert iv[3] == "unpaired" and iv[0] == pytest.approx(1 / 3)
+  assert pipeline._interval(iv, True).endswith(" (unpaired)")
+
+
+def test_the_final_evaluation_is_the_last_round_s_not_the_last_file(tmp_path):
+  """A run's 'final' rewards are those of round `rounds` (its summary); a curve evaluation on
+  fewer test questions than the base is not a final one."""
+  from rft_jax import evaluation
+
+  folder = str(tmp_path / "evals")
+  ids = [f"t{i}" for i in range(4)]
+  for r, n in ((0, 4), (50, 2), (100, 4), (150, 2)):
+    evaluation.save_rewards(folder, r, {"train": np.ones((1, 2)), "test": np.full(n, r)},
+                            ["q"], ids[:n])
+  evals = pipeline._base_and_final_evals(str(tmp_path), 100)
+  assert evals["base"]["test"].tolist() == [0] * 4 and evals["final"]["test"].tolist() == [100] * 4
+  assert pipeline._base_and_final_evals(str(tmp_path), 150) == {}  # 2 of the base's 4 questions
+  assert pipeline._base_and_final_evals(str(tmp_path), 200) == {}  # no such round
+  assert pipeline._base_and_final_evals(str(tmp_path), None) == {}

@@ -689,6 +689,17 @@ def test_a_stop_signal_during_a_restore_is_not_a_bad_checkpoint():
   with pytest.raises(errors.RunInterrupted):
     train.restore_phase(None, Stopped(), {})
 
+  class Wrapped(Stopped):  # the signal's exception came back as another one
+    def restore(self, target, step):
+      raise RuntimeError("restore failed")
+
+  with train._Signals() as stop:
+    stop.signum = signal.SIGTERM
+    with pytest.raises(errors.RunInterrupted, match="^stopped by SIGTERM before the first"):
+      train.restore_phase(None, Wrapped(), {})
+  with pytest.raises(errors.CheckpointReadError):  # no signal: a bad checkpoint
+    train.restore_phase(None, Wrapped(), {})
+
 
 # -- one run per workdir, up-front refusals -------------------------------------------------------
 

@@ -40,19 +40,26 @@ the finished seeds. A sub-claim whose layers are not ready is "not run" and the 
    over the base (final minus base) differs between SmolLM2 and the embedded default (--toy;
    unpaired across bases); (b) some SmolLM2 layer reaches mean final training Pass@1 >= 0.9
    while its test Pass@1 is not shown above its base's (untestable, counted as not shown,
-   when every layer has ended and none reaches 0.9; "ended", not "ready", since 2026-11-30,
-   before any layer ran: a layer whose seeds mostly diverged is never ready, and 6b waited on
-   it for ever).
+   when every layer has ended and none with 2 or more finished seeds reaches 0.9; "ended", not
+   "ready", since 2026-11-30, before any layer ran: a layer whose seeds mostly diverged is never
+   ready, and 6b waited on it for ever).
+
+Beside each verdict (added 2026-11-30, when only L0 seeds 0 and 1 had finished): the same rules
+with t-intervals over the seeds' own differences in place of the bootstrap (columns of
+their own; seed_interval), since the bootstrap's seed level with 3 seeds spans about the range of
+the three values.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import sys
 
 import numpy as np
+import scipy.stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
@@ -107,30 +114,54 @@ def _ready(per_layer, *specs, seeds: int = SEEDS) -> bool:
   return True
 
 
+def seed_interval(values, others=None) -> tuple[float, float, float]:
+  """(mean, low, high): a 95% t-interval over seeds, of the mean of `values` (one per seed;
+  t with n - 1 df), or with `others`, of mean(values) - mean(others) (unpaired, Welch's df).
+  (mean, nan, nan) with fewer than 2 values on a side: no interval (nothing is shown)."""
+  x = np.asarray(values, float)
+  y = None if others is None else np.asarray(others, float)
+  est = float(x.mean() - (0.0 if y is None else y.mean()))
+  if x.size < 2 or (y is not None and y.size < 2):
+    return est, float("nan"), float("nan")
+  vx = x.var(ddof=1) / x.size
+  if y is None:
+    se, df = np.sqrt(vx), x.size - 1
+  else:
+    vy = y.var(ddof=1) / y.size
+    se = np.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1)) if se else 1.0
+  half = float(scipy.stats.t.ppf(0.975, df) * se)
+  return est, est - half, est + half
+
+
 def difference(per_layer, spec_a: str, spec_b: str | None, key: str = "test",
-               boots: int = 2000) -> tuple[float, float, float]:
+               boots: int = 2000, seed_level: bool = False) -> tuple[float, float, float]:
   """Final `key` rewards of spec_a minus those of spec_b (None: minus spec_a's own base), over
-  the seeds both have; paired by seed and question when both sides scored the same ones."""
+  the seeds both have: the two-level bootstrap, paired by seed and question when both sides
+  scored the same ones (pipeline.paired_difference); seed_level: the t-interval of the
+  per-seed differences (seed_interval)."""
   a = dict(_done(per_layer[spec_a]))
   if spec_b is None:
     seeds = sorted(a)
-    return pipeline.bootstrap([a[k]["evals"]["final"][key] for k in seeds],
-                              [a[k]["evals"]["base"][key] for k in seeds], boots=boots)
-  b = dict(_done(per_layer[spec_b]))
-  seeds = sorted(a.keys() & b.keys())
-  mine = [a[k]["evals"]["final"] for k in seeds]
-  theirs = [b[k]["evals"]["final"] for k in seeds]
-  ids = "train_ids" if key == "train" else "test_ids"
-  paired = all(m[ids] == t[ids] and m[key].shape == t[key].shape for m, t in zip(mine, theirs))
-  return pipeline.bootstrap([m[key] for m in mine], [t[key] for t in theirs], paired=paired,
-                            boots=boots)
+    mine = [a[k]["evals"]["final"] for k in seeds]
+    theirs = [a[k]["evals"]["base"] for k in seeds]
+  else:
+    b = dict(_done(per_layer[spec_b]))
+    seeds = sorted(a.keys() & b.keys())
+    mine = [a[k]["evals"]["final"] for k in seeds]
+    theirs = [b[k]["evals"]["final"] for k in seeds]
+  if seed_level:
+    return seed_interval([np.mean(m[key]) - np.mean(t[key]) for m, t in zip(mine, theirs)])
+  return pipeline.paired_difference(mine, theirs, key, boots=boots)
 
 
 def gain_difference(a_results: list[dict], b_results: list[dict], key: str = "test",
-                    boots: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+                    boots: int = 2000, seed: int = 0,
+                    seed_level: bool = False) -> tuple[float, float, float]:
   """(final - base) of one base model's runs minus the same of another's (different test sets:
   unpaired across the two; each gain paired within its own runs). Two-level bootstrap on each
-  side (seeds, then questions), as pipeline.bootstrap."""
+  side (seeds, then questions), as pipeline.bootstrap; seed_level: Welch's t-interval of the
+  two sides' per-seed gains (seed_interval)."""
   sides = []
   for results in (a_results, b_results):
     runs = [r["evals"] for _, r in _done(results)]
@@ -138,6 +169,9 @@ def gain_difference(a_results: list[dict], b_results: list[dict], key: str = "te
       raise ValueError("a side without complete runs")
     sides.append([(np.asarray(e["final"][key], float).ravel(),
                    np.asarray(e["base"][key], float).ravel()) for e in runs])
+  if seed_level:
+    return seed_interval(*([final.mean() - base.mean() for final, base in side]
+                           for side in sides))
 
   def gain(side, rng=None):
     total = 0.0
@@ -163,6 +197,8 @@ def below(iv) -> bool:
 
 
 def fmt(iv) -> str:
+  if np.isnan(iv[1]):
+    return f"{iv[0]:+.3f} (no interval: one seed)"
   return f"{iv[0]:+.3f} [{iv[1]:+.3f}, {iv[2]:+.3f}]"
 
 
@@ -191,10 +227,15 @@ def verdict(claims: list[tuple[str, str, str]]) -> str:
 
 
 def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None = None,
-          boots: int = 2000, names: tuple[str, str] = ("SmolLM2", "toy")) -> list[dict]:
+          boots: int = 2000, names: tuple[str, str] = ("SmolLM2", "toy"),
+          seed_level: bool = False) -> list[dict]:
   """The six findings: [{'finding', 'claims': [(claim, evidence, state)], 'verdict'}].
-  other: the other base's records (finding 6a); names: (this base, the other) for the text."""
+  other: the other base's records (finding 6a); names: (this base, the other) for the text;
+  seed_level: every interval a t-interval over the seeds' own differences instead of the
+  pre-registered two-level bootstrap (seed_interval)."""
   have = lambda *specs: _ready(per_layer, *specs)
+  diff = functools.partial(difference, boots=boots, seed_level=seed_level)
+  gain_diff = functools.partial(gain_difference, boots=boots, seed_level=seed_level)
   out = []
 
   claims = []
@@ -203,7 +244,7 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
     claims.append(("(a) L0 reaches training Pass@1 0.9 in >= 2 of 3 seeds",
                    f"{reached} of {len(_done(per_layer['l0']))} seeds",
                    SHOWN if reached >= 2 else NOT_SHOWN))
-    iv = difference(per_layer, "l0", None, boots=boots)
+    iv = diff(per_layer, "l0", None)
     claims.append(("(b) L0's test Pass@1 rises above its base's", f"final - base {fmt(iv)}",
                    SHOWN if above(iv) else NOT_SHOWN))
   else:
@@ -214,7 +255,7 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
 
   claims = []
   if have("l1", "l2"):
-    iv = difference(per_layer, "l2", "l1", boots=boots)
+    iv = diff(per_layer, "l2", "l1")
     claims.append(("(a) L2's test Pass@1 is not above L1's", f"L2 - L1 {fmt(iv)}{ABSENCE}",
                    NOT_SHOWN if above(iv) else SHOWN))
     l1 = [instability(r) for _, r in _done(per_layer["l1"])]
@@ -233,7 +274,7 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
   if have(*(spec for spec, _ in ROLLOUTS)):
     gains = []
     for (small, g_small), (large, g_large) in itertools.combinations(ROLLOUTS, 2):
-      iv = difference(per_layer, large, small, boots=boots)
+      iv = diff(per_layer, large, small)
       gains.append((f"G={g_large} - G={g_small} {fmt(iv)}", above(iv)))
     claims.append(("no larger G has a higher test Pass@1 than a smaller G",
                    "; ".join(text for text, _ in gains) + ABSENCE,
@@ -253,8 +294,8 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
     elif not have("l1", spec):
       claims.append((claim, "", NOT_RUN))
     else:
-      vs_l1 = difference(per_layer, spec, "l1", key="train", boots=boots)
-      vs_base = difference(per_layer, spec, None, key="train", boots=boots)
+      vs_l1 = diff(per_layer, spec, "l1", key="train")
+      vs_base = diff(per_layer, spec, None, key="train")
       claims.append((claim, f"training Pass@1 - L1's {fmt(vs_l1)}; - its base's "
                      f"{fmt(vs_base)}; {stops} seed(s) stopped or flagged",
                      SHOWN if below(vs_l1) or below(vs_base) else NOT_SHOWN))
@@ -268,8 +309,8 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
     if not have("l1", spec):
       claims.append((claim, "", NOT_RUN))
       continue
-    vs_base = difference(per_layer, spec, None, boots=boots)
-    vs_l1 = difference(per_layer, spec, "l1", boots=boots)
+    vs_base = diff(per_layer, spec, None)
+    vs_l1 = diff(per_layer, spec, "l1")
     fell = below(vs_base) or below(vs_l1)
     claims.append((claim, f"final - base {fmt(vs_base)}; - L1's {fmt(vs_l1)}"
                    + ("" if want else ABSENCE), SHOWN if fell == want else NOT_SHOWN))
@@ -278,7 +319,7 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
 
   claims = []
   if other is not None and have("l1") and _ready(other, "l1"):
-    iv = gain_difference(per_layer["l1"], other["l1"], boots=boots)
+    iv = gain_diff(per_layer["l1"], other["l1"])
     claims.append(("(a) L1's test gain differs between SmolLM2 and the embedded default",
                    f"{names[0]} gain - {names[1]} gain {fmt(iv)}",
                    SHOWN if above(iv) or below(iv) else NOT_SHOWN))
@@ -287,8 +328,7 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
   learned = [spec for spec in per_layer if have(spec) and np.mean(
       [r["final_train"] for _, r in _done(per_layer[spec])]) >= pipeline.THRESHOLD]
   if learned:
-    flat = [spec for spec in learned if not above(difference(per_layer, spec, None,
-                                                             boots=boots))]
+    flat = [spec for spec in learned if not above(diff(per_layer, spec, None))]
     claims.append(("(b) a layer with training Pass@1 >= 0.9 whose test Pass@1 does not rise",
                    f"at 0.9: {', '.join(learned)}; test not shown above base: "
                    f"{', '.join(flat) or 'none'}", SHOWN if flat else NOT_SHOWN))
@@ -360,6 +400,8 @@ def markdown(findings: list[dict], mech: list[dict]) -> str:
     for i, (claim, evidence, state) in enumerate(f["claims"]):
       head = f"{f['finding']} — **{f['verdict']}**" if i == 0 else ""
       lines.append(f"| {head} | {claim} | {evidence or '–'} | {state} |")
+  if not mech:
+    return "\n".join(lines)
   lines += ["", "| layer | seeds | entropy first -> last 10 rounds | length | no final answer | "
             f"'{MARKER}' first -> last round with texts | test Pass@1 - base, sampled | greedy |",
             "|---|---|---|---|---|---|---|---|"]
@@ -372,6 +414,15 @@ def markdown(findings: list[dict], mech: list[dict]) -> str:
         f"| {num(m['marker_first'])} -> {num(m['marker_last'])} | {fmt(m['sampled'])} "
         f"| {fmt(m['greedy']) if 'greedy' in m else '–'} |")
   return "\n".join(lines)
+
+
+SEED_LEVEL = "seeds' t-intervals"
+SEED_LEVEL_NOTE = (
+    "The verdicts by the rules fixed before the runs use the two-level bootstrap, whose seed "
+    "level, with 3 seeds, spans about the range of the 3 per-seed values; the columns with the "
+    f"{SEED_LEVEL} apply the same rules with a t-interval over the per-seed differences (2 df; "
+    "Welch's for 6a) instead, which is wider: a difference is firmly shown only where both "
+    "agree. (An absence, 2a, 3, 5b, is shown more easily by the wider interval.)")
 
 
 # What the paper reports for each finding (../shared/PAPER.md; Llama 3.2 1B, OLMo 2 1B and
@@ -422,13 +473,19 @@ def main(argv=None) -> int:
   per_layer = load(args.root, specs)
   toy = load(args.toy, specs) if args.toy else None
   smollm2 = judge(per_layer, toy, args.boots)
+  smollm2_t = judge(per_layer, toy, args.boots, seed_level=True)
   sections, toy_judged = [], None
   if toy is not None and all(_ended(toy[spec]) for spec in specs):  # else its L1 serves 6a
     toy_judged = judge(toy, per_layer, args.boots, names=("toy", "SmolLM2"))
+    toy_t = judge(toy, per_layer, args.boots, names=("toy", "SmolLM2"), seed_level=True)
     sections += ["## Side by side", "", side_by_side(
-        {"embedded toy (0.43M)": toy_judged, "SmolLM2-135M-Instruct": smollm2}), ""]
+        {"embedded toy (0.43M)": toy_judged, f"toy, {SEED_LEVEL}": toy_t,
+         "SmolLM2-135M-Instruct": smollm2, f"SmolLM2, {SEED_LEVEL}": smollm2_t}), "",
+                 SEED_LEVEL_NOTE, ""]
   sections += ["## SmolLM2-135M-Instruct", "",
-               markdown(smollm2, mechanisms(per_layer, args.boots))]
+               markdown(smollm2, mechanisms(per_layer, args.boots)), "",
+               f"### SmolLM2-135M-Instruct, the same rules with the {SEED_LEVEL}", "",
+               markdown(smollm2_t, [])]
   if toy_judged is not None:
     sections += ["", "## The embedded toy", "", markdown(toy_judged, mechanisms(toy,
                                                                                  args.boots))]
