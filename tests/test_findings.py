@@ -193,6 +193,7 @@ def test_side_by_side_judges_the_toy_by_the_same_rules(tmp_path, capsys):
   assert rows["6."][1] == "partly (a; not b)"
   assert "toy gain - SmolLM2 gain -0.300" in text and "SmolLM2 gain - toy gain +0.300" in text
   assert "## The embedded toy" in text
+  assert "### The embedded toy, the same rules with the seeds' t-intervals" in text
 
 
 def test_toy_records_of_l1_alone_serve_6a_only(tmp_path, capsys):

@@ -488,7 +488,9 @@ def main(argv=None) -> int:
                markdown(smollm2_t, [])]
   if toy_judged is not None:
     sections += ["", "## The embedded toy", "", markdown(toy_judged, mechanisms(toy,
-                                                                                 args.boots))]
+                                                                                 args.boots)),
+                 "", f"### The embedded toy, the same rules with the {SEED_LEVEL}", "",
+                 markdown(toy_t, [])]
   print("\n".join(sections))
   return 0
 
