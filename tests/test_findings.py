@@ -236,3 +236,34 @@ def test_seed_level_is_stricter_where_the_seeds_disagree(tmp_path):
   est, low, high = findings.difference(per_layer, "l0", None, seed_level=True)
   assert est == pytest.approx(0.45) and high - est == pytest.approx(
       4.3027 * np.std([0.6, 0.6, 0.15], ddof=1) / np.sqrt(3), abs=1e-3)
+
+
+def test_seed_level_floors_the_spread_and_never_shows_an_absence_without_an_interval(tmp_path):
+  """Three seeds with the same difference: the interval is as wide as their sampling noise,
+  not zero. Layers with one finished seed in common: no t-interval, so L2's absence (2a) is
+  untestable, not shown."""
+  # Each seed's difference has sampling variance 0.0025 (standard error 0.05).
+  est, low, high = findings.seed_interval([0.2] * 3, sampling=[0.0025] * 3)
+  assert est == pytest.approx(0.2) and high - est == pytest.approx(4.3027 * np.sqrt(0.0025 / 3),
+                                                                   abs=1e-4)
+  assert findings.seed_interval([0.2] * 3)[1] == pytest.approx(0.2)  # no floor: zero width
+  for k in range(3):
+    write_run(tmp_path, "l1", k, failed=k == 2)
+    write_run(tmp_path, "l2", k, failed=k == 0)
+  per_layer = findings.load(str(tmp_path), pipeline.parse_layers("smollm2"))
+  states = {level: findings.judge(per_layer, boots=200, seed_level=level)[1]["claims"][0]
+            for level in (False, True)}
+  assert states[True][2] == findings.UNTESTABLE and "no interval: one seed" in states[True][1]
+  assert states[False][2] == findings.SHOWN  # the bootstrap's question level still judges it
+  assert findings.fmt((0.1, 0.0, 0.2, "unpaired")) == "+0.100 [+0.000, +0.200] (unpaired)"
+
+
+def test_sampling_variance_by_hand():
+  """Paired: the per-question differences [1, 0, 0, 1] have variance 1/3 (ddof 1), their mean
+  1/12; unpaired (other question ids): 1/16 + 1/16 (each side 3 of 4 or 1 of 4: variance
+  3/16 * 4/3 = 1/4 with ddof 1, over 4 questions)."""
+  a = {"test_ids": ["q0", "q1", "q2", "q3"], "test": np.array([1.0, 0.0, 1.0, 1.0])}
+  b = {"test_ids": ["q0", "q1", "q2", "q3"], "test": np.array([0.0, 0.0, 1.0, 0.0])}
+  assert findings._sampling_variance(a, b, "test") == pytest.approx(1 / 12)
+  other = dict(b, test_ids=["x0", "x1", "x2", "x3"])
+  assert findings._sampling_variance(a, other, "test") == pytest.approx(1 / 8)

@@ -526,7 +526,7 @@ def test_remaining_time_by_hand():
   assert pipeline.remaining_time(line, [100.0, 1600.0], parallel=2).startswith(
       "about 35 min left")
   # Extrapolated below the cheapest finished run (the line through (800, 600) and
-  # (1600, 2000) is at -1000 s at 100 rollouts): that run's 600 s instead.
+  # (1600, 2000) is at -625 s at 100 rollouts): that run's 600 s instead.
   assert (pipeline.remaining_time([(800.0, 600.0), (1600.0, 2000.0)], [100.0]) ==
           "about 10 min left (1 run at 10 min each)")
   # A negative fitted slope (noise) falls back to the mean, 950 s.

@@ -114,32 +114,47 @@ def _ready(per_layer, *specs, seeds: int = SEEDS) -> bool:
   return True
 
 
-def seed_interval(values, others=None) -> tuple[float, float, float]:
+def seed_interval(values, others=None, sampling=None,
+                  others_sampling=None) -> tuple[float, float, float]:
   """(mean, low, high): a 95% t-interval over seeds, of the mean of `values` (one per seed;
   t with n - 1 df), or with `others`, of mean(values) - mean(others) (unpaired, Welch's df).
-  (mean, nan, nan) with fewer than 2 values on a side: no interval (nothing is shown)."""
+  sampling, others_sampling: each seed's sampling variance of its value (from its evaluation
+  samples, `_sampling_variance`), a floor under the seeds' variance: their spread includes that
+  noise, so three seeds that happen to agree exactly do not make a zero-width interval.
+  (mean, nan, nan) with fewer than 2 values on a side: no interval (untestable)."""
   x = np.asarray(values, float)
   y = None if others is None else np.asarray(others, float)
   est = float(x.mean() - (0.0 if y is None else y.mean()))
   if x.size < 2 or (y is not None and y.size < 2):
     return est, float("nan"), float("nan")
-  vx = x.var(ddof=1) / x.size
+  floor = lambda v, s: max(v.var(ddof=1), float(np.mean(s)) if s is not None else 0.0) / v.size
+  vx = floor(x, sampling)
   if y is None:
     se, df = np.sqrt(vx), x.size - 1
   else:
-    vy = y.var(ddof=1) / y.size
+    vy = floor(y, others_sampling)
     se = np.sqrt(vx + vy)
     df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1)) if se else 1.0
   half = float(scipy.stats.t.ppf(0.975, df) * se)
   return est, est - half, est + half
 
 
+def _sampling_variance(mine: dict, theirs: dict, key: str) -> float:
+  """The sampling variance of mean(mine[key]) - mean(theirs[key]) for one seed: of the mean
+  per-question difference where the two are pairable, else the two means' variances summed
+  (questions as units, or a single question's samples: pipeline's clusters)."""
+  a, b = (pipeline._clusters(e[key]).mean(axis=1) for e in (mine, theirs))
+  if pipeline.pairable(mine, theirs, key):
+    return float(np.var(a - b, ddof=1) / a.size) if a.size > 1 else 0.0
+  return sum(float(np.var(v, ddof=1) / v.size) if v.size > 1 else 0.0 for v in (a, b))
+
+
 def difference(per_layer, spec_a: str, spec_b: str | None, key: str = "test",
-               boots: int = 2000, seed_level: bool = False) -> tuple[float, float, float]:
+               boots: int = 2000, seed_level: bool = False) -> tuple:
   """Final `key` rewards of spec_a minus those of spec_b (None: minus spec_a's own base), over
   the seeds both have: the two-level bootstrap, paired by seed and question when both sides
-  scored the same ones (pipeline.paired_difference); seed_level: the t-interval of the
-  per-seed differences (seed_interval)."""
+  scored the same ones (pipeline.paired_difference; a 4th element 'unpaired' where they did
+  not); seed_level: the t-interval of the per-seed differences (seed_interval)."""
   a = dict(_done(per_layer[spec_a]))
   if spec_b is None:
     seeds = sorted(a)
@@ -151,7 +166,8 @@ def difference(per_layer, spec_a: str, spec_b: str | None, key: str = "test",
     mine = [a[k]["evals"]["final"] for k in seeds]
     theirs = [b[k]["evals"]["final"] for k in seeds]
   if seed_level:
-    return seed_interval([np.mean(m[key]) - np.mean(t[key]) for m, t in zip(mine, theirs)])
+    return seed_interval([np.mean(m[key]) - np.mean(t[key]) for m, t in zip(mine, theirs)],
+                         sampling=[_sampling_variance(m, t, key) for m, t in zip(mine, theirs)])
   return pipeline.paired_difference(mine, theirs, key, boots=boots)
 
 
@@ -170,8 +186,10 @@ def gain_difference(a_results: list[dict], b_results: list[dict], key: str = "te
     sides.append([(np.asarray(e["final"][key], float).ravel(),
                    np.asarray(e["base"][key], float).ravel()) for e in runs])
   if seed_level:
+    sampling = [[float(np.var(final - base, ddof=1) / final.size) for final, base in side]
+                for side in sides]
     return seed_interval(*([final.mean() - base.mean() for final, base in side]
-                           for side in sides))
+                           for side in sides), sampling=sampling[0], others_sampling=sampling[1])
 
   def gain(side, rng=None):
     total = 0.0
@@ -199,7 +217,16 @@ def below(iv) -> bool:
 def fmt(iv) -> str:
   if np.isnan(iv[1]):
     return f"{iv[0]:+.3f} (no interval: one seed)"
-  return f"{iv[0]:+.3f} [{iv[1]:+.3f}, {iv[2]:+.3f}]"
+  unpaired = " (unpaired)" if tuple(iv[3:]) == ("unpaired",) else ""
+  return f"{iv[0]:+.3f} [{iv[1]:+.3f}, {iv[2]:+.3f}]{unpaired}"
+
+
+def _state(shown: bool, *intervals) -> str:
+  """SHOWN / NOT_SHOWN, or UNTESTABLE where an interval could not be made (one seed in
+  common): an absence must not count as shown for want of an interval."""
+  if any(np.isnan(iv[1]) for iv in intervals):
+    return UNTESTABLE
+  return SHOWN if shown else NOT_SHOWN
 
 
 def instability(result: dict) -> float:
@@ -246,7 +273,7 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
                    SHOWN if reached >= 2 else NOT_SHOWN))
     iv = diff(per_layer, "l0", None)
     claims.append(("(b) L0's test Pass@1 rises above its base's", f"final - base {fmt(iv)}",
-                   SHOWN if above(iv) else NOT_SHOWN))
+                   _state(above(iv), iv)))
   else:
     claims += [("(a) L0 reaches training Pass@1 0.9", "", NOT_RUN),
                ("(b) L0's test Pass@1 rises", "", NOT_RUN)]
@@ -257,7 +284,7 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
   if have("l1", "l2"):
     iv = diff(per_layer, "l2", "l1")
     claims.append(("(a) L2's test Pass@1 is not above L1's", f"L2 - L1 {fmt(iv)}{ABSENCE}",
-                   NOT_SHOWN if above(iv) else SHOWN))
+                   _state(not above(iv), iv)))
     l1 = [instability(r) for _, r in _done(per_layer["l1"])]
     l2 = [instability(r) for _, r in _done(per_layer["l2"])]
     claims.append(("(b) every L2 seed less stable than every L1 seed",
@@ -275,10 +302,10 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
     gains = []
     for (small, g_small), (large, g_large) in itertools.combinations(ROLLOUTS, 2):
       iv = diff(per_layer, large, small)
-      gains.append((f"G={g_large} - G={g_small} {fmt(iv)}", above(iv)))
+      gains.append((f"G={g_large} - G={g_small} {fmt(iv)}", iv))
     claims.append(("no larger G has a higher test Pass@1 than a smaller G",
                    "; ".join(text for text, _ in gains) + ABSENCE,
-                   NOT_SHOWN if any(up for _, up in gains) else SHOWN))
+                   _state(not any(above(iv) for _, iv in gains), *(iv for _, iv in gains))))
   else:
     claims.append(("no larger G has a higher test Pass@1", "", NOT_RUN))
   out.append({"finding": "3. More rollouts per round do not significantly improve "
@@ -298,7 +325,7 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
       vs_base = diff(per_layer, spec, None, key="train")
       claims.append((claim, f"training Pass@1 - L1's {fmt(vs_l1)}; - its base's "
                      f"{fmt(vs_base)}; {stops} seed(s) stopped or flagged",
-                     SHOWN if below(vs_l1) or below(vs_base) else NOT_SHOWN))
+                     _state(below(vs_l1) or below(vs_base), vs_l1, vs_base)))
   out.append({"finding": "4. Negative rewards make training fail", "claims": claims})
 
   claims = []
@@ -313,7 +340,7 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
     vs_l1 = diff(per_layer, spec, "l1")
     fell = below(vs_base) or below(vs_l1)
     claims.append((claim, f"final - base {fmt(vs_base)}; - L1's {fmt(vs_l1)}"
-                   + ("" if want else ABSENCE), SHOWN if fell == want else NOT_SHOWN))
+                   + ("" if want else ABSENCE), _state(fell == want, vs_base, vs_l1)))
   out.append({"finding": "5. Extremely hard training examples lead to generalization failure",
               "claims": claims})
 
@@ -322,7 +349,7 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
     iv = gain_diff(per_layer["l1"], other["l1"])
     claims.append(("(a) L1's test gain differs between SmolLM2 and the embedded default",
                    f"{names[0]} gain - {names[1]} gain {fmt(iv)}",
-                   SHOWN if above(iv) or below(iv) else NOT_SHOWN))
+                   _state(above(iv) or below(iv), iv)))
   else:
     claims.append(("(a) L1's test gain differs between the bases", "", NOT_RUN))
   learned = [spec for spec in per_layer if have(spec) and np.mean(
@@ -419,10 +446,10 @@ def markdown(findings: list[dict], mech: list[dict]) -> str:
 SEED_LEVEL = "seeds' t-intervals"
 SEED_LEVEL_NOTE = (
     "The verdicts by the rules fixed before the runs use the two-level bootstrap, whose seed "
-    "level, with 3 seeds, spans about the range of the 3 per-seed values; the columns with the "
-    f"{SEED_LEVEL} apply the same rules with a t-interval over the per-seed differences (2 df; "
-    "Welch's for 6a) instead, which is wider: a difference is firmly shown only where both "
-    "agree. (An absence, 2a, 3, 5b, is shown more easily by the wider interval.)")
+    "level, with 3 seeds, draws from 27 resamples of 3 values (about their range); the columns "
+    f"with the {SEED_LEVEL} apply the same rules with a t-interval over the per-seed differences "
+    "(n - 1 df; Welch's for 6a; each seed's sampling variance a floor under their spread) "
+    "instead. Either can be the wider: a difference is firmly shown only where both agree.")
 
 
 # What the paper reports for each finding (../shared/PAPER.md; Llama 3.2 1B, OLMo 2 1B and
