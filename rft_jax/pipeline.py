@@ -870,9 +870,55 @@ def _clusters(x) -> np.ndarray:
   return x.reshape(x.shape[0], -1)
 
 
+def seed_interval(values, others=None, sampling=None,
+                  others_sampling=None) -> tuple[float, float, float]:
+  """(mean, low, high): a 95% t-interval over seeds, of the mean of `values` (one per seed;
+  t with n - 1 df), or with `others`, of mean(values) - mean(others) (unpaired, Welch's df).
+  sampling, others_sampling: each seed's sampling variance of its value (from its evaluation
+  samples, `sampling_variance`), a floor under the seeds' variance: their spread includes that
+  noise, so three seeds that happen to agree exactly do not make a zero-width interval.
+  (mean, nan, nan) with fewer than 2 values on a side: no interval (untestable)."""
+  import scipy.stats  # here: the pipeline's other users need no scipy import
+
+  x = np.asarray(values, float)
+  y = None if others is None else np.asarray(others, float)
+  est = float(x.mean() - (0.0 if y is None else y.mean()))
+  if x.size < 2 or (y is not None and y.size < 2):
+    return est, float("nan"), float("nan")
+  floor = lambda v, s: max(v.var(ddof=1), float(np.mean(s)) if s is not None else 0.0) / v.size
+  vx = floor(x, sampling)
+  if y is None:
+    se, df = np.sqrt(vx), x.size - 1
+  else:
+    vy = floor(y, others_sampling)
+    se = np.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1)) if se else 1.0
+  half = float(scipy.stats.t.ppf(0.975, df) * se)
+  return est, est - half, est + half
+
+
+def sampling_variance(mine: dict, theirs: dict, key: str) -> float:
+  """The sampling variance of mean(mine[key]) - mean(theirs[key]) for one seed: of the mean
+  per-question difference where the two are pairable, else the two means' variances summed
+  (questions as units, or a single question's samples: pipeline's clusters)."""
+  a, b = (_clusters(e[key]).mean(axis=1) for e in (mine, theirs))
+  if pairable(mine, theirs, key):
+    return float(np.var(a - b, ddof=1) / a.size) if a.size > 1 else 0.0
+  return sum(float(np.var(v, ddof=1) / v.size) if v.size > 1 else 0.0 for v in (a, b))
+
+
+def seed_difference(mine: Sequence[dict], theirs: Sequence[dict], key: str) -> tuple:
+  """seed_interval of mine[s][key] - theirs[s][key] (evaluations of the same seeds, in order),
+  each seed's sampling variance (sampling_variance) its floor."""
+  return seed_interval([np.mean(m[key]) - np.mean(t[key]) for m, t in zip(mine, theirs)],
+                       sampling=[sampling_variance(m, t, key) for m, t in zip(mine, theirs)])
+
+
 def _interval(x: tuple | None, signed: bool = False) -> str:
   if x is None:
     return "–"
+  if np.isnan(x[1]):
+    return f"{x[0]:{'+' if signed else ''}.3f} (one seed: no interval)"
   sign = "+" if signed else ""
   unpaired = " (unpaired)" if x[3:] == ("unpaired",) else ""
   return f"{x[0]:{sign}.3f} [{x[1]:{sign}.3f}, {x[2]:{sign}.3f}]{unpaired}"
@@ -896,12 +942,14 @@ def paired_rows(per_layer: dict[str, list[dict]]) -> list[dict]:
         continue
       final = [runs[k]["final"][key] for k in have]
       row[name] = bootstrap(final)
-      row[f"{name}_vs_base"] = paired_difference([runs[k]["final"] for k in have],
-                                                 [runs[k]["base"] for k in have], key)
+      finals, bases = [runs[k]["final"] for k in have], [runs[k]["base"] for k in have]
+      row[f"{name}_vs_base"] = paired_difference(finals, bases, key)
+      row[f"{name}_vs_base_t"] = seed_difference(finals, bases, key)
       both = [k for k in have if key in parent.get(k, {}).get("final", {})]
       if row["parent"] and both:
-        row[f"{name}_vs_parent"] = paired_difference(
-            [runs[k]["final"] for k in both], [parent[k]["final"] for k in both], key)
+        mine, theirs = [runs[k]["final"] for k in both], [parent[k]["final"] for k in both]
+        row[f"{name}_vs_parent"] = paired_difference(mine, theirs, key)
+        row[f"{name}_vs_parent_t"] = seed_difference(mine, theirs, key)
         row[f"{name}_vs_parent_seeds"] = len(both)
     out.append(row)
   return out
@@ -1119,6 +1167,17 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
                  f"| {_interval(row.get('test_vs_base'), True)} | {_interval(row.get('greedy'))} "
                  f"| {_interval(row.get('greedy_vs_parent'), True)} "
                  f"| {_interval(row.get('train'))} | {_interval(row.get('train_vs_base'), True)} |")
+    out += ["", "The same differences with a t-interval over the seeds' own differences instead "
+            "(rft_jax.pipeline.seed_difference: n - 1 df, each seed's sampling variance a "
+            "floor): with 3 seeds the bootstrap's seed level resamples 3 values; a difference is "
+            "firmly shown where both intervals exclude 0.", "",
+            "| layer | seeds | Δ test vs parent | Δ test vs base | Δ greedy vs parent | Δ greedy "
+            "vs base | Δ training vs base |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in paired:
+      out.append(f"| {row['spec']} | {row['seeds']} "
+                 + "".join(f"| {_interval(row.get(k), True)} " for k in (
+                     "test_vs_parent_t", "test_vs_base_t", "greedy_vs_parent_t",
+                     "greedy_vs_base_t", "train_vs_base_t")) + "|")
   if any(r["rows"] for rs in per_layer.values() for r in rs):
     overview = plot_overview(per_layer, os.path.join(plots, "overview.png"))
     out += ["", f"![overview]({os.path.relpath(overview, root)})"]

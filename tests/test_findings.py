@@ -207,20 +207,6 @@ def test_toy_records_of_l1_alone_serve_6a_only(tmp_path, capsys):
   assert "SmolLM2 gain - toy gain +0.300" in text
 
 
-def test_seed_interval_by_hand():
-  # [1, 2, 3]: mean 2, sd 1, se 1 / sqrt 3; t(0.975, 2 df) = 4.3027.
-  est, low, high = findings.seed_interval([1.0, 2.0, 3.0])
-  assert est == 2.0 and high - est == pytest.approx(4.3027 / np.sqrt(3), abs=1e-4)
-  assert low == pytest.approx(2 * est - high)
-  # Welch: [1, 2, 3] - [0, 0, 1]: se^2 = 1/3 + (1/3)/3 = 4/9; df = (4/9)^2 / ((1/3)^2 / 2 +
-  # (1/9)^2 / 2) = 3.2; t(0.975, 3.2) = 3.0718 (table value by interpolation: scipy).
-  est, low, high = findings.seed_interval([1.0, 2.0, 3.0], [0.0, 0.0, 1.0])
-  assert est == pytest.approx(5 / 3)
-  assert high - est == pytest.approx(2 / 3 * 3.0718, abs=2e-3)
-  assert np.isnan(findings.seed_interval([0.5])[1])  # one seed: no interval
-  assert findings.fmt(findings.seed_interval([0.5])) == "+0.500 (no interval: one seed)"
-
-
 def test_seed_level_is_stricter_where_the_seeds_disagree(tmp_path):
   """L0's test gains +0.6, +0.6, +0.15: the two-level bootstrap's seed level spans about
   [+0.15, +0.6] and shows the rise; the t-interval over the three gains (mean 0.45, sd 0.26,
@@ -243,10 +229,10 @@ def test_seed_level_floors_the_spread_and_never_shows_an_absence_without_an_inte
   not zero. Layers with one finished seed in common: no t-interval, so L2's absence (2a) is
   untestable, not shown."""
   # Each seed's difference has sampling variance 0.0025 (standard error 0.05).
-  est, low, high = findings.seed_interval([0.2] * 3, sampling=[0.0025] * 3)
+  est, low, high = pipeline.seed_interval([0.2] * 3, sampling=[0.0025] * 3)
   assert est == pytest.approx(0.2) and high - est == pytest.approx(4.3027 * np.sqrt(0.0025 / 3),
                                                                    abs=1e-4)
-  assert findings.seed_interval([0.2] * 3)[1] == pytest.approx(0.2)  # no floor: zero width
+  assert pipeline.seed_interval([0.2] * 3)[1] == pytest.approx(0.2)  # no floor: zero width
   for k in range(3):
     write_run(tmp_path, "l1", k, failed=k == 2)
     write_run(tmp_path, "l2", k, failed=k == 0)
@@ -256,14 +242,18 @@ def test_seed_level_floors_the_spread_and_never_shows_an_absence_without_an_inte
   assert states[True][2] == findings.UNTESTABLE and "no interval: one seed" in states[True][1]
   assert states[False][2] == findings.SHOWN  # the bootstrap's question level still judges it
   assert findings.fmt((0.1, 0.0, 0.2, "unpaired")) == "+0.100 [+0.000, +0.200] (unpaired)"
+  assert findings.fmt(pipeline.seed_interval([0.5])) == "+0.500 (no interval: one seed)"
 
 
-def test_sampling_variance_by_hand():
-  """Paired: the per-question differences [1, 0, 0, 1] have variance 1/3 (ddof 1), their mean
-  1/12; unpaired (other question ids): 1/16 + 1/16 (each side 3 of 4 or 1 of 4: variance
-  3/16 * 4/3 = 1/4 with ddof 1, over 4 questions)."""
-  a = {"test_ids": ["q0", "q1", "q2", "q3"], "test": np.array([1.0, 0.0, 1.0, 1.0])}
-  b = {"test_ids": ["q0", "q1", "q2", "q3"], "test": np.array([0.0, 0.0, 1.0, 0.0])}
-  assert findings._sampling_variance(a, b, "test") == pytest.approx(1 / 12)
-  other = dict(b, test_ids=["x0", "x1", "x2", "x3"])
-  assert findings._sampling_variance(a, other, "test") == pytest.approx(1 / 8)
+def test_the_report_adds_the_seeds_t_intervals(tmp_path):
+  """The pipeline's report (records as runs write them): beside the bootstrap table, the same
+  differences with seed_difference; L0's test gain is +0.3 in each seed."""
+  for k in range(3):
+    write_run(tmp_path, "l0", k, test=(0.2, 0.5))
+  text = open(pipeline.write_report(str(tmp_path), ["l0"], 3)).read()
+  t_table = text.split("The same differences with a t-interval")[1]
+  row = next(line for line in t_table.splitlines() if line.startswith("| l0 |"))
+  per_layer = findings.load(str(tmp_path), ["l0"])
+  iv = findings.difference(per_layer, "l0", None, seed_level=True)
+  assert iv[0] == pytest.approx(0.3) and iv[1] < 0.3 < iv[2]  # the sampling floor's width
+  assert row.split(" | ")[3] == f"+0.300 [{iv[1]:+.3f}, {iv[2]:+.3f}]"

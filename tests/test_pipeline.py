@@ -589,6 +589,30 @@ def test_bootstrap_resamples_questions_not_their_samples():
   assert est == 0.3 and low == pytest.approx(0.3 - 0.018, abs=0.003)
 
 
+def test_seed_interval_by_hand():
+  # [1, 2, 3]: mean 2, sd 1, se 1 / sqrt 3; t(0.975, 2 df) = 4.3027.
+  est, low, high = pipeline.seed_interval([1.0, 2.0, 3.0])
+  assert est == 2.0 and high - est == pytest.approx(4.3027 / np.sqrt(3), abs=1e-4)
+  assert low == pytest.approx(2 * est - high)
+  # Welch: [1, 2, 3] - [0, 0, 1]: se^2 = 1/3 + (1/3)/3 = 4/9; df = (4/9)^2 / ((1/3)^2 / 2 +
+  # (1/9)^2 / 2) = 3.2; t(0.975, 3.2) = 3.0718 (table value by interpolation: scipy).
+  est, low, high = pipeline.seed_interval([1.0, 2.0, 3.0], [0.0, 0.0, 1.0])
+  assert est == pytest.approx(5 / 3)
+  assert high - est == pytest.approx(2 / 3 * 3.0718, abs=2e-3)
+  assert np.isnan(pipeline.seed_interval([0.5])[1])  # one seed: no interval
+
+
+def test_sampling_variance_by_hand():
+  """Paired: the per-question differences [1, 0, 0, 1] have variance 1/3 (ddof 1), their mean
+  1/12; unpaired (other question ids): 1/16 + 1/16 (each side 3 of 4 or 1 of 4: variance
+  3/16 * 4/3 = 1/4 with ddof 1, over 4 questions)."""
+  a = {"test_ids": ["q0", "q1", "q2", "q3"], "test": np.array([1.0, 0.0, 1.0, 1.0])}
+  b = {"test_ids": ["q0", "q1", "q2", "q3"], "test": np.array([0.0, 0.0, 1.0, 0.0])}
+  assert pipeline.sampling_variance(a, b, "test") == pytest.approx(1 / 12)
+  other = dict(b, test_ids=["x0", "x1", "x2", "x3"])
+  assert pipeline.sampling_variance(a, other, "test") == pytest.approx(1 / 8)
+
+
 def test_paired_differences_pair_only_the_same_questions_in_order():
   a = {"test_ids": ["q0", "q1", "q2"], "test": np.array([1.0, 0.0, 1.0])}
   same = {"test_ids": ["q0", "q1", "q2"], "test": np.array([1.0, 0.0, 0.0])}

@@ -46,7 +46,7 @@ the finished seeds. A sub-claim whose layers are not ready is "not run" and the 
 
 Beside each verdict (added 2026-11-30, when only L0 seeds 0 and 1 had finished): the same rules
 with t-intervals over the seeds' own differences in place of the bootstrap (columns of
-their own; seed_interval), since the bootstrap's seed level with 3 seeds spans about the range of
+their own; pipeline.seed_interval), since the bootstrap's seed level with 3 seeds spans about the range of
 the three values.
 """
 
@@ -59,7 +59,6 @@ import os
 import sys
 
 import numpy as np
-import scipy.stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
@@ -114,47 +113,12 @@ def _ready(per_layer, *specs, seeds: int = SEEDS) -> bool:
   return True
 
 
-def seed_interval(values, others=None, sampling=None,
-                  others_sampling=None) -> tuple[float, float, float]:
-  """(mean, low, high): a 95% t-interval over seeds, of the mean of `values` (one per seed;
-  t with n - 1 df), or with `others`, of mean(values) - mean(others) (unpaired, Welch's df).
-  sampling, others_sampling: each seed's sampling variance of its value (from its evaluation
-  samples, `_sampling_variance`), a floor under the seeds' variance: their spread includes that
-  noise, so three seeds that happen to agree exactly do not make a zero-width interval.
-  (mean, nan, nan) with fewer than 2 values on a side: no interval (untestable)."""
-  x = np.asarray(values, float)
-  y = None if others is None else np.asarray(others, float)
-  est = float(x.mean() - (0.0 if y is None else y.mean()))
-  if x.size < 2 or (y is not None and y.size < 2):
-    return est, float("nan"), float("nan")
-  floor = lambda v, s: max(v.var(ddof=1), float(np.mean(s)) if s is not None else 0.0) / v.size
-  vx = floor(x, sampling)
-  if y is None:
-    se, df = np.sqrt(vx), x.size - 1
-  else:
-    vy = floor(y, others_sampling)
-    se = np.sqrt(vx + vy)
-    df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1)) if se else 1.0
-  half = float(scipy.stats.t.ppf(0.975, df) * se)
-  return est, est - half, est + half
-
-
-def _sampling_variance(mine: dict, theirs: dict, key: str) -> float:
-  """The sampling variance of mean(mine[key]) - mean(theirs[key]) for one seed: of the mean
-  per-question difference where the two are pairable, else the two means' variances summed
-  (questions as units, or a single question's samples: pipeline's clusters)."""
-  a, b = (pipeline._clusters(e[key]).mean(axis=1) for e in (mine, theirs))
-  if pipeline.pairable(mine, theirs, key):
-    return float(np.var(a - b, ddof=1) / a.size) if a.size > 1 else 0.0
-  return sum(float(np.var(v, ddof=1) / v.size) if v.size > 1 else 0.0 for v in (a, b))
-
-
 def difference(per_layer, spec_a: str, spec_b: str | None, key: str = "test",
                boots: int = 2000, seed_level: bool = False) -> tuple:
   """Final `key` rewards of spec_a minus those of spec_b (None: minus spec_a's own base), over
   the seeds both have: the two-level bootstrap, paired by seed and question when both sides
   scored the same ones (pipeline.paired_difference; a 4th element 'unpaired' where they did
-  not); seed_level: the t-interval of the per-seed differences (seed_interval)."""
+  not); seed_level: the t-interval of the per-seed differences (pipeline.seed_difference)."""
   a = dict(_done(per_layer[spec_a]))
   if spec_b is None:
     seeds = sorted(a)
@@ -166,8 +130,7 @@ def difference(per_layer, spec_a: str, spec_b: str | None, key: str = "test",
     mine = [a[k]["evals"]["final"] for k in seeds]
     theirs = [b[k]["evals"]["final"] for k in seeds]
   if seed_level:
-    return seed_interval([np.mean(m[key]) - np.mean(t[key]) for m, t in zip(mine, theirs)],
-                         sampling=[_sampling_variance(m, t, key) for m, t in zip(mine, theirs)])
+    return pipeline.seed_difference(mine, theirs, key)
   return pipeline.paired_difference(mine, theirs, key, boots=boots)
 
 
@@ -177,7 +140,7 @@ def gain_difference(a_results: list[dict], b_results: list[dict], key: str = "te
   """(final - base) of one base model's runs minus the same of another's (different test sets:
   unpaired across the two; each gain paired within its own runs). Two-level bootstrap on each
   side (seeds, then questions), as pipeline.bootstrap; seed_level: Welch's t-interval of the
-  two sides' per-seed gains (seed_interval)."""
+  two sides' per-seed gains (pipeline.seed_interval)."""
   sides = []
   for results in (a_results, b_results):
     runs = [r["evals"] for _, r in _done(results)]
@@ -188,8 +151,9 @@ def gain_difference(a_results: list[dict], b_results: list[dict], key: str = "te
   if seed_level:
     sampling = [[float(np.var(final - base, ddof=1) / final.size) for final, base in side]
                 for side in sides]
-    return seed_interval(*([final.mean() - base.mean() for final, base in side]
-                           for side in sides), sampling=sampling[0], others_sampling=sampling[1])
+    return pipeline.seed_interval(*([final.mean() - base.mean() for final, base in side]
+                                    for side in sides),
+                                  sampling=sampling[0], others_sampling=sampling[1])
 
   def gain(side, rng=None):
     total = 0.0
@@ -259,7 +223,7 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
   """The six findings: [{'finding', 'claims': [(claim, evidence, state)], 'verdict'}].
   other: the other base's records (finding 6a); names: (this base, the other) for the text;
   seed_level: every interval a t-interval over the seeds' own differences instead of the
-  pre-registered two-level bootstrap (seed_interval)."""
+  pre-registered two-level bootstrap (pipeline.seed_difference)."""
   have = lambda *specs: _ready(per_layer, *specs)
   diff = functools.partial(difference, boots=boots, seed_level=seed_level)
   gain_diff = functools.partial(gain_difference, boots=boots, seed_level=seed_level)
