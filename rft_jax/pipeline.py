@@ -900,7 +900,7 @@ def seed_interval(values, others=None, sampling=None,
 def sampling_variance(mine: dict, theirs: dict, key: str) -> float:
   """The sampling variance of mean(mine[key]) - mean(theirs[key]) for one seed: of the mean
   per-question difference where the two are pairable, else the two means' variances summed
-  (questions as units, or a single question's samples: pipeline's clusters)."""
+  (questions as units, or a single question's samples: _clusters)."""
   a, b = (_clusters(e[key]).mean(axis=1) for e in (mine, theirs))
   if pairable(mine, theirs, key):
     return float(np.var(a - b, ddof=1) / a.size) if a.size > 1 else 0.0
@@ -918,7 +918,7 @@ def _interval(x: tuple | None, signed: bool = False) -> str:
   if x is None:
     return "–"
   if np.isnan(x[1]):
-    return f"{x[0]:{'+' if signed else ''}.3f} (one seed: no interval)"
+    return f"{x[0]:{'+' if signed else ''}.3f} (no interval: one seed)"
   sign = "+" if signed else ""
   unpaired = " (unpaired)" if x[3:] == ("unpaired",) else ""
   return f"{x[0]:{sign}.3f} [{x[1]:{sign}.3f}, {x[2]:{sign}.3f}]{unpaired}"
@@ -1158,26 +1158,30 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
             "the parent layer (paired by seed and question, unless marked unpaired) and from the "
             "run's own base policy. An interval that holds 0 is a difference not shown.", "",
             "| layer | seeds | test Pass@1 | Δ vs parent | Δ vs base | greedy | Δ greedy vs "
-            "parent | training Pass@1 | Δ training vs base |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "parent | Δ greedy vs base | training Pass@1 | Δ training vs base |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in paired:
       vs = f" ({row['parent']})" if row.get("test_vs_parent") else ""
       out.append(f"| {row['spec']} | {row['seeds']} | {_interval(row.get('test'))} "
                  f"| {_interval(row.get('test_vs_parent'), True)}{vs} "
                  f"| {_interval(row.get('test_vs_base'), True)} | {_interval(row.get('greedy'))} "
                  f"| {_interval(row.get('greedy_vs_parent'), True)} "
+                 f"| {_interval(row.get('greedy_vs_base'), True)} "
                  f"| {_interval(row.get('train'))} | {_interval(row.get('train_vs_base'), True)} |")
     out += ["", "The same differences with a t-interval over the seeds' own differences instead "
             "(rft_jax.pipeline.seed_difference: n - 1 df, each seed's sampling variance a "
-            "floor): with 3 seeds the bootstrap's seed level resamples 3 values; a difference is "
-            "firmly shown where both intervals exclude 0.", "",
+            "floor; 2 seeds: 1 df, t = 12.7): with 3 seeds the bootstrap's seed level resamples 3 "
+            "values; a difference is firmly shown where both intervals exclude 0.", "",
             "| layer | seeds | Δ test vs parent | Δ test vs base | Δ greedy vs parent | Δ greedy "
             "vs base | Δ training vs base |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in paired:
+      vs = (f" ({row['parent']}, {row['test_vs_parent_seeds']} seeds)"
+            if row.get("test_vs_parent_t") else "")
       out.append(f"| {row['spec']} | {row['seeds']} "
+                 f"| {_interval(row.get('test_vs_parent_t'), True)}{vs} "
                  + "".join(f"| {_interval(row.get(k), True)} " for k in (
-                     "test_vs_parent_t", "test_vs_base_t", "greedy_vs_parent_t",
-                     "greedy_vs_base_t", "train_vs_base_t")) + "|")
+                     "test_vs_base_t", "greedy_vs_parent_t", "greedy_vs_base_t",
+                     "train_vs_base_t")) + "|")
   if any(r["rows"] for rs in per_layer.values() for r in rs):
     overview = plot_overview(per_layer, os.path.join(plots, "overview.png"))
     out += ["", f"![overview]({os.path.relpath(overview, root)})"]

@@ -257,3 +257,4 @@ def test_the_report_adds_the_seeds_t_intervals(tmp_path):
   iv = findings.difference(per_layer, "l0", None, seed_level=True)
   assert iv[0] == pytest.approx(0.3) and iv[1] < 0.3 < iv[2]  # the sampling floor's width
   assert row.split(" | ")[3] == f"+0.300 [{iv[1]:+.3f}, {iv[2]:+.3f}]"
+  assert "| Δ greedy vs parent | Δ greedy vs base | training Pass@1 |" in text  # bootstrap's

@@ -231,8 +231,8 @@ def test_pipeline_runs_skips_done_runs_and_reports(tmp_path, monkeypatch, capsys
   # The paired table: l2 against its parent l1 and against its own base, with intervals.
   l2_row = next(line for line in report.splitlines()
                 if line.startswith("| l2 | 1 |"))
-  assert "(l1)" in l2_row and l2_row.count("[") == 5  # greedy is off: '–' in its 2 columns
-  assert l2_row.count(" – ") == 2
+  assert "(l1)" in l2_row and l2_row.count("[") == 5  # greedy is off: '–' in its 3 columns
+  assert l2_row.count(" – ") == 3
   # A fresh root: the published records count as done, the report is made from them.
   fresh = str(tmp_path / "fresh")
   monkeypatch.setattr(pipeline, "execute", lambda *a, **k: pytest.fail("a run was redone"))
@@ -600,6 +600,7 @@ def test_seed_interval_by_hand():
   assert est == pytest.approx(5 / 3)
   assert high - est == pytest.approx(2 / 3 * 3.0718, abs=2e-3)
   assert np.isnan(pipeline.seed_interval([0.5])[1])  # one seed: no interval
+  assert pipeline._interval(pipeline.seed_interval([0.5]), True) == "+0.500 (no interval: one seed)"
 
 
 def test_sampling_variance_by_hand():

@@ -45,9 +45,9 @@ the finished seeds. A sub-claim whose layers are not ready is "not run" and the 
    ready, and 6b waited on it for ever).
 
 Beside each verdict (added 2026-11-30, when only L0 seeds 0 and 1 had finished): the same rules
-with t-intervals over the seeds' own differences in place of the bootstrap (columns of
-their own; pipeline.seed_interval), since the bootstrap's seed level with 3 seeds spans about the range of
-the three values.
+with t-intervals over the seeds' own differences in place of the bootstrap (columns of their
+own; pipeline.seed_interval), since the bootstrap's seed level with 3 seeds spans about the
+range of the three values.
 """
 
 from __future__ import annotations
