@@ -29,6 +29,7 @@ from rft_jax import (
   sharding,
 )
 from rft_jax.data.base import Example, Task
+from rft_jax.rewards.base import Outcome
 from rft_jax.models.policy import Policy
 
 
@@ -105,8 +106,11 @@ def local_completions(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax
 
 
 def sample_rewards(policy: Policy, task: Task, examples: Sequence[Example], rng: jax.Array, *,
-                   num_samples: int, **kwargs) -> np.ndarray:
-  """[Q, num_samples] rewards of sampled completions of each question.
+                   num_samples: int, no_answer: bool = False,
+                   **kwargs) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+  """[Q, num_samples] rewards of sampled completions of each question; with no_answer, also
+  [Q, num_samples] flags of the completions without an extractable final answer
+  (Outcome.NO_ANSWER).
 
   Each process grades the rows its devices hold; the rewards are gathered, so every process
   returns the whole array.
@@ -114,11 +118,16 @@ def sample_rewards(policy: Policy, task: Task, examples: Sequence[Example], rng:
   prompts = [policy.encode_prompt(task.prompt_text(e)) for e in examples]
   done = local_completions(policy, prompts, rng, num_samples=num_samples, **kwargs)
   rows = np.asarray([row for row, _ in done], np.int64)
-  rewards, _ = task.grade_batch([text for _, text in done],
-                                [examples[row // num_samples] for row in rows])
-  rewards = distributed.gather_rows(rows, np.asarray(rewards, np.float32),
-                                    len(examples) * num_samples)
-  return rewards.reshape(len(examples), num_samples)
+  texts, graded = [text for _, text in done], [examples[row // num_samples] for row in rows]
+  shape, n = (len(examples), num_samples), len(examples) * num_samples
+  if not no_answer:
+    rewards, _ = task.grade_batch(texts, graded)
+    return distributed.gather_rows(rows, np.asarray(rewards, np.float32), n).reshape(shape)
+  outcomes = task.grade_outcomes(texts, graded)
+  rewards = distributed.gather_rows(rows, np.asarray([o.reward for o in outcomes], np.float32), n)
+  flags = distributed.gather_rows(
+      rows, np.asarray([o is Outcome.NO_ANSWER for o in outcomes], np.float32), n)
+  return rewards.reshape(shape), flags.reshape(shape)
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -137,7 +146,9 @@ def evaluation_rewards(policy: Policy, task: Task, train_examples: Sequence[Exam
                        temperature: float = 1.0, greedy: bool = True,
                        **kwargs) -> dict[str, np.ndarray]:
   """The 0/1 reward of every evaluation sample: 'train' [Q, train_samples], 'test' [N] (one
-  sample each) and 'test_greedy' [N]. Keys of empty sets are left out.
+  sample each) and 'test_greedy' [N]; and which test samples have no final answer,
+  'test_no_answer' and 'test_greedy_no_answer' [N] (format adoption, measured on the test set).
+  Keys of empty sets are left out.
 
   The samples depend on `rng` and on each question's position only, so two policies evaluated
   with the same rng on the same questions are compared sample for sample (paired differences).
@@ -148,12 +159,18 @@ def evaluation_rewards(policy: Policy, task: Task, train_examples: Sequence[Exam
     out["train"] = sample_rewards(policy, task, train_examples, train_rng,
                                   num_samples=train_samples, temperature=temperature, **kwargs)
   if test_examples:
-    out["test"] = sample_rewards(policy, task, test_examples, test_rng, num_samples=1,
-                                 temperature=temperature, desc="test", **kwargs)[:, 0]
-    if greedy:
-      out["test_greedy"] = sample_rewards(policy, task, test_examples, test_rng, num_samples=1,
-                                          temperature=0.0, desc="greedy", **kwargs)[:, 0]
+    for key, temp, desc in (("test", temperature, "test"), ("test_greedy", 0.0, "greedy")):
+      if key == "test_greedy" and not greedy:
+        continue
+      rewards, no_answer = sample_rewards(policy, task, test_examples, test_rng, num_samples=1,
+                                          temperature=temp, desc=desc, no_answer=True, **kwargs)
+      out[key], out[f"{key}_no_answer"] = rewards[:, 0], no_answer[:, 0]
   return out
+
+
+# evaluation_rewards' per-sample arrays; the test ones are what a shared base evaluation holds.
+TEST_KEYS = ("test", "test_greedy", "test_no_answer", "test_greedy_no_answer")
+SAMPLE_KEYS = ("train", *TEST_KEYS)
 
 
 def rewards_path(directory: str, round_index: int) -> str:
@@ -177,7 +194,7 @@ def load_rewards(path: str) -> dict:
   """save_rewards' file back: ids as lists, rewards as float arrays."""
   with open(path) as f:
     d = json.load(f)
-  return {k: np.asarray(v) if k in ("train", "test", "test_greedy") else v for k, v in d.items()}
+  return {k: np.asarray(v) if k in SAMPLE_KEYS else v for k, v in d.items()}
 
 
 def summarize(rewards: dict[str, np.ndarray], pass_k: Sequence[int] = ()) -> dict[str, float]:

@@ -1073,7 +1073,7 @@ def _shared_base_test(loop: Loop, path: str) -> dict | None:
     raise errors.CheckpointReadError(
         f"{path} holds the base evaluation of other settings or test questions than this run's; "
         "delete it (the next run samples it again) or unset --config.eval.shared_base")
-  return {k: np.asarray(stored[k], np.float64) for k in ("test", "test_greedy") if k in stored}
+  return {k: np.asarray(stored[k], np.float64) for k in evaluation.TEST_KEYS if k in stored}
 
 
 def _share_base_test(loop: Loop, path: str) -> None:
@@ -1085,7 +1085,7 @@ def _share_base_test(loop: Loop, path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fileio.write_json_atomic(path, {
       "key": base_test_key(loop.config), "test_ids": rewards["test_ids"],
-      **{k: rewards[k].tolist() for k in ("test", "test_greedy") if k in rewards}})
+      **{k: rewards[k].tolist() for k in evaluation.TEST_KEYS if k in rewards}})
 
 
 def base_eval_phase(loop: Loop, params, workdir: str, writer, fresh: bool, log=print) -> dict:

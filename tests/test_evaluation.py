@@ -85,6 +85,29 @@ def test_reference_solutions_score_one_through_evaluate(tasks, name, monkeypatch
     assert all(row["pass@1"] == 1.0 for rows in table.values() for row in rows.values())
 
 
+def test_test_samples_without_a_final_answer_are_flagged(tasks, monkeypatch):
+  """'test_no_answer' / 'test_greedy_no_answer': 1 where the grader found no final answer.
+  Completions by hand: the reference solution (correct), '#### 123456789' (a wrong answer) and
+  'no idea' (no answer), cycling over 6 GSM8K questions."""
+  task = tasks["gsm8k"]
+  items = list(task.test[:6])
+  policy = tiny_policy(task, 8)
+  index = {tuple(policy.encode_prompt(task.prompt_text(e))): i for i, e in enumerate(items)}
+  texts = lambda i: (items[i].solution, "#### 123456789", "no idea")[i % 3]  # noqa: E731
+
+  def fake_completions(policy_, prompts, rng, *, num_samples=1, **kwargs):
+    return [(i * num_samples + s, texts(index[tuple(p)])) for i, p in enumerate(prompts)
+            for s in range(num_samples)]
+
+  monkeypatch.setattr(evaluation, "local_completions", fake_completions)
+  out = evaluation.evaluation_rewards(policy, task, [], items, jax.random.PRNGKey(0),
+                                      train_samples=1, max_new_tokens=8)
+  assert out["test"].tolist() == out["test_greedy"].tolist() == [1, 0, 0, 1, 0, 0]
+  assert (out["test_no_answer"].tolist() == out["test_greedy_no_answer"].tolist()
+          == [0, 0, 1, 0, 0, 1])
+  assert set(out) == set(evaluation.TEST_KEYS)
+
+
 def test_wilson_interval_against_known_values():
   # p = 0.5, n = 100, z = 1.96: centre 0.5, half-width 1.96*sqrt(0.25/100 + 1.96^2/40000)/(1.038416)
   low, high = evaluation.wilson_interval(50, 100)

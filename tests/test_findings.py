@@ -28,10 +28,12 @@ def rewards(p: float, n: int, seed: int) -> np.ndarray:
 
 
 def write_run(root, spec, seed, *, train=(0.1, 0.1), test=(0.2, 0.2), greedy=(0.3, 0.3),
-              mid=None, failed=False, collapse=False, entropy=(0.6, 0.6), markers=None):
+              mid=None, failed=False, collapse=False, entropy=(0.6, 0.6), markers=None,
+              no_answer=None):
   """One run's record: base and final evaluations with these Pass@1s (train, test, greedy),
   an evaluation at round 50 (mid: (train, test), default halfway), per-round rows; markers
-  (first, last): rollouts.jsonl with that many of 8 texts at rounds 1 and 100 writing '####'."""
+  (first, last): rollouts.jsonl with that many of 8 texts at rounds 1 and 100 writing '####';
+  no_answer (base, final): the share of test samples flagged without a final answer."""
   d = pathlib.Path(root) / pipeline.spec_dir(spec) / f"seed{seed}"
   os.makedirs(d / "evals")
   mid = mid or ((train[0] + train[1]) / 2, (test[0] + test[1]) / 2)
@@ -42,6 +44,8 @@ def write_run(root, spec, seed, *, train=(0.1, 0.1), test=(0.2, 0.2), greedy=(0.
     saved = {"train": rewards(tr, K, seed + r)[None], "test": rewards(te, Q, seed + r + 1)}
     if gr is not None:
       saved["test_greedy"] = rewards(gr, Q, seed + r + 2)
+    if no_answer is not None and r in (0, ROUNDS):
+      saved["test_no_answer"] = rewards(no_answer[r == ROUNDS], Q, seed + r + 3)
     evaluation.save_rewards(str(d / "evals"), r, saved, ["q0"], ids)
     rows.append({"step": r, **{k: v for k, v in evaluation.summarize(saved).items()}})
   for r in range(1, ROUNDS + 1):
@@ -85,7 +89,8 @@ def write_scenario(root):
               mid=(0.95 if k < 2 else 0.3, 0.3))
     write_run(root, "l1:g=4", k, **same)
     # L1 smooth; L2 the same end point with a test curve that jumps: less stable, not higher.
-    write_run(root, "l1", k, **same, markers=(0, 6 if k else 3))  # '####' taken up
+    write_run(root, "l1", k, **same, markers=(0, 6 if k else 3),  # '####' taken up
+              no_answer=(0.5, 0.1))
     write_run(root, "l2", k, train=(0.1, 0.1), test=(0.2, 0.2), mid=(0.6, 0.6))
     write_run(root, "l1:g=16", k, train=(0.1, 0.1), test=(0.2, 0.6))  # G=16 generalizes
     write_run(root, "l3", k, train=(0.1, 1.0), failed=k < 2)           # {-1,+1} diverges
@@ -117,9 +122,13 @@ def test_the_rules_on_records_where_the_answers_are_known(tmp_path):
   assert mech["l1"]["no_answer_last"] == pytest.approx(1 / 8)
   assert mech["l1"]["marker_first"] == 0 and mech["l1"]["marker_last"] == pytest.approx(5 / 8)
   assert mech["l2"]["marker_first"] is None  # no texts kept
+  assert (mech["l1"]["test_no_answer_base"], mech["l1"]["test_no_answer_final"]) == (
+      pytest.approx(0.5), pytest.approx(0.1))
+  assert mech["l2"]["test_no_answer_base"] is None  # evaluations without the flags
   assert mech["l0"]["sampled"][0] == pytest.approx(0.3)
   text = findings.markdown(list(out.values()), list(mech.values()))
   assert "**reproduced**" in text and "| l1 | 3 |" in text and "| 0.00 -> 0.62 |" in text
+  assert "| 0.50 -> 0.10 |" in text and "| – -> – |" in text
 
 
 def test_gain_difference_is_the_difference_of_mean_gains(tmp_path):

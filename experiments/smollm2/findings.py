@@ -378,6 +378,10 @@ def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict
       shares = [np.mean([MARKER in t for t in r["texts"][0 if first else -1]["text"]])
                 for _, r in done if r["texts"]]
       row[f"marker_{'first' if first else 'last'}"] = float(np.mean(shares)) if shares else None
+    for when in ("base", "final"):  # evaluations since 2026-11-30 flag answerless samples
+      shares = [float(np.mean(r["evals"][when]["test_no_answer"])) for _, r in done
+                if "test_no_answer" in r["evals"][when]]
+      row[f"test_no_answer_{when}"] = float(np.mean(shares)) if shares else None
     row["sampled"] = difference(per_layer, spec, None, "test", boots=boots)
     if all("test_greedy" in r["evals"]["final"] for _, r in done):
       row["greedy"] = difference(per_layer, spec, None, "test_greedy", boots=boots)
@@ -394,15 +398,18 @@ def markdown(findings: list[dict], mech: list[dict]) -> str:
   if not mech:
     return "\n".join(lines)
   lines += ["", "| layer | seeds | entropy first -> last 10 rounds | length | no final answer | "
-            f"'{MARKER}' first -> last round with texts | test Pass@1 - base, sampled | greedy |",
-            "|---|---|---|---|---|---|---|---|"]
+            f"'{MARKER}' first -> last round with texts | test: no final answer, base -> final "
+            "| test Pass@1 - base, sampled | greedy |",
+            "|---|---|---|---|---|---|---|---|---|"]
   num = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"
   for m in mech:
     lines.append(
         f"| {m['spec']} | {m['seeds']} | {num(m['entropy_first'])} -> {num(m['entropy_last'])} "
         f"| {num(m['length_first'], 0)} -> {num(m['length_last'], 0)} "
         f"| {num(m['no_answer_first'])} -> {num(m['no_answer_last'])} "
-        f"| {num(m['marker_first'])} -> {num(m['marker_last'])} | {fmt(m['sampled'])} "
+        f"| {num(m['marker_first'])} -> {num(m['marker_last'])} "
+        f"| {num(m['test_no_answer_base'])} -> {num(m['test_no_answer_final'])} "
+        f"| {fmt(m['sampled'])} "
         f"| {fmt(m['greedy']) if 'greedy' in m else '–'} |")
   return "\n".join(lines)
 

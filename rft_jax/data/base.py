@@ -52,6 +52,10 @@ class Task:
     """(rewards [N] float32, Counter of outcome names)."""
     return rewards.grade_batch(self.grader, responses, [e.answer for e in examples])
 
+  def grade_outcomes(self, responses: Sequence[str], examples: Sequence[Example]):
+    """Each response's Outcome (its reward is `.reward`)."""
+    return rewards.grade_outcomes(self.grader, responses, [e.answer for e in examples])
+
   def example(self, split: str, index: int) -> Example:
     pool = self.train if split == "train" else self.test
     if not 0 <= index < len(pool):
