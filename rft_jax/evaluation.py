@@ -29,8 +29,8 @@ from rft_jax import (
   sharding,
 )
 from rft_jax.data.base import Example, Task
-from rft_jax.rewards.base import Outcome
 from rft_jax.models.policy import Policy
+from rft_jax.rewards.base import Outcome
 
 
 def _rollouts(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Array, *,

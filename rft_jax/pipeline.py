@@ -372,7 +372,7 @@ def execute(runs: Sequence[Run], parallel: int = 1, log=print,
   after_run(run, ok) is called as each run ends (the pipeline publishes it there)."""
   results, finished = {}, list(finished)
   rollouts = rollouts or {}
-  cost = lambda run: rollouts.get(run.label, 1.0)  # noqa: E731
+  cost = lambda run: rollouts.get(run.label, 1.0)
   after_run = after_run or (lambda run, ok: None)
   if parallel <= 1:
     for i, run in enumerate(runs):

@@ -93,7 +93,7 @@ def test_test_samples_without_a_final_answer_are_flagged(tasks, monkeypatch):
   items = list(task.test[:6])
   policy = tiny_policy(task, 8)
   index = {tuple(policy.encode_prompt(task.prompt_text(e))): i for i, e in enumerate(items)}
-  texts = lambda i: (items[i].solution, "#### 123456789", "no idea")[i % 3]  # noqa: E731
+  texts = lambda i: (items[i].solution, "#### 123456789", "no idea")[i % 3]
 
   def fake_completions(policy_, prompts, rng, *, num_samples=1, **kwargs):
     return [(i * num_samples + s, texts(index[tuple(p)])) for i, p in enumerate(prompts)

@@ -1,0 +1,92 @@
+"""Adds the no-final-answer flags to the SmolLM2 layers' shared base test evaluations.
+
+The layers share each seed's base test evaluation (experiments/smollm2/tables/base_test/,
+`eval.shared_base`); those of seeds 0-2 were sampled before evaluations flagged the samples
+without a final answer (`test_no_answer`, `test_greedy_no_answer`), so the layers' base ->
+final share of answerless test samples (findings.md, mechanism table) has no base side. For
+each seed this samples the base evaluation again the way a layer run does (train.make_loop and
+train.evaluate_phase, the same random numbers), requires its rewards to equal the stored ones
+sample for sample (else it writes nothing: they would be other samples), and adds the flags to
+the stored file (atomically). Seeds whose file has them are skipped.
+
+    python experiments/smollm2/base_no_answer.py     # ~15 min per seed on the 2-core CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+
+from rft_jax import evaluation, fileio, pipeline, sharding, train  # noqa: E402
+
+LAYERS = os.path.join(HERE, "layers")
+TABLES = os.path.join(HERE, "tables")
+ROOT = os.path.join(HERE, "..", "..", "runs", "smollm2", "layers")  # run.sh's --root
+FLAGS = ("test_no_answer", "test_greedy_no_answer")
+
+
+def layer_configs(layers: str = LAYERS, tables: str = TABLES, root: str = ROOT) -> list:
+  """The configs of one layer per seed, as the layers' runner planned them (pipeline.json;
+  root: its --root, where a warm-started base would be): the base test evaluation, and so its
+  shared file, is the same for every layer of a seed."""
+  with open(os.path.join(layers, pipeline.SETTINGS_FILE)) as f:
+    settings = json.load(f)
+  planned = pipeline.plan(settings["layers"][:1], settings["seeds"], root,
+                          runlocal=settings.get("runlocal", False),
+                          quick=settings.get("quick", False), overrides=settings["overrides"],
+                          base=settings.get("base", ""), tables=tables)
+  return [config for _, config in planned]
+
+
+def add_flags(config, log=print) -> str:
+  """Samples seed `config.seed`'s base test evaluation again and adds its flags to the shared
+  file; returns what it did."""
+  path = train.base_test_path(config)
+  with open(path) as f:
+    stored = json.load(f)
+  if all(k in stored for k in FLAGS):
+    return f"{path}: has the flags"
+  with tempfile.TemporaryDirectory() as workdir:
+    config.eval.shared_base = ""  # sample it here, do not read the stored one
+    task = train.build_task(config.task)
+    loop = train.make_loop(config, workdir, task, sharding.build_mesh(**config.mesh), log=log)
+    train.evaluate_phase(loop, train.initial_state(loop).params, 0)
+    again = evaluation.load_rewards(evaluation.rewards_path(
+        os.path.join(workdir, train.EVALS_DIR), 0))
+  if again["test_ids"] != stored["test_ids"]:
+    raise SystemExit(f"{path}: other test questions than the layers' ({len(stored['test_ids'])})")
+  for key in ("test", "test_greedy"):
+    same = np.array_equal(np.asarray(stored[key]), again[key])
+    if not same:
+      differ = int(np.sum(np.asarray(stored[key]) != again[key]))
+      raise SystemExit(f"{path}: the base evaluation sampled again differs from the stored one "
+                       f"in {differ} '{key}' samples: not the same samples, nothing written")
+  fileio.write_json_atomic(path, {**stored, **{k: again[k].tolist() for k in FLAGS}})
+  shares = ", ".join(f"{k} {np.mean(again[k]):.3f}" for k in FLAGS)
+  return f"{path}: flags added (seed {config.seed}; {shares})"
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--seeds", default="", help="comma-separated seeds (default: all)")
+  p.add_argument("--layers", default=LAYERS, help="the published layers (their pipeline.json)")
+  p.add_argument("--tables", default=TABLES, help="the runner's --tables")
+  p.add_argument("--root", default=ROOT, help="the runner's --root")
+  args = p.parse_args(argv)
+  chosen = {int(s) for s in args.seeds.split(",") if s}
+  for config in layer_configs(args.layers, args.tables, args.root):
+    if not chosen or config.seed in chosen:
+      print(add_flags(config), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
