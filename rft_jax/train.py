@@ -983,7 +983,7 @@ def evaluate_phase(loop: Loop, params, round_index: int, *, all_questions: bool 
   (process 0). Evaluations between the base and the last round (all_questions=False) may use
   the first eval.curve_test_size test questions only (a curve), and without greedy accuracy
   unless eval.curve_greedy; the base and final ones all of test_size (the layer comparison).
-  known_test: these params' test rewards ('test', 'test_greedy') from an earlier identical
+  known_test: these params' test rewards (evaluation.TEST_KEYS) from an earlier identical
   evaluation (base_eval_phase), so only the training question is sampled; the rng split makes
   that the same as sampling both. The exact optimal-arm probability is separate
   (exact_arms_phase)."""

@@ -24,15 +24,22 @@ def test_flags_are_added_to_the_same_samples_only(tmp_path):
   [config] = base_no_answer.layer_configs(str(root), str(tables), str(root))
   path = pathlib.Path(train.base_test_path(config))
   made = json.loads(path.read_text())  # sampled with the flags by the run itself
-  assert base_no_answer.add_flags(config.copy_and_resolve_references()).endswith("has the flags")
+  assert base_no_answer.add_flags(config).endswith("has the flags")
   # An evaluation stored before the flags existed: sampled again, the same rewards, flags added.
   old = {k: v for k, v in made.items() if k not in base_no_answer.FLAGS}
   path.write_text(json.dumps(old))
-  assert "flags added (seed 0;" in base_no_answer.add_flags(config.copy_and_resolve_references())
+  assert "flags added (seed 0;" in base_no_answer.add_flags(config)
+  assert config.eval.shared_base  # the caller's config is left as it was
   assert json.loads(path.read_text()) == made
   # Stored rewards that sampling again does not give: other samples, nothing written.
   old["test"][0] = 1.0 - old["test"][0]
   path.write_text(json.dumps(old))
-  with pytest.raises(SystemExit, match="differs from the stored one in 1 'test' samples"):
-    base_no_answer.add_flags(config.copy_and_resolve_references())
+  with pytest.raises(base_no_answer.BackfillError,
+                     match="differs from the stored one in 1 'test' samples"):
+    base_no_answer.add_flags(config)
   assert json.loads(path.read_text()) == old
+  # main() reports a failing seed on one line and exits 1.
+  assert base_no_answer.main([f"--layers={root}", f"--tables={tables}", f"--root={root}"]) == 1
+  path.unlink()
+  with pytest.raises(base_no_answer.BackfillError, match="no shared base evaluation of seed 0"):
+    base_no_answer.add_flags(config)

@@ -267,3 +267,16 @@ def test_the_report_adds_the_seeds_t_intervals(tmp_path):
   assert iv[0] == pytest.approx(0.3) and iv[1] < 0.3 < iv[2]  # the sampling floor's width
   assert row.split(" | ")[3] == f"+0.300 [{iv[1]:+.3f}, {iv[2]:+.3f}]"
   assert "| Δ greedy vs parent | Δ greedy vs base | training Pass@1 |" in text  # bootstrap's
+
+
+def test_answerless_test_share_uses_the_seeds_flagged_at_both_ends(tmp_path):
+  """Seeds 0 and 1 flag answerless test samples (0.5 -> 0.1 and 0.3 -> 0.1), seed 2 does not
+  (evaluated before the flags existed): base and final average seeds 0 and 1 only, and say so."""
+  for k, no_answer in enumerate(((0.5, 0.1), (0.3, 0.1), None)):
+    write_run(tmp_path, "l1", k, no_answer=no_answer)
+  per_layer = findings.load(str(tmp_path), ["l1"])
+  [m] = findings.mechanisms(per_layer, boots=100)
+  assert m["test_no_answer_seeds"] == 2
+  assert (m["test_no_answer_base"], m["test_no_answer_final"]) == (pytest.approx(0.4),
+                                                                   pytest.approx(0.1))
+  assert "| 0.40 -> 0.10 (2 seeds) |" in findings.markdown([], [m])

@@ -9,6 +9,10 @@ train.evaluate_phase, the same random numbers), requires its rewards to equal th
 sample for sample (else it writes nothing: they would be other samples), and adds the flags to
 the stored file (atomically). Seeds whose file has them are skipped.
 
+Only runs that start after it (in a runner process started after commit 98dee4f) read the
+flags; run it while the runner is stopped, then commit experiments/smollm2/tables/ (a runner
+with --commit would otherwise commit the edited files with its next run's record).
+
     python experiments/smollm2/base_no_answer.py     # ~15 min per seed on the 2-core CPU
 """
 
@@ -46,29 +50,41 @@ def layer_configs(layers: str = LAYERS, tables: str = TABLES, root: str = ROOT) 
   return [config for _, config in planned]
 
 
+class BackfillError(Exception):
+  """A seed's file cannot be given the flags (the message says why); nothing was written."""
+
+
 def add_flags(config, log=print) -> str:
   """Samples seed `config.seed`'s base test evaluation again and adds its flags to the shared
   file; returns what it did."""
   path = train.base_test_path(config)
+  if not os.path.exists(path):
+    raise BackfillError(f"{path}: no shared base evaluation of seed {config.seed} with these "
+                        "settings here (another machine's or runtime's key?)")
   with open(path) as f:
     stored = json.load(f)
   if all(k in stored for k in FLAGS):
     return f"{path}: has the flags"
+  if not all(k in stored for k in ("test", "test_greedy")):
+    raise BackfillError(f"{path}: holds no greedy evaluation (eval.greedy off)")
+  config = config.copy_and_resolve_references()
+  config.eval.shared_base = ""  # sample it here, do not read the stored one
   with tempfile.TemporaryDirectory() as workdir:
-    config.eval.shared_base = ""  # sample it here, do not read the stored one
     task = train.build_task(config.task)
     loop = train.make_loop(config, workdir, task, sharding.build_mesh(**config.mesh), log=log)
     train.evaluate_phase(loop, train.initial_state(loop).params, 0)
     again = evaluation.load_rewards(evaluation.rewards_path(
         os.path.join(workdir, train.EVALS_DIR), 0))
   if again["test_ids"] != stored["test_ids"]:
-    raise SystemExit(f"{path}: other test questions than the layers' ({len(stored['test_ids'])})")
+    raise BackfillError(f"{path}: other test questions than the layers' "
+                        f"({len(stored['test_ids'])})")
   for key in ("test", "test_greedy"):
     same = np.array_equal(np.asarray(stored[key]), again[key])
     if not same:
       differ = int(np.sum(np.asarray(stored[key]) != again[key]))
-      raise SystemExit(f"{path}: the base evaluation sampled again differs from the stored one "
-                       f"in {differ} '{key}' samples: not the same samples, nothing written")
+      raise BackfillError(f"{path}: the base evaluation sampled again differs from the stored "
+                          f"one in {differ} '{key}' samples: not the same samples, nothing "
+                          "written")
   fileio.write_json_atomic(path, {**stored, **{k: again[k].tolist() for k in FLAGS}})
   shares = ", ".join(f"{k} {np.mean(again[k]):.3f}" for k in FLAGS)
   return f"{path}: flags added (seed {config.seed}; {shares})"
@@ -82,10 +98,15 @@ def main(argv=None) -> int:
   p.add_argument("--root", default=ROOT, help="the runner's --root")
   args = p.parse_args(argv)
   chosen = {int(s) for s in args.seeds.split(",") if s}
+  failed = 0
   for config in layer_configs(args.layers, args.tables, args.root):
     if not chosen or config.seed in chosen:
-      print(add_flags(config), flush=True)
-  return 0
+      try:
+        print(add_flags(config), flush=True)
+      except BackfillError as e:  # the other seeds still go
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        failed += 1
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -378,10 +378,13 @@ def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict
       shares = [np.mean([MARKER in t for t in r["texts"][0 if first else -1]["text"]])
                 for _, r in done if r["texts"]]
       row[f"marker_{'first' if first else 'last'}"] = float(np.mean(shares)) if shares else None
-    for when in ("base", "final"):  # evaluations since 2026-11-30 flag answerless samples
-      shares = [float(np.mean(r["evals"][when]["test_no_answer"])) for _, r in done
-                if "test_no_answer" in r["evals"][when]]
-      row[f"test_no_answer_{when}"] = float(np.mean(shares)) if shares else None
+    # Evaluations since 2026-11-30 flag answerless samples: the seeds flagged at both ends.
+    flagged = [r["evals"] for _, r in done
+               if all("test_no_answer" in r["evals"][when] for when in ("base", "final"))]
+    row["test_no_answer_seeds"] = len(flagged)
+    for when in ("base", "final"):
+      row[f"test_no_answer_{when}"] = (float(np.mean([np.mean(e[when]["test_no_answer"])
+                                                      for e in flagged])) if flagged else None)
     row["sampled"] = difference(per_layer, spec, None, "test", boots=boots)
     if all("test_greedy" in r["evals"]["final"] for _, r in done):
       row["greedy"] = difference(per_layer, spec, None, "test_greedy", boots=boots)
@@ -408,7 +411,9 @@ def markdown(findings: list[dict], mech: list[dict]) -> str:
         f"| {num(m['length_first'], 0)} -> {num(m['length_last'], 0)} "
         f"| {num(m['no_answer_first'])} -> {num(m['no_answer_last'])} "
         f"| {num(m['marker_first'])} -> {num(m['marker_last'])} "
-        f"| {num(m['test_no_answer_base'])} -> {num(m['test_no_answer_final'])} "
+        f"| {num(m['test_no_answer_base'])} -> {num(m['test_no_answer_final'])}"
+        + (f" ({m['test_no_answer_seeds']} seeds) " if 0 < m["test_no_answer_seeds"] < m["seeds"]
+           else " ") +
         f"| {fmt(m['sampled'])} "
         f"| {fmt(m['greedy']) if 'greedy' in m else '–'} |")
   return "\n".join(lines)
