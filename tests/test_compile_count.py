@@ -26,6 +26,13 @@ CONFIG = ModelConfig(vocab_size=37, d_model=16, n_layers=1, n_heads=2, n_kv_head
 EOS, PAD, BUCKET, G = 3, 0, 8, 3
 
 
+@pytest.fixture(autouse=True)
+def fresh_compilation_cache():
+  """Each test counts its own compilations: an earlier test of the session (another run of the
+  same runlocal config) may have compiled the same shapes, which would then not compile here."""
+  jax.clear_caches()
+
+
 def counts(names) -> tuple[int, int]:
   c = collections.Counter(names)
   return c["jit(sample)"], c["jit(train_step)"]
