@@ -124,10 +124,11 @@ def sample_rewards(policy: Policy, task: Task, examples: Sequence[Example], rng:
     rewards, _ = task.grade_batch(texts, graded)
     return distributed.gather_rows(rows, np.asarray(rewards, np.float32), n).reshape(shape)
   outcomes = task.grade_outcomes(texts, graded)
-  rewards = distributed.gather_rows(rows, np.asarray([o.reward for o in outcomes], np.float32), n)
-  flags = distributed.gather_rows(
-      rows, np.asarray([o is Outcome.NO_ANSWER for o in outcomes], np.float32), n)
-  return rewards.reshape(shape), flags.reshape(shape)
+  # rewards and flags as the two columns of one gather: one collective, not two
+  both = np.asarray([(o.reward, o is Outcome.NO_ANSWER) for o in outcomes],
+                    np.float32).reshape(-1, 2)
+  both = distributed.gather_rows(rows, both, n)
+  return both[:, 0].reshape(shape), both[:, 1].reshape(shape)
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -328,7 +328,8 @@ def prepare_bases(planned: Sequence[tuple[Run, object]], log=print) -> None:
 
 
 def run_rollouts(config) -> float:
-  """The rollouts a run samples over its rounds: what its training part costs grows with."""
+  """The rollouts a run samples over its rounds: what its training part costs grows with.
+  (A record written before rollout.prompts_per_round existed had one question a round.)"""
   rollout = config.rollout
   return float(config.train.rounds * rollout.num_samples * rollout.get("prompts_per_round", 1))
 
@@ -835,8 +836,8 @@ def bootstrap(a: Sequence, b: Sequence | None = None, *, paired: bool = True, bo
   allows. Few seeds: the seed level's percentiles come from at most n^n resamples of n values
   (3 seeds: about the range of the 3 per-seed values), so its width is a lower bound; findings
   that rest on it say so."""
-  a = [_clusters(x) for x in a]
-  b = None if b is None else [_clusters(x) for x in b]
+  a = [clusters(x) for x in a]
+  b = None if b is None else [clusters(x) for x in b]
   if not a or (b is not None and len(b) != len(a)):
     raise ValueError(f"need the same number of seeds on both sides, got {len(a)} and "
                      f"{None if b is None else len(b)}")
@@ -862,8 +863,10 @@ def bootstrap(a: Sequence, b: Sequence | None = None, *, paired: bool = True, bo
   return estimate, float(low), float(high)
 
 
-def _clusters(x) -> np.ndarray:
-  """Rewards as [units, samples per unit]: the units a bootstrap draws (bootstrap)."""
+def clusters(x) -> np.ndarray:
+  """Rewards as [units, samples per unit]: the units a bootstrap draws (bootstrap): a
+  [questions, samples] evaluation's questions, a single question's samples, a flat array's
+  entries."""
   x = np.asarray(x, float)
   if x.ndim <= 1 or x.shape[0] == 1:
     return x.reshape(-1, 1)
@@ -900,8 +903,8 @@ def seed_interval(values, others=None, sampling=None,
 def sampling_variance(mine: dict, theirs: dict, key: str) -> float:
   """The sampling variance of mean(mine[key]) - mean(theirs[key]) for one seed: of the mean
   per-question difference where the two are pairable, else the two means' variances summed
-  (questions as units, or a single question's samples: _clusters)."""
-  a, b = (_clusters(e[key]).mean(axis=1) for e in (mine, theirs))
+  (questions as units, or a single question's samples: clusters)."""
+  a, b = (clusters(e[key]).mean(axis=1) for e in (mine, theirs))
   if pairable(mine, theirs, key):
     return float(np.var(a - b, ddof=1) / a.size) if a.size > 1 else 0.0
   return sum(float(np.var(v, ddof=1) / v.size) if v.size > 1 else 0.0 for v in (a, b))

@@ -145,6 +145,34 @@ def test_gain_difference_is_the_difference_of_mean_gains(tmp_path):
   assert est == 0 and low <= 0 <= high
 
 
+def test_gain_difference_resamples_questions_not_samples():
+  """[questions, samples] rewards whose samples agree within each question carry the
+  information of one sample per question: the interval equals that of the [questions] means
+  (flattening the 8 samples would narrow it about sqrt(8)-fold)."""
+  rng = np.random.default_rng(0)
+
+  def side(p_base, p_final, samples):
+    runs = []
+    for _ in range(3):
+      base, final = (rng.random(20) < p for p in (p_base, p_final))
+      wide = lambda v: np.repeat(v[:, None].astype(float), samples, axis=1)
+      runs.append({"status": "done", "evals": {"base": {"train": wide(base)},
+                                               "final": {"train": wide(final)}}})
+    return runs
+
+  a, b = side(0.2, 0.6, 8), side(0.4, 0.5, 8)
+  narrow = lambda runs: [{"status": "done", "evals": {
+      when: {"train": r["evals"][when]["train"][:, 0]} for when in ("base", "final")}}
+      for r in runs]
+  wide_iv = findings.gain_difference(a, b, key="train", boots=300)
+  narrow_iv = findings.gain_difference(narrow(a), narrow(b), key="train", boots=300)
+  assert wide_iv == pytest.approx(narrow_iv)
+  assert wide_iv[2] - wide_iv[1] > 0.1
+  wide_t = findings.gain_difference(a, b, key="train", seed_level=True)
+  assert wide_t == pytest.approx(findings.gain_difference(narrow(a), narrow(b), key="train",
+                                                          seed_level=True))
+
+
 def test_the_rules_edge_by_edge(tmp_path):
   """Branches the first scenario leaves alone: a one-sided G comparison (a smaller G ahead is
   no gain), 2b on separation rather than means, 4 through collapse flags and through L1's

@@ -140,14 +140,15 @@ def gain_difference(a_results: list[dict], b_results: list[dict], key: str = "te
   """(final - base) of one base model's runs minus the same of another's (different test sets:
   unpaired across the two; each gain paired within its own runs). Two-level bootstrap on each
   side (seeds, then questions), as pipeline.bootstrap; seed_level: Welch's t-interval of the
-  two sides' per-seed gains (pipeline.seed_interval)."""
+  two sides' per-seed gains (pipeline.seed_interval). A [questions, samples] evaluation is
+  resampled by question, its samples a cluster (pipeline.clusters), as in the layer report."""
   sides = []
   for results in (a_results, b_results):
     runs = [r["evals"] for _, r in _done(results)]
     if not runs:
       raise ValueError("a side without complete runs")
-    sides.append([(np.asarray(e["final"][key], float).ravel(),
-                   np.asarray(e["base"][key], float).ravel()) for e in runs])
+    sides.append([tuple(pipeline.clusters(e[when][key]).mean(axis=1) for when in ("final", "base"))
+                  for e in runs])
   if seed_level:
     sampling = [[float(np.var(final - base, ddof=1) / final.size) for final, base in side]
                 for side in sides]
