@@ -145,6 +145,17 @@ def test_gain_difference_is_the_difference_of_mean_gains(tmp_path):
   assert est == 0 and low <= 0 <= high
 
 
+def test_answered_accuracy_splits_format_from_correctness():
+  """10 samples: 4 without a final answer, 3 of the 6 answered correct -> 0.5; Pass@1 0.3 =
+  (1 - 0.4) x 0.5."""
+  e = {"test": [1, 1, 1, 0, 0, 0, 0, 0, 0, 0], "test_no_answer": [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]}
+  assert findings.answered_accuracy(e) == pytest.approx(0.5)
+  assert np.mean(e["test"]) == pytest.approx((1 - 0.4) * 0.5)
+  assert findings.answered_accuracy({"test": [0, 0], "test_no_answer": [1, 1]}) is None
+  with pytest.raises(ValueError, match="differ"):
+    findings.answered_accuracy({"test": [1, 0], "test_no_answer": [[0, 0]]})
+
+
 def test_gain_difference_resamples_questions_not_samples():
   """[questions, samples] rewards whose samples agree within each question carry the
   information of one sample per question: the interval equals that of the [questions] means
@@ -308,3 +319,13 @@ def test_answerless_test_share_uses_the_seeds_flagged_at_both_ends(tmp_path):
   assert (m["test_no_answer_base"], m["test_no_answer_final"]) == (pytest.approx(0.4),
                                                                    pytest.approx(0.1))
   assert "| 0.40 -> 0.10 (2 seeds) |" in findings.markdown([], [m])
+  # correct among answered: each flagged seed's own ratio, then their mean (seed 2 left out)
+  for when in ("base", "final"):
+    ratios = []
+    for r in per_layer["l1"][:2]:
+      e = r["evals"][when]
+      answered = [1 - x for x in e["test_no_answer"]]
+      ratios.append(sum(c * a for c, a in zip(e["test"], answered)) / sum(answered))
+    assert m[f"test_answered_{when}"] == pytest.approx(sum(ratios) / 2)
+  cells = findings.markdown([], [m]).splitlines()[-1].split(" | ")
+  assert cells[7] == f"{m['test_answered_base']:.2f} -> {m['test_answered_final']:.2f} (2 seeds)"

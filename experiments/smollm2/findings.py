@@ -350,6 +350,18 @@ def _window_mean(rows, key: str, first: bool, n: int = 10) -> float | None:
   return float(np.mean([v for _, v in part])) if part else None
 
 
+def answered_accuracy(evaluation: dict, key: str = "test") -> float | None:
+  """Pass@1 among the `key` samples that have a final answer: correct / answered (None where
+  none has one). With the share of answerless samples it splits a change of test Pass@1 into
+  format (answering at all) and correctness (being right when answering):
+  Pass@1 = (1 - share answerless) x answered accuracy."""
+  rewards = np.asarray(evaluation[key], float)
+  answered = 1.0 - np.asarray(evaluation[f"{key}_no_answer"], float)
+  if rewards.shape != answered.shape:
+    raise ValueError(f"{key}: rewards {rewards.shape} and flags {answered.shape} differ")
+  return float((rewards * answered).sum() / answered.sum()) if answered.sum() else None
+
+
 def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict]:
   """Per layer, means over its complete seeds: entropy, response length and the share of
   rollouts without a final answer over the first and the last 10 rounds, the share of rollouts
@@ -386,6 +398,9 @@ def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict
     for when in ("base", "final"):
       row[f"test_no_answer_{when}"] = (float(np.mean([np.mean(e[when]["test_no_answer"])
                                                       for e in flagged])) if flagged else None)
+      # (added 2026-11-30 after L1 seed 1 had finished: exploratory, no verdict uses it)
+      accuracies = [a for a in (answered_accuracy(e[when]) for e in flagged) if a is not None]
+      row[f"test_answered_{when}"] = float(np.mean(accuracies)) if accuracies else None
     row["sampled"] = difference(per_layer, spec, None, "test", boots=boots)
     if all("test_greedy" in r["evals"]["final"] for _, r in done):
       row["greedy"] = difference(per_layer, spec, None, "test_greedy", boots=boots)
@@ -403,18 +418,19 @@ def markdown(findings: list[dict], mech: list[dict]) -> str:
     return "\n".join(lines)
   lines += ["", "| layer | seeds | entropy first -> last 10 rounds | length | no final answer | "
             f"'{MARKER}' first -> last round with texts | test: no final answer, base -> final "
-            "| test Pass@1 - base, sampled | greedy |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| test: correct among answered | test Pass@1 - base, sampled | greedy |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
   num = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"
   for m in mech:
+    n = m["test_no_answer_seeds"]
+    flagged = f" ({n} seed{'s' * (n != 1)}) " if 0 < n < m["seeds"] else " "
     lines.append(
         f"| {m['spec']} | {m['seeds']} | {num(m['entropy_first'])} -> {num(m['entropy_last'])} "
         f"| {num(m['length_first'], 0)} -> {num(m['length_last'], 0)} "
         f"| {num(m['no_answer_first'])} -> {num(m['no_answer_last'])} "
         f"| {num(m['marker_first'])} -> {num(m['marker_last'])} "
-        f"| {num(m['test_no_answer_base'])} -> {num(m['test_no_answer_final'])}"
-        + (f" ({m['test_no_answer_seeds']} seeds) " if 0 < m["test_no_answer_seeds"] < m["seeds"]
-           else " ") +
+        f"| {num(m['test_no_answer_base'])} -> {num(m['test_no_answer_final'])}{flagged}"
+        f"| {num(m['test_answered_base'])} -> {num(m['test_answered_final'])}{flagged}"
         f"| {fmt(m['sampled'])} "
         f"| {fmt(m['greedy']) if 'greedy' in m else '–'} |")
   return "\n".join(lines)
