@@ -145,6 +145,23 @@ def test_gain_difference_is_the_difference_of_mean_gains(tmp_path):
   assert est == 0 and low <= 0 <= high
 
 
+def test_6b_calls_the_absence_only_once_every_layer_has_ended(tmp_path):
+  """L1 reaches training Pass@1 1.0 and its test Pass@1 rises: no layer learned without
+  generalizing, so far; 6b waits (a later layer could be the one) until every layer ended."""
+  for k in range(3):
+    write_run(tmp_path, "l1", k, train=(0.1, 1.0), test=(0.2, 0.5))
+  out, _ = judged(tmp_path)
+  claim = out["6"]["claims"][1]
+  assert claim[2] == findings.NOT_RUN and claim[1].endswith("none (so far)")
+  assert out["6"]["verdict"].startswith("waiting")
+  for spec in pipeline.parse_layers("smollm2"):
+    for k in range(3 * (spec != "l1")):
+      write_run(tmp_path, spec, k)
+  out, _ = judged(tmp_path)
+  claim = out["6"]["claims"][1]
+  assert claim[2] == findings.NOT_SHOWN and claim[1].endswith("not shown above base: none")
+
+
 def test_answered_accuracy_splits_format_from_correctness():
   """10 samples: 4 without a final answer, 3 of the 6 answered correct -> 0.5; Pass@1 0.3 =
   (1 - 0.4) x 0.5."""
