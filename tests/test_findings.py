@@ -154,6 +154,13 @@ def test_6b_calls_the_absence_only_once_every_layer_has_ended(tmp_path):
   claim = out["6"]["claims"][1]
   assert claim[2] == findings.NOT_RUN and claim[1].endswith("none (so far)")
   assert out["6"]["verdict"].startswith("waiting")
+  # one layer at 0.9 without a test gain shows it at once, the other layers still to run
+  shown_root = tmp_path / "shown"
+  for k in range(3):
+    write_run(shown_root, "l1", k, train=(0.1, 1.0), test=(0.2, 0.5))
+    write_run(shown_root, "l2", k, train=(0.1, 1.0), test=(0.2, 0.2))
+  claim = judged(shown_root)[0]["6"]["claims"][1]
+  assert claim[2] == findings.SHOWN and claim[1].endswith("not shown above base: l2")
   for spec in pipeline.parse_layers("smollm2"):
     for k in range(3 * (spec != "l1")):
       write_run(tmp_path, spec, k)

@@ -42,7 +42,9 @@ the finished seeds. A sub-claim whose layers are not ready is "not run" and the 
    while its test Pass@1 is not shown above its base's (untestable, counted as not shown,
    when every layer has ended and none with 2 or more finished seeds reaches 0.9; "ended", not
    "ready", since 2026-11-30, before any layer ran: a layer whose seeds mostly diverged is never
-   ready, and 6b waited on it for ever).
+   ready, and 6b waited on it for ever). Not shown only once every layer has ended (shown as
+   soon as a layer is found): a fix of 2026-11-30, after L1 had finished, when L1's reaching
+   0.9 with a test gain had called 6b not shown with 7 layers still to run.
 
 Beside each verdict (added 2026-11-30, when only L0 seeds 0 and 1 had finished): the same rules
 with t-intervals over the seeds' own differences in place of the bootstrap (columns of their
