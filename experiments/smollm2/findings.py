@@ -321,15 +321,15 @@ def judge(per_layer: dict[str, list[dict]], other: dict[str, list[dict]] | None 
     claims.append(("(a) L1's test gain differs between the bases", "", NOT_RUN))
   learned = [spec for spec in per_layer if have(spec) and np.mean(
       [r["final_train"] for _, r in _done(per_layer[spec])]) >= pipeline.THRESHOLD]
+  ended = all(_ended(results) for results in per_layer.values())
   if learned:
     flat = [spec for spec in learned if not above(diff(per_layer, spec, None))]
     # Some layer is enough to show it; that none is needs every layer (a later one may be it).
-    ended = all(_ended(results) for results in per_layer.values())
     claims.append(("(b) a layer with training Pass@1 >= 0.9 whose test Pass@1 does not rise",
                    f"at 0.9: {', '.join(learned)}; test not shown above base: "
                    f"{', '.join(flat) or 'none'}" + ("" if flat or ended else " (so far)"),
                    SHOWN if flat else NOT_SHOWN if ended else NOT_RUN))
-  elif all(_ended(results) for results in per_layer.values()):
+  elif ended:
     # (ended, not ready: a layer whose seeds mostly diverged never becomes ready); such a
     # layer's finished seed is named where it reached 0.9, not judged on one seed.
     unjudged = [f"{spec} (seed {k}: {r['final_train']:.2f})"
