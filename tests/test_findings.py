@@ -180,6 +180,25 @@ def test_answered_accuracy_splits_format_from_correctness():
     findings.answered_accuracy({"test": [1, 0], "test_no_answer": [[0, 0]]})
 
 
+def test_answered_difference_and_its_table(tmp_path, capsys):
+  """Base: 4 of 10 answered, 1 right (0.25); final: 8 answered, 4 right (0.5): +0.25. The
+  same evaluation on both sides differs by exactly 0 in every resample."""
+  base = {"test": [1, 0, 0, 0, 0, 0, 0, 0, 0, 0], "test_no_answer": [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]}
+  final = {"test": [1, 1, 1, 1, 0, 0, 0, 0, 0, 0], "test_no_answer": [0] * 8 + [1, 1]}
+  est, low, high = findings.answered_difference(final, base, boots=500)
+  assert est == pytest.approx(0.25) and low < 0.25 < high
+  assert findings.answered_difference(base, base, boots=200) == (0.0, 0.0, 0.0)
+  with pytest.raises(ValueError, match="without any answer"):
+    findings.answered_difference(final, {"test": [0] * 10, "test_no_answer": [1] * 10})
+  # the table: one line per flagged seed and kind (seed 2 has no flags; no greedy flags at all)
+  for k, no_answer in enumerate(((0.5, 0.1), (0.3, 0.1), None)):
+    write_run(tmp_path, "l1", k, no_answer=no_answer)
+  assert findings.main(["--root", str(tmp_path), "--answered", "l1", "--boots", "100"]) == 0
+  rows = capsys.readouterr().out.splitlines()[2:]
+  assert [r.split(" | ")[:2] for r in rows] == [["| 0", "sampled"], ["| 1", "sampled"]]
+  assert rows[0].split(" | ")[2].startswith("0.500 -> 0.100 (-0.400 [")
+
+
 def test_gain_difference_resamples_questions_not_samples():
   """[questions, samples] rewards whose samples agree within each question carry the
   information of one sample per question: the interval equals that of the [questions] means

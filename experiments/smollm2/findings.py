@@ -367,6 +367,43 @@ def answered_accuracy(evaluation: dict, key: str = "test") -> float | None:
   return float((rewards * answered).sum() / answered.sum()) if answered.sum() else None
 
 
+def answered_difference(final: dict, base: dict, key: str = "test", boots: int = 2000,
+                        seed: int = 0) -> tuple[float, float, float]:
+  """answered_accuracy(final) - answered_accuracy(base) of one seed's two evaluations of the
+  same questions, with a 95% percentile bootstrap over the questions (each question's base and
+  final sample drawn together; a resample where a side has no answer at all is skipped)."""
+  sides = [{k: np.asarray(e[k], float) for k in (key, f"{key}_no_answer")} for e in (final, base)]
+  def gain(i=slice(None)):
+    values = [answered_accuracy({k: v[i] for k, v in e.items()}, key) for e in sides]
+    return None if None in values else values[0] - values[1]
+  estimate = gain()
+  if estimate is None:
+    raise ValueError(f"{key}: an evaluation without any answer")
+  rng, n = np.random.default_rng(seed), len(sides[0][key])
+  stats = [g for g in (gain(rng.integers(0, n, n)) for _ in range(boots)) if g is not None]
+  low, high = np.percentile(stats, [2.5, 97.5])
+  return estimate, float(low), float(high)
+
+
+def answered_table(results: list[dict], boots: int = 2000) -> str:
+  """Per seed flagged at both ends: the share of test answers without a final answer and the
+  accuracy among the answered, base -> final with their intervals, sampled and greedy."""
+  lines = ["| seed | | without a final answer | correct among answered |", "|---|---|---|---|"]
+  for k, r in _done(results):
+    e = r["evals"]
+    for key, name in (("test", "sampled"), ("test_greedy", "greedy")):
+      flag = f"{key}_no_answer"
+      if not all(flag in e[when] for when in ("base", "final")):
+        continue
+      share = pipeline.paired_difference([e["final"]], [e["base"]], flag, boots=boots)
+      accuracy = answered_difference(e["final"], e["base"], key, boots=boots)
+      lines.append(
+          f"| {k} | {name} | {np.mean(e['base'][flag]):.3f} -> {np.mean(e['final'][flag]):.3f} "
+          f"({fmt(share)}) | {answered_accuracy(e['base'], key):.3f} -> "
+          f"{answered_accuracy(e['final'], key):.3f} ({fmt(accuracy)}) |")
+  return "\n".join(lines)
+
+
 def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict]:
   """Per layer, means over its complete seeds: entropy, response length and the share of
   rollouts without a final answer over the first and the last 10 rounds, the share of rollouts
@@ -493,8 +530,14 @@ def main(argv=None) -> int:
   p.add_argument("--toy", default="", help="published records of the embedded default: the "
                  "same preset (a judged column of its own) or its L1 alone (finding 6a only)")
   p.add_argument("--boots", type=int, default=2000)
+  p.add_argument("--answered", default="", metavar="LAYER",
+                 help="print only LAYER's per-seed answerless shares and accuracy among the "
+                 "answered on the test set, base -> final (answered_table)")
   args = p.parse_args(argv)
   specs = pipeline.parse_layers("smollm2")
+  if args.answered:
+    print(answered_table(load(args.root, [args.answered])[args.answered], args.boots))
+    return 0
   per_layer = load(args.root, specs)
   toy = load(args.toy, specs) if args.toy else None
   smollm2 = judge(per_layer, toy, args.boots)
