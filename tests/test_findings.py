@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import warnings
 
 import numpy as np
 import pytest
@@ -225,6 +226,21 @@ def test_gain_difference_resamples_questions_not_samples():
   wide_t = findings.gain_difference(a, b, key="train", seed_level=True)
   assert wide_t == pytest.approx(findings.gain_difference(narrow(a), narrow(b), key="train",
                                                           seed_level=True))
+
+
+def test_gain_difference_on_one_sample_has_no_sampling_floor():
+  """A test set of one question sampled once: each seed's sampling variance is 0 (nothing to
+  measure it from; no NaN or warning), so the t-interval is the seeds' own: gains 1, 0, 1
+  against 0, 0, 0 -> 2/3 +- t(0.975, 2 df) x sd / sqrt(3)."""
+  side = lambda gains: [{"status": "done", "evals": {"base": {"test": [0.0]},
+                                                     "final": {"test": [float(g)]}}}
+                        for g in gains]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    est, low, high = findings.gain_difference(side((1, 0, 1)), side((0, 0, 0)),
+                                              seed_level=True)[:3]
+  half = 4.302653 * np.std([1, 0, 1], ddof=1) / np.sqrt(3)
+  assert (est, low, high) == pytest.approx((2 / 3, 2 / 3 - half, 2 / 3 + half), abs=1e-4)
 
 
 def test_the_rules_edge_by_edge(tmp_path):
