@@ -1178,8 +1178,8 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
             "| layer | seeds | Δ test vs parent | Δ test vs base | Δ greedy vs parent | Δ greedy "
             "vs base | Δ training vs base |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in paired:
-      vs = (f" ({row['parent']}, {row['test_vs_parent_seeds']} seeds)"
-            if row.get("test_vs_parent_t") else "")
+      n = row.get("test_vs_parent_seeds")
+      vs = f" ({row['parent']}, {n} seed{'s' * (n != 1)})" if row.get("test_vs_parent_t") else ""
       out.append(f"| {row['spec']} | {row['seeds']} "
                  f"| {_interval(row.get('test_vs_parent_t'), True)}{vs} "
                  + "".join(f"| {_interval(row.get(k), True)} " for k in (
