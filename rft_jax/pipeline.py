@@ -900,14 +900,20 @@ def seed_interval(values, others=None, sampling=None,
   return est, est - half, est + half
 
 
+def mean_variance(v: np.ndarray) -> float:
+  """The sampling variance of v's mean, var(v) / n with ddof 1; 0 for a single value (nothing
+  to measure it from)."""
+  return float(np.var(v, ddof=1) / v.size) if v.size > 1 else 0.0
+
+
 def sampling_variance(mine: dict, theirs: dict, key: str) -> float:
   """The sampling variance of mean(mine[key]) - mean(theirs[key]) for one seed: of the mean
   per-question difference where the two are pairable, else the two means' variances summed
   (questions as units, or a single question's samples: clusters)."""
   a, b = (clusters(e[key]).mean(axis=1) for e in (mine, theirs))
   if pairable(mine, theirs, key):
-    return float(np.var(a - b, ddof=1) / a.size) if a.size > 1 else 0.0
-  return sum(float(np.var(v, ddof=1) / v.size) if v.size > 1 else 0.0 for v in (a, b))
+    return mean_variance(a - b)
+  return mean_variance(a) + mean_variance(b)
 
 
 def seed_difference(mine: Sequence[dict], theirs: Sequence[dict], key: str) -> tuple:

@@ -152,9 +152,7 @@ def gain_difference(a_results: list[dict], b_results: list[dict], key: str = "te
     sides.append([tuple(pipeline.clusters(e[when][key]).mean(axis=1) for when in ("final", "base"))
                   for e in runs])
   if seed_level:
-    # (a one-question test set has no sampling spread to measure: 0, as sampling_variance)
-    sampling = [[float(np.var(final - base, ddof=1) / final.size) if final.size > 1 else 0.0
-                 for final, base in side] for side in sides]
+    sampling = [[pipeline.mean_variance(final - base) for final, base in side] for side in sides]
     return pipeline.seed_interval(*([final.mean() - base.mean() for final, base in side]
                                     for side in sides),
                                   sampling=sampling[0], others_sampling=sampling[1])
