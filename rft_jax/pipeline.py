@@ -941,9 +941,9 @@ def paired_rows(per_layer: dict[str, list[dict]]) -> list[dict]:
   out = []
   for spec, results in per_layer.items():
     runs = {k: r["evals"] for k, r in enumerate(results) if r.get("evals")}
-    parent_spec = _changes(spec)[0]
-    parent = {k: r["evals"] for k, r in enumerate(per_layer.get(parent_spec, [])) if r.get("evals")}
-    row = {"spec": spec, "parent": parent_spec if parent_spec in per_layer else "",
+    parent_name = parent_spec(spec)
+    parent = {k: r["evals"] for k, r in enumerate(per_layer.get(parent_name, [])) if r.get("evals")}
+    row = {"spec": spec, "parent": parent_name if parent_name in per_layer else "",
            "seeds": len(runs)}
     for key, name in (("test", "test"), ("test_greedy", "greedy"), ("train", "train")):
       have = [k for k in runs if key in runs[k]["final"]]
@@ -1108,19 +1108,29 @@ def plot_overview(per_layer: dict[str, list[dict]], path: str) -> str:
 # -- the report ---------------------------------------------------------------------------------
 
 
-def _changes(spec: str) -> tuple[str, list[str]]:
-  """(parent spec, ['field: parent value -> value', ...]) of a layer spec."""
+def parent_spec(spec: str) -> str:
+  """The spec of the layer `spec` adds its design choice to ('' for the first layer), e.g.
+  'l1:g=4' -> 'l0'."""
   layers = _layers_module()
   name, _, arg = spec.partition(":")
   layer = layers.get(name)
   if layer.parent is None:
-    return "", []
+    return ""
   parent_arg = layers.parent_arg(name, arg)
-  a = _flat(json.loads(layers.get(layer.parent).get_config(parent_arg).to_json()))
-  b = _flat(json.loads(layer.get_config(arg).to_json()))
+  return layer.parent + (f":{parent_arg}" if parent_arg else "")
+
+
+def _changes(spec: str, base: str = "") -> tuple[str, list[str]]:
+  """(parent spec, ['field: parent value -> value', ...]) of a layer spec, both configs on the
+  base model `base` (layer_config), since a base may set what a layer changes (smollm2 trains
+  L1 on a hard question, so its L4 medium changes the bucket where the toy's does not)."""
+  parent = parent_spec(spec)
+  if not parent:
+    return "", []
+  a, b = (_flat(json.loads(layer_config(s, base=base).to_json())) for s in (parent, spec))
   lines = [f"`{k}`: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
            if a.get(k) != b.get(k)]
-  return layer.parent + (f":{parent_arg}" if parent_arg else ""), lines
+  return parent, lines
 
 
 def write_report(root: str, specs: Sequence[str], seeds: int, *,
@@ -1197,10 +1207,11 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
 
   for spec, results in per_layer.items():
     name = spec.partition(":")[0]
-    parent, changes = _changes(spec)
+    parent, changes = _changes(spec, settings.get("base", ""))
     out += ["", f"## {spec}: {layers.get(name).title}", ""]
     out.append(f"Lineage: {' → '.join(layers.lineage(name))}" + (
-        f"; changes over {parent}: " + "; ".join(changes) if parent else "") + ".")
+        f"; changes over {parent}: " + ("; ".join(changes) or "none, the same config")
+        if parent else "") + ".")
     questions = list(dict.fromkeys(q for r in results for q in (r.get("questions") or [])))
     if questions:
       out.append(f"Training question(s): {', '.join(questions)}.")

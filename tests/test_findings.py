@@ -200,6 +200,38 @@ def test_answered_difference_and_its_table(tmp_path, capsys):
   assert rows[0].split(" | ")[2].startswith("0.500 -> 0.100 (-0.400 [")
 
 
+def test_the_per_seed_table_against_the_parent_layer(tmp_path, capsys):
+  """Hand-set records: each Pass@1 is an exact share of the questions, so every value and
+  every paired difference is known. L2 against L1 at the same seed: test 0.5 - 0.3 (seed 0)
+  and 0.5 - 0.4 (seed 1), greedy 0.6 - 0.3; seed 2 of L1 has no record, so its L2 row has no
+  difference."""
+  for k in range(2):
+    write_run(tmp_path, "l1", k, train=(0.25, 0.75), test=(0.2, 0.3 + 0.1 * k),
+              greedy=(0.3, 0.3))
+  for k in range(3):
+    write_run(tmp_path, "l2", k, train=(0.25, 1.0), test=(0.2, 0.5), greedy=(0.3, 0.6),
+              mid=(0.5, 0.35), entropy=(0.6, 0.2))
+  assert findings.main(["--root", str(tmp_path), "--per_seed", "l2", "--boots", "200"]) == 0
+  header, _, *rows = capsys.readouterr().out.splitlines()
+  assert "- l1 (same seed), test" in header
+  cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+  assert [c[0] for c in cells] == ["0", "1", "2", "mean"]
+  assert cells[0][1:4] == ["1", "100 of 100", "0.25, 0.50, 1.00"]
+  assert cells[0][4].startswith("0.250 -> 1.000 (+0.750 [")
+  assert cells[0][5].startswith("0.200 -> 0.500 (+0.300 [")
+  assert cells[0][6].startswith("0.300 -> 0.600 (+0.300 [")
+  assert cells[0][7].startswith("+0.200 [") and cells[1][7].startswith("+0.100 [")
+  assert cells[1][8].startswith("+0.300 [")
+  low, high = map(float, cells[1][7].split("[")[1].rstrip("]").split(", "))
+  assert low < 0.1 < high  # two different draws of the test questions: not exact
+  assert cells[2][7:9] == ["–", "–"]
+  assert cells[0][9:11] == ["0.60 -> 0.20", "100 -> 100"]
+  assert cells[3][4:7] == ["0.250 -> 1.000", "0.200 -> 0.500", "0.300 -> 0.600"]
+  # no finished seed yet: says so
+  assert "no finished seed" in findings.seed_table(
+      findings.load(str(tmp_path), ["l3"])["l3"])
+
+
 def test_gain_difference_resamples_questions_not_samples():
   """[questions, samples] rewards whose samples agree within each question carry the
   information of one sample per question: the interval equals that of the [questions] means

@@ -87,6 +87,24 @@ def test_report_from_hand_written_runs(tmp_path):
     assert os.path.getsize(f"{root}/plots/{name}.png") > 1000, name
 
 
+def test_what_a_layer_changes_is_read_on_its_base_model(tmp_path):
+  """L4's medium bucket is L1's own on the embedded default (the same config) but not on
+  SmolLM2, whose L1 trains on a hard question (configs/smollm2.py): the report's 'changes over'
+  line compares the two layers' configs on the report's base."""
+  assert pipeline.parent_spec("l0") == ""
+  assert pipeline.parent_spec("l1:g=4") == "l0"
+  assert pipeline.parent_spec("l4:bucket=medium") == "l1"
+  assert pipeline._changes("l4:bucket=medium") == ("l1", [])
+  assert pipeline._changes("l4:bucket=medium", "smollm2") == (
+      "l1", ["`example.selection`: 'hard' → 'medium'"])
+  specs = ["l4:bucket=medium"]
+  toy = open(pipeline.write_report(str(tmp_path / "toy"), specs, 1)).read()
+  assert "changes over l1: none, the same config." in toy
+  smollm2 = open(pipeline.write_report(str(tmp_path / "smollm2"), specs, 1,
+                                       settings={"base": "smollm2"})).read()
+  assert "changes over l1: `example.selection`: 'hard' → 'medium'." in smollm2
+
+
 def test_layer_specs_and_directories():
   assert pipeline.parse_layers("quick") == ["l0", "l1", "l2", "l3", "l4"]
   assert pipeline.parse_layers("l0,l3:neg=m10,g=4,l1,g=16,l0") == [

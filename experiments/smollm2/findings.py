@@ -2,6 +2,7 @@
 
     python experiments/smollm2/findings.py                          # experiments/smollm2/layers
     python experiments/smollm2/findings.py --toy=experiments/bottom_up/layers    # + the toy
+    python experiments/smollm2/findings.py --per_seed=l2      # one layer's seeds, vs its parent
 
 Reads the published records of `run.sh layers` (per layer and seed: summary.json,
 metrics.jsonl, evals/round_*.json) and prints, as markdown, each finding's sub-claims with the
@@ -403,6 +404,55 @@ def answered_table(results: list[dict], boots: int = 2000) -> str:
   return "\n".join(lines)
 
 
+def seed_table(results: list[dict], parent: list[dict] | None = None, parent_name: str = "",
+               boots: int = 2000) -> str:
+  """Markdown, one row per finished seed: the first round with a correct rollout (the grader's
+  outcome, whatever the reward form) and how many rounds had one; training Pass@1 at every evaluation; training, test and greedy Pass@1 base ->
+  final with paired intervals (same questions, both ends); the final test and greedy Pass@1
+  minus those of the parent layer's same seed (paired by question: same base, same test
+  draws); entropy and response length over the first and the last 10 rounds; wall time. Then
+  the means over the seeds."""
+  parent = dict(_done(parent))
+  vs = f"{parent_name} " if parent_name else "parent "
+  lines = ["| seed | first round with a correct rollout | rounds with one | training Pass@1 at the "
+           "evaluations | training Pass@1 | test Pass@1 | greedy | "
+           f"- {vs}(same seed), test | - {vs}greedy | entropy, first -> last 10 rounds | "
+           "length | wall |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  num = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"
+  ends = {key: [] for key in ("train", "test", "test_greedy")}
+  for k, r in _done(results):
+    e = r["evals"]
+    rewarded = [step for step, n in pipeline.round_curve(r["rows"], "outcome_correct") if n]
+    curve = ", ".join(f"{v:.2f}" for _, v in pipeline.eval_curve(r["rows"], "train_pass1"))
+    cells = []
+    for key in ends:
+      if key not in e["base"] or key not in e["final"]:
+        cells.append("–")
+        continue
+      base, final = (float(np.mean(e[w][key])) for w in ("base", "final"))
+      ends[key].append((base, final))
+      iv = pipeline.paired_difference([e["final"]], [e["base"]], key, boots=boots)
+      cells.append(f"{base:.3f} -> {final:.3f} ({fmt(iv)})")
+    for key in ("test", "test_greedy"):
+      theirs = parent.get(k, {}).get("evals", {}).get("final", {})
+      cells.append(fmt(pipeline.paired_difference([e["final"]], [theirs], key, boots=boots))
+                   if key in theirs and key in e["final"] else "–")
+    window = {key: [_window_mean(r["rows"], key, first) for first in (True, False)]
+              for key in ("entropy", "length")}
+    wall = f"{r['wall_s'] / 60:.0f} min" if r.get("wall_s") else "–"
+    lines.append(
+        f"| {k} | {rewarded[0] if rewarded else 'none'} | {len(rewarded)} of "
+        f"{r.get('rounds') or '–'} | {curve} | " + " | ".join(cells) +
+        f" | {num(window['entropy'][0])} -> {num(window['entropy'][1])} "
+        f"| {num(window['length'][0], 0)} -> {num(window['length'][1], 0)} | {wall} |")
+  if not ends["test"]:
+    return "\n".join(lines + ["| – | no finished seed | | | | | | | | | | |"])
+  means = [(f"{np.mean([b for b, _ in v]):.3f} -> {np.mean([f for _, f in v]):.3f}" if v
+            else "–") for v in ends.values()]
+  lines.append("| mean | | | | " + " | ".join(means) + " | | | | | |")
+  return "\n".join(lines)
+
+
 def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict]:
   """Per layer, means over its complete seeds: entropy, response length and the share of
   rollouts without a final answer over the first and the last 10 rounds, the share of rollouts
@@ -529,11 +579,19 @@ def main(argv=None) -> int:
   p.add_argument("--toy", default="", help="published records of the embedded default: the "
                  "same preset (a judged column of its own) or its L1 alone (finding 6a only)")
   p.add_argument("--boots", type=int, default=2000)
+  p.add_argument("--per_seed", default="", metavar="LAYER",
+                 help="print only LAYER's per-seed table (seed_table), against its parent "
+                 "layer's same seeds where those have records")
   p.add_argument("--answered", default="", metavar="LAYER",
                  help="print only LAYER's per-seed answerless shares and accuracy among the "
                  "answered on the test set, base -> final (answered_table)")
   args = p.parse_args(argv)
   specs = pipeline.parse_layers("smollm2")
+  if args.per_seed:
+    parent_name = pipeline.parent_spec(args.per_seed)
+    records = load(args.root, [args.per_seed] + [parent_name] * bool(parent_name))
+    print(seed_table(records[args.per_seed], records.get(parent_name), parent_name, args.boots))
+    return 0
   if args.answered:
     print(answered_table(load(args.root, [args.answered])[args.answered], args.boots))
     return 0
