@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # _dense: the decoder's own head matmul, so the chunked logits are the decoder's operations.
-from rft_jax.models.decoder import Decoder, _dense, head_matrix, positions_from_mask
+from rft_jax.models.decoder import PRECISION, Decoder, _dense, head_matrix, positions_from_mask
 
 Array = jax.Array
 
@@ -226,8 +226,9 @@ def _head_logp_entropy_bwd(chunk, residuals, cotangents):
     d_logits = d_logits.astype(dt).reshape(-1, head.shape[1])  # [B chunk, V]
     h2 = h.reshape(-1, h.shape[-1])  # [B chunk, D]
     d_head = d_head + jax.lax.dot_general(h2, d_logits, (((0,), (0,)), ((), ())),
+                                          precision=PRECISION,
                                           preferred_element_type=jnp.float32)
-    d_h = (d_logits @ head.T).reshape(h.shape)
+    d_h = jnp.matmul(d_logits, head.T, precision=PRECISION).reshape(h.shape)
     return (d_head, d_tau + d_tau_c), d_h
 
   xs = tuple(_chunks(x, chunk) for x in (hidden, targets, ent, top, log_total, g_logp, g_ent))

@@ -338,3 +338,59 @@ def test_train_step_losses_and_updates_unchanged_by_chunking():
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
   for g, w in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def _dot_precisions(jaxpr) -> list:
+  """The precision of every dot_general in a jaxpr and the jaxprs inside it (scan, while,
+  pjit, custom_vjp, remat bodies)."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      out.append(eqn.params["precision"])
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)
+        if isinstance(inner, jax.extend.core.Jaxpr):
+          out += _dot_precisions(inner)
+  return out
+
+
+def test_every_matmul_of_sampler_and_train_step_is_full_precision():
+  """decoder.PRECISION on every matmul the sampler, the scoring forward (plain and chunked) and
+  its gradient trace, LoRA included: XLA's default precision on GPUs / TPUs rounds float32
+  operands (TF32, bfloat16 passes), which put an H200's sampler and train-step log-probs of one
+  rollout 3.7e-3 apart (benchmarks/README.md). The precision cannot show on CPU, where float32
+  matmuls are always full: the traced programs are checked instead, under the default matmul
+  precision a program gets outside these tests (conftest.py sets 'highest' for all of them)."""
+  from rft_jax import sampling
+  from rft_jax.models import lora
+
+  full = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+  config = decoder_lib.ModelConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2,
+                                   n_kv_heads=1, head_dim=8, d_ff=32, tie_embeddings=True,
+                                   attn_chunk=4, remat=True, lora_rank=2,
+                                   lora_modules=("q", "o"))
+  params = decoder_lib.init_params(config, jax.random.PRNGKey(0))
+  adapters = lora.init_adapters(config, jax.random.PRNGKey(1))
+  dec = decoder_lib.Decoder(config)
+  prompt, mask = jnp.ones((2, 4), jnp.int32), jnp.ones((2, 4), bool)
+  completion, completion_mask = jnp.ones((2, 9), jnp.int32), jnp.ones((2, 9), bool)
+  programs = {  # name -> a function tracing the program
+      "sampler": lambda: jax.make_jaxpr(lambda p: sampling.sample(
+          dec, p, prompt, mask, jax.random.PRNGKey(2), max_new_tokens=3, num_samples=2,
+          eos_ids=jnp.full((1,), -1, jnp.int32)))(params)}
+  for chunk in (0, 4):
+    score = lambda a, chunk=chunk: logprobs.completion_logprobs(
+        dec, lora.combine(params, a), prompt, mask, completion, completion_mask,
+        chunk=chunk).sum()
+    programs[f"gradient, chunk {chunk}"] = lambda score=score: jax.make_jaxpr(jax.grad(score))(
+        adapters)
+  # adapters folded into the weights (lora.merge): one A @ B per adapted module and layer
+  programs["merge"] = lambda: jax.make_jaxpr(
+      lambda a: lora.merge(config, lora.combine(params, a)))(adapters)
+  for name, make in programs.items():
+    with jax.default_matmul_precision("default"):
+      precisions = _dot_precisions(make().jaxpr)
+    least = 2 if name == "merge" else 4 * config.n_layers  # the walk found the layers' matmuls
+    assert len(precisions) >= least, (name, len(precisions))
+    assert all(p == full for p in precisions), (name, set(precisions))

@@ -186,10 +186,18 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
   return out.astype(x.dtype)
 
 
+# Every matmul at full precision for its operands: XLA's default on GPUs (TF32) and TPUs
+# (bfloat16 passes) rounds float32 operands, which on an H200 put the sampler's and the train
+# step's log-probs of the same SmolLM2-shaped rollout up to 3.7e-3 apart (the PPO ratio off 1
+# before any update) and 6e-3 from the CPU's (benchmarks/README.md, "On an H200"). The same
+# numbers on CPU, where float32 is always full; no change for bfloat16 operands.
+PRECISION = jax.lax.Precision.HIGHEST
+
+
 def _dense(x: Array, w: Array) -> Array:
   """x [B, T, D] times w [D, ...] as one 2-D matmul: XLA:CPU runs a rank-2 dot (and its
   gradients) about twice as fast as the same contraction with batch dimensions."""
-  out = x.reshape(-1, x.shape[-1]) @ w.reshape(w.shape[0], -1)
+  out = jnp.matmul(x.reshape(-1, x.shape[-1]), w.reshape(w.shape[0], -1), precision=PRECISION)
   return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -200,13 +208,13 @@ def _attention(qg: Array, keys: Array, values: Array, visible: Array) -> Array:
   visible [B, T, S] -> [B, K, G, T, E]. Scores and softmax in float32.
   """
   e = qg.shape[-1]
-  scores = jnp.einsum("btkge,bkse->bkgts", qg, keys).astype(jnp.float32)
+  scores = jnp.einsum("btkge,bkse->bkgts", qg, keys, precision=PRECISION).astype(jnp.float32)
   scores = scores * (e ** -0.5)
   # A finite floor, not -inf: a padding query with no visible key gives a harmless uniform row.
   scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
   # [B, K, G*T, S] x [B, K, S, E] as batched matmuls; only the small result is transposed.
-  return jnp.einsum("bkgts,bkse->bkgte", probs, values)
+  return jnp.einsum("bkgts,bkse->bkgte", probs, values, precision=PRECISION)
 
 
 def _chunked_attention(qg: Array, keys: Array, values: Array, visible: Array,

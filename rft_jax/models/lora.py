@@ -20,7 +20,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from rft_jax.models.decoder import LORA_MODULES, ModelConfig, abstract_params
+from rft_jax.models.decoder import LORA_MODULES, PRECISION, ModelConfig, abstract_params
 
 _SUFFIXES = ("_lora_a", "_lora_b")
 
@@ -105,7 +105,8 @@ def merge(config: ModelConfig, params: dict) -> dict:
     for name in LORA_MODULES:
       if f"{name}_lora_a" in a:
         w = b[name]
-        delta = (a[f"{name}_lora_a"].astype(jnp.float32) @ a[f"{name}_lora_b"].astype(jnp.float32))
+        delta = jnp.matmul(a[f"{name}_lora_a"].astype(jnp.float32),
+                           a[f"{name}_lora_b"].astype(jnp.float32), precision=PRECISION)
         # A [I, r] B [r, O]: I is the weight's leading axes (o: [H, E, D] has I = H E).
         delta = delta.reshape(w.shape)
         out[name] = (w.astype(jnp.float32) + scale * delta).astype(w.dtype)
