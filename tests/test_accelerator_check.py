@@ -1,5 +1,6 @@
-"""benchmarks/accelerator_check.py --smoke: the prepared accelerator check runs end to end on CPU
-(a tiny model, 32 + 32 tokens), so the script waiting for a GPU is known to work."""
+"""benchmarks/accelerator_check.py and accelerator_decode.py --smoke: the accelerator checks run
+end to end on CPU (a tiny model, short lengths), so the scripts meant for a GPU are known to
+work before a GPU session spends its minutes on them."""
 
 import json
 import subprocess
@@ -21,3 +22,20 @@ def test_smoke_run_writes_every_figure(tmp_path):
   # Random weights scaled to a spread-out policy: rollouts differ and the step has a gradient.
   assert result["entropy"] > 1.0 and result["grad_norm"] > 1e-3
   assert "memory:" in p.stdout and "total wall time" in p.stdout
+
+
+def test_decode_check_smoke_run(tmp_path):
+  """benchmarks/accelerator_decode.py --smoke: both parts run and write their figures; on CPU
+  the sampler's log-probs are the teacher-forced forward's to float rounding."""
+  p = subprocess.run([sys.executable, "benchmarks/accelerator_decode.py", "--smoke",
+                      "--batches=1,4", "--new=16", f"--out={tmp_path}"], cwd=REPO_ROOT,
+                     env=_env(), capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
+  result = json.loads((tmp_path / "accelerator_decode.json").read_text())
+  assert [(r["batch"], r["tokens"]) for r in result["decode"]] == [(1, 16), (4, 64)]
+  assert all(0 < r["fraction"] and r["tok_per_s"] > 0 for r in result["decode"])
+  logp = result["logprobs"]
+  assert logp["teacher-forced, the same precision"]["tokens"] == 8 * 16
+  for name in ("teacher-forced, the same precision", "teacher-forced on the CPU backend"):
+    assert 0 <= logp[name]["max_abs"] < 1e-4, (name, logp[name])
+  assert logp["sampler_mean_logp"] < -1.0  # a spread-out policy, not a one-hot one

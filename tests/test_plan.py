@@ -77,6 +77,7 @@ def test_paper_shapes_have_their_published_sizes():
   assert round(counts["qwen2.5-1.5b"] / 1e9, 2) == 1.54
   assert round(counts["llama-3.2-1b"] / 1e9, 2) == 1.24
   assert round(counts["olmo-2-1b"] / 1e9, 2) == 1.48
+  assert round(counts["smollm2-135m"] / 1e6, 1) == 134.5  # and the GGUF's (models/fetch.py)
   assert shapes.canonical("Qwen/Qwen2.5-1.5B-Instruct") == "qwen2.5-1.5b"
   with pytest.raises(ValueError, match="unknown model shape 'gpt2'.*known: qwen2.5-0.5b"):
     shapes.model_config("gpt2")

@@ -36,6 +36,11 @@ CONFIGS = {
         num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16,
         tie_word_embeddings=False, rope_theta=500000.0, rms_norm_eps=1e-6,
         max_position_embeddings=4096),
+    "smollm2-135m": dict(  # HuggingFaceTB/SmolLM2-135M-Instruct (the GGUF's metadata agrees)
+        model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+        num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+        tie_word_embeddings=True, rope_theta=100000.0, rms_norm_eps=1e-5,
+        max_position_embeddings=8192),
 }
 
 # Other spellings: the configs/models.py keys and the Hub repo names.
@@ -44,6 +49,8 @@ ALIASES = {
     "qwen2.5-1.5b-instruct": "qwen2.5-1.5b", "qwen/qwen2.5-1.5b-instruct": "qwen2.5-1.5b",
     "llama-3.2-1b-instruct": "llama-3.2-1b", "meta-llama/llama-3.2-1b-instruct": "llama-3.2-1b",
     "olmo-2-0425-1b-instruct": "olmo-2-1b", "allenai/olmo-2-0425-1b-instruct": "olmo-2-1b",
+    "smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
+    "huggingfacetb/smollm2-135m-instruct": "smollm2-135m",
 }
 
 

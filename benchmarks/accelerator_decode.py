@@ -1,0 +1,180 @@
+"""On a machine with a GPU (or TPU): the sampler's decode speed at SmolLM2-135M's shape against
+the memory-bandwidth limit, and whether its log-probs are the train step's on that backend.
+
+    python benchmarks/accelerator_decode.py [--shape=smollm2-135m] [--batches=1,8,32,128,512]
+        [--new=256] [--bandwidth=4.3e12] [--precision=highest] [--smoke] [--out=DIR]
+
+Random weights of the shape (rft_jax.models.shapes; no download), float32 params and compute
+as the SmolLM2 runs use, one prompt of 64 tokens.
+
+1. decode: for each batch B, `sampling.sample` of B rollouts (num_samples=B) of --new tokens at
+   temperature 1, EOS ignored so every row runs the full length; tokens/s of a second call (the
+   first compiles). The limit beside it: a decode step reads the params once and each row's KV
+   cache (2 x layers x kv heads x head dim x 4 bytes per cached position), so at --bandwidth
+   bytes/s (H200: ~4.3e12 measured as a device-to-device copy here, benchmarks/README.md) no
+   sampler beats B / (bytes per step / bandwidth) tokens/s.
+2. log-probs: the PPO ratio of the first update is exp(train log-prob - sampler log-prob), 1 when
+   both compute the same number. A rollout of 8 x 256 tokens; its sampler log-probs (decode with
+   the KV cache, one position at a time) against `logprobs.completion_logprobs` (one teacher-
+   forced forward, as the train step), on this backend at the same matmul precision (--precision,
+   default the backend's) and at 'highest', and against the same forward on the CPU backend
+   (float32): max and mean |difference| and max |ratio - 1| over the completion tokens.
+
+Writes <out>/accelerator_decode.json (default $OUT, else the current directory) after each part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rft_jax import logprobs, sampling
+from rft_jax.models import Decoder, ModelConfig, init_params, shapes
+
+PROMPT = 64
+# --smoke: a tiny model (checks the script runs, on any machine: tests/test_accelerator_check.py).
+SMOKE = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                    head_dim=16, d_ff=128, tie_embeddings=True)
+
+
+def random_params(mc, seed: int = 0):
+  # init_params' tied embedding (std 1) gives logits of std ~sqrt(d_model), a near one-hot
+  # policy; scaled to logits of std ~1 the rollouts vary as a real model's do.
+  p = init_params(mc, jax.random.PRNGKey(seed))
+  return {**p, "embedding": p["embedding"] * mc.d_model ** -0.5}
+
+
+def kv_bytes_per_position(mc) -> int:
+  return 2 * mc.n_layers * mc.n_kv_heads * mc.head_dim * jnp.dtype(mc.dtype).itemsize
+
+
+def rollout(decoder, params, prompt, mask, rows: int, new: int, seed: int):
+  return sampling.sample(decoder, params, prompt, mask, jax.random.PRNGKey(seed),
+                         max_new_tokens=new, num_samples=rows, temperature=jnp.float32(1.0),
+                         top_k=jnp.int32(0), top_p=jnp.float32(1.0),
+                         eos_ids=np.full((1,), -1, np.int32), pad_id=0)
+
+
+def decode_speed(mc, decoder, params, prompt, mask, batches, new, bandwidth, result, save):
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  result["param_bytes"] = param_bytes
+  result["decode"] = []
+  for b in batches:
+    t0 = time.time()
+    jax.block_until_ready(rollout(decoder, params, prompt, mask, b, new, 1))
+    first = time.time() - t0
+    t0 = time.time()
+    out = jax.block_until_ready(rollout(decoder, params, prompt, mask, b, new, 2))
+    dt = time.time() - t0
+    tokens = float(np.asarray(out.mask).sum())
+    # mean cached positions over the steps: the prompt plus half the new tokens
+    step_bytes = param_bytes + b * (PROMPT + new / 2) * kv_bytes_per_position(mc)
+    limit = b / (step_bytes / bandwidth)
+    row = dict(batch=b, first_call_s=first, s=dt, tokens=tokens, tok_per_s=tokens / dt,
+               step_ms=1e3 * dt / new, limit_tok_per_s=limit, fraction=tokens / dt / limit)
+    result["decode"].append(row)
+    print(f"decode B={b:4d}: first call {first:5.1f} s; {dt:6.2f} s for {tokens:.0f} tokens = "
+          f"{tokens / dt:9.0f} tok/s, {row['step_ms']:.2f} ms/step; bandwidth limit "
+          f"{limit:9.0f} tok/s ({100 * row['fraction']:.1f}%)", flush=True)
+    save()
+
+
+def logprob_agreement(decoder, params, prompt, mask, result, save, rows=8, new=256):
+  """Part 2 (module docstring): the sampler's log-probs against teacher-forced ones."""
+  out = rollout(decoder, params, prompt, mask, rows, new, 3)
+  sampled = np.asarray(out.logp, np.float64)
+  keep = np.asarray(out.mask, bool)
+  score = jax.jit(lambda p, *a: logprobs.completion_logprobs(decoder, p, *a))
+  args = (out.prompt_tokens, out.prompt_mask, out.tokens, out.mask)
+
+  def compare(name, forced):
+    d = (np.asarray(forced, np.float64) - sampled)[keep]
+    row = dict(max_abs=float(np.abs(d).max()), mean_abs=float(np.abs(d).mean()),
+               max_ratio_dev=float(np.abs(np.expm1(d)).max()), tokens=int(keep.sum()))
+    result["logprobs"][name] = row
+    print(f"logp  {name:34s} max |d| {row['max_abs']:.2e}  mean |d| {row['mean_abs']:.2e}  "
+          f"max |ratio - 1| {row['max_ratio_dev']:.2e}", flush=True)
+    save()
+    return np.asarray(forced, np.float64)
+
+  result["logprobs"] = {"sampler_mean_logp": float(sampled[keep].mean())}
+  default = compare("teacher-forced, the same precision", score(params, *args))
+  with jax.default_matmul_precision("highest"):
+    highest = compare("teacher-forced, 'highest'", jax.jit(
+        lambda p, *a: logprobs.completion_logprobs(decoder, p, *a))(params, *args))
+  cpu = jax.devices("cpu")[0]
+  on_cpu = jax.device_put((params, *args), cpu)
+  with jax.default_device(cpu):
+    reference = compare("teacher-forced on the CPU backend", jax.jit(
+        lambda p, *a: logprobs.completion_logprobs(decoder, p, *a))(*on_cpu))
+  for name, x in (("same", default), ("highest", highest)):
+    d = np.abs(x - reference)[keep]
+    result["logprobs"][f"{name}_vs_cpu_max_abs"] = float(d.max())
+    print(f"logp  {name} precision against the CPU's forward: max |d| {d.max():.2e}", flush=True)
+  save()
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--shape", default="smollm2-135m")
+  ap.add_argument("--batches", default="1,8,32,128,512")
+  ap.add_argument("--new", type=int, default=256)
+  ap.add_argument("--bandwidth", type=float, default=4.3e12)
+  ap.add_argument("--out", default=os.environ.get("OUT", "."))
+  ap.add_argument("--parts", default="decode,logprobs")
+  ap.add_argument("--smoke", action="store_true", help="a tiny model instead of --shape")
+  ap.add_argument("--precision", default="", help="jax.default_matmul_precision for everything "
+                  "(e.g. highest); default: the backend's")
+  args = ap.parse_args()
+  if args.precision:
+    with jax.default_matmul_precision(args.precision):
+      return run(args)
+  return run(args)
+
+
+def run(args):
+  dev = jax.devices()[0]
+  print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, matmul "
+        f"precision {args.precision or 'default'}", flush=True)
+  mc = SMOKE if args.smoke else shapes.model_config(args.shape)
+  decoder = Decoder(mc)
+  params = jax.device_put(random_params(mc))
+  prompt = np.random.default_rng(0).integers(10, mc.vocab_size, (1, PROMPT)).astype(np.int32)
+  mask = np.ones((1, PROMPT), bool)
+  result = {"device": dev.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
+            "shape": "smoke" if args.smoke else args.shape, "prompt": PROMPT, "new": args.new,
+            "precision": args.precision or "default"}
+  os.makedirs(args.out, exist_ok=True)
+
+  def save():
+    with open(os.path.join(args.out, "accelerator_decode.json"), "w") as f:
+      json.dump(result, f, indent=2)
+
+  parts = args.parts.split(",")
+  if "logprobs" in parts:  # first: the smaller, and a correctness check
+    try:
+      logprob_agreement(decoder, params, prompt, mask, result, save, new=min(256, args.new))
+    except Exception:  # the other part still runs; the error is in the output
+      traceback.print_exc()
+  if "decode" in parts:
+    batches = [int(b) for b in args.batches.split(",")]
+    try:
+      decode_speed(mc, decoder, params, prompt, mask, batches, args.new, args.bandwidth, result,
+                   save)
+    except Exception:
+      traceback.print_exc()
+  save()
+
+
+if __name__ == "__main__":
+  main()
