@@ -2,23 +2,27 @@
 the memory-bandwidth limit, and whether its log-probs are the train step's on that backend.
 
     python benchmarks/accelerator_decode.py [--shape=smollm2-135m] [--batches=1,8,32,128,512]
-        [--new=256] [--bandwidth=4.3e12] [--precision=highest] [--smoke] [--out=DIR]
+        [--new=256] [--bandwidth=4.3e12] [--parts=logprobs,decode] [--smoke] [--out=DIR]
 
 Random weights of the shape (rft_jax.models.shapes; no download), float32 params and compute
 as the SmolLM2 runs use, one prompt of 64 tokens.
 
 1. decode: for each batch B, `sampling.sample` of B rollouts (num_samples=B) of --new tokens at
    temperature 1, EOS ignored so every row runs the full length; tokens/s of a second call (the
-   first compiles). The limit beside it: a decode step reads the params once and each row's KV
+   first compiles). The limits beside it: a decode step reads the params once and each row's KV
    cache (2 x layers x kv heads x head dim x 4 bytes per cached position), so at --bandwidth
-   bytes/s (H200: ~4.3e12 measured as a device-to-device copy here, benchmarks/README.md) no
-   sampler beats B / (bytes per step / bandwidth) tokens/s.
+   bytes/s (H200: ~4.3e12, the device-to-device copy rate the workplace's device notes report)
+   no sampler beats B / (bytes per step / bandwidth) tokens/s, counting the filled positions
+   (prompt + half the new tokens on average); this sampler attends over its whole cache (prompt
+   + all new slots, masked) at every step, its own floor ('limit_full_cache').
 2. log-probs: the PPO ratio of the first update is exp(train log-prob - sampler log-prob), 1 when
    both compute the same number. A rollout of 8 x 256 tokens; its sampler log-probs (decode with
    the KV cache, one position at a time) against `logprobs.completion_logprobs` (one teacher-
-   forced forward, as the train step), on this backend at the same matmul precision (--precision,
-   default the backend's) and at 'highest', and against the same forward on the CPU backend
+   forced forward, unchunked; the train step's logprob_chunk path equals it to float rounding,
+   tests/test_logprobs.py) on this backend, and against the same forward on the CPU backend
    (float32): max and mean |difference| and max |ratio - 1| over the completion tokens.
+   Every matmul runs at decoder.PRECISION (full precision since c1704df; before, the backend's
+   default: TF32 on an H200, benchmarks/README.md).
 
 Writes <out>/accelerator_decode.json (default $OUT, else the current directory) after each part.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -39,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rft_jax import logprobs, sampling
-from rft_jax.models import Decoder, ModelConfig, init_params, shapes
+from rft_jax.models import Decoder, ModelConfig, decoder as decoder_lib, init_params, shapes
 
 PROMPT = 64
 # --smoke: a tiny model (checks the script runs, on any machine: tests/test_accelerator_check.py).
@@ -77,15 +82,18 @@ def decode_speed(mc, decoder, params, prompt, mask, batches, new, bandwidth, res
     out = jax.block_until_ready(rollout(decoder, params, prompt, mask, b, new, 2))
     dt = time.time() - t0
     tokens = float(np.asarray(out.mask).sum())
-    # mean cached positions over the steps: the prompt plus half the new tokens
-    step_bytes = param_bytes + b * (PROMPT + new / 2) * kv_bytes_per_position(mc)
-    limit = b / (step_bytes / bandwidth)
+    # filled positions, mean over the steps: the prompt plus half the new tokens; the sampler
+    # itself reads all prompt + new slots of its cache every step
+    limit, limit_full = (b / ((param_bytes + b * slots * kv_bytes_per_position(mc)) / bandwidth)
+                         for slots in (PROMPT + new / 2, PROMPT + new))
     row = dict(batch=b, first_call_s=first, s=dt, tokens=tokens, tok_per_s=tokens / dt,
-               step_ms=1e3 * dt / new, limit_tok_per_s=limit, fraction=tokens / dt / limit)
+               step_ms=1e3 * dt / new, limit_tok_per_s=limit, fraction=tokens / dt / limit,
+               limit_full_cache_tok_per_s=limit_full, fraction_full_cache=tokens / dt / limit_full)
     result["decode"].append(row)
     print(f"decode B={b:4d}: first call {first:5.1f} s; {dt:6.2f} s for {tokens:.0f} tokens = "
           f"{tokens / dt:9.0f} tok/s, {row['step_ms']:.2f} ms/step; bandwidth limit "
-          f"{limit:9.0f} tok/s ({100 * row['fraction']:.1f}%)", flush=True)
+          f"{limit:9.0f} tok/s ({100 * row['fraction']:.1f}%), reading the whole cache "
+          f"{limit_full:9.0f} ({100 * row['fraction_full_cache']:.1f}%)", flush=True)
     save()
 
 
@@ -108,19 +116,15 @@ def logprob_agreement(decoder, params, prompt, mask, result, save, rows=8, new=2
     return np.asarray(forced, np.float64)
 
   result["logprobs"] = {"sampler_mean_logp": float(sampled[keep].mean())}
-  default = compare("teacher-forced, the same precision", score(params, *args))
-  with jax.default_matmul_precision("highest"):
-    highest = compare("teacher-forced, 'highest'", jax.jit(
-        lambda p, *a: logprobs.completion_logprobs(decoder, p, *a))(params, *args))
+  forced = compare("teacher-forced", score(params, *args))
   cpu = jax.devices("cpu")[0]
   on_cpu = jax.device_put((params, *args), cpu)
   with jax.default_device(cpu):
     reference = compare("teacher-forced on the CPU backend", jax.jit(
         lambda p, *a: logprobs.completion_logprobs(decoder, p, *a))(*on_cpu))
-  for name, x in (("same", default), ("highest", highest)):
-    d = np.abs(x - reference)[keep]
-    result["logprobs"][f"{name}_vs_cpu_max_abs"] = float(d.max())
-    print(f"logp  {name} precision against the CPU's forward: max |d| {d.max():.2e}", flush=True)
+  d = np.abs(forced - reference)[keep]
+  result["logprobs"]["forced_vs_cpu_max_abs"] = float(d.max())
+  print(f"logp  teacher-forced against the CPU's forward: max |d| {d.max():.2e}", flush=True)
   save()
 
 
@@ -133,19 +137,12 @@ def main():
   ap.add_argument("--out", default=os.environ.get("OUT", "."))
   ap.add_argument("--parts", default="decode,logprobs")
   ap.add_argument("--smoke", action="store_true", help="a tiny model instead of --shape")
-  ap.add_argument("--precision", default="", help="jax.default_matmul_precision for everything "
-                  "(e.g. highest); default: the backend's")
   args = ap.parse_args()
-  if args.precision:
-    with jax.default_matmul_precision(args.precision):
-      return run(args)
-  return run(args)
-
-
-def run(args):
   dev = jax.devices()[0]
-  print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, matmul "
-        f"precision {args.precision or 'default'}", flush=True)
+  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+  print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, commit "
+        f"{commit or 'unknown'}, matmul precision {decoder_lib.PRECISION}", flush=True)
   mc = SMOKE if args.smoke else shapes.model_config(args.shape)
   decoder = Decoder(mc)
   params = jax.device_put(random_params(mc))
@@ -153,7 +150,7 @@ def run(args):
   mask = np.ones((1, PROMPT), bool)
   result = {"device": dev.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
             "shape": "smoke" if args.smoke else args.shape, "prompt": PROMPT, "new": args.new,
-            "precision": args.precision or "default"}
+            "commit": commit or None, "precision": str(decoder_lib.PRECISION)}
   os.makedirs(args.out, exist_ok=True)
 
   def save():

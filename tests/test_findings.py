@@ -221,12 +221,15 @@ def test_the_per_seed_table_against_the_parent_layer(tmp_path, capsys):
   assert cells[0][5].startswith("0.200 -> 0.500 (+0.300 [")
   assert cells[0][6].startswith("0.300 -> 0.600 (+0.300 [")
   assert cells[0][7].startswith("+0.200 [") and cells[1][7].startswith("+0.100 [")
+  assert not any("unpaired" in c for row in cells for c in row)  # same questions: paired
   assert cells[1][8].startswith("+0.300 [")
   low, high = map(float, cells[1][7].split("[")[1].rstrip("]").split(", "))
   assert low < 0.1 < high  # two different draws of the test questions: not exact
   assert cells[2][7:9] == ["–", "–"]
   assert cells[0][9:11] == ["0.60 -> 0.20", "100 -> 100"]
   assert cells[3][4:7] == ["0.250 -> 1.000", "0.200 -> 0.500", "0.300 -> 0.600"]
+  assert cells[3][7:9] == ["+0.150 (2 of 3 seeds)", "+0.300 (2 of 3 seeds)"]  # (0.2 + 0.1) / 2
+  assert len(cells[3]) == len(cells[0])
   # no finished seed yet: says so
   assert "no finished seed" in findings.seed_table(
       findings.load(str(tmp_path), ["l3"])["l3"])

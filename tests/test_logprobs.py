@@ -1,6 +1,7 @@
 """The fused log-prob / entropy and its custom VJP against plain autodiff of log_softmax."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -340,18 +341,18 @@ def test_train_step_losses_and_updates_unchanged_by_chunking():
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
-def _dot_precisions(jaxpr) -> list:
-  """The precision of every dot_general in a jaxpr and the jaxprs inside it (scan, while,
-  pjit, custom_vjp, remat bodies)."""
+def _dot_precisions(jaxpr, inside: tuple = ()) -> list[tuple]:
+  """(precision, enclosing primitives) of every dot_general in a jaxpr and the jaxprs inside it
+  (scan, while, cond, pjit, custom_vjp, remat bodies)."""
   out = []
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "dot_general":
-      out.append(eqn.params["precision"])
+      out.append((eqn.params["precision"], inside))
     for value in eqn.params.values():
       for sub in value if isinstance(value, (tuple, list)) else (value,):
         inner = getattr(sub, "jaxpr", sub)
         if isinstance(inner, jax.extend.core.Jaxpr):
-          out += _dot_precisions(inner)
+          out += _dot_precisions(inner, inside + (eqn.primitive.name,))
   return out
 
 
@@ -390,7 +391,9 @@ def test_every_matmul_of_sampler_and_train_step_is_full_precision():
       lambda a: lora.merge(config, lora.combine(params, a)))(adapters)
   for name, make in programs.items():
     with jax.default_matmul_precision("default"):
-      precisions = _dot_precisions(make().jaxpr)
+      dots = _dot_precisions(make().jaxpr)
     least = 2 if name == "merge" else 4 * config.n_layers  # the walk found the layers' matmuls
-    assert len(precisions) >= least, (name, len(precisions))
-    assert all(p == full for p in precisions), (name, set(precisions))
+    assert len(dots) >= least, (name, len(dots))
+    assert all(p == full for p, _ in dots), (name, {p for p, _ in dots})
+    if name == "sampler":  # the walk reached the decode loop's body, not only the prefill
+      assert sum("while" in inside for _, inside in dots) >= 4 * config.n_layers

@@ -407,11 +407,13 @@ def answered_table(results: list[dict], boots: int = 2000) -> str:
 def seed_table(results: list[dict], parent: list[dict] | None = None, parent_name: str = "",
                boots: int = 2000) -> str:
   """Markdown, one row per finished seed: the first round with a correct rollout (the grader's
-  outcome, whatever the reward form) and how many rounds had one; training Pass@1 at every evaluation; training, test and greedy Pass@1 base ->
-  final with paired intervals (same questions, both ends); the final test and greedy Pass@1
-  minus those of the parent layer's same seed (paired by question: same base, same test
-  draws); entropy and response length over the first and the last 10 rounds; wall time. Then
-  the means over the seeds."""
+  outcome, whatever the reward form) and how many rounds had one; training Pass@1 at every
+  evaluation; training, test and greedy Pass@1 base -> final with paired intervals (same
+  questions, both ends); the final test and greedy Pass@1 minus those of the parent layer's
+  same seed (paired by question: same base, same test draws); entropy and response length over
+  the first and the last 10 rounds; wall time. Then the means over the seeds (the layer's
+  intervals over seeds are report.md's), each with its seed count where a column has fewer
+  seeds than the table."""
   parent = dict(_done(parent))
   vs = f"{parent_name} " if parent_name else "parent "
   lines = ["| seed | first round with a correct rollout | rounds with one | training Pass@1 at the "
@@ -420,6 +422,7 @@ def seed_table(results: list[dict], parent: list[dict] | None = None, parent_nam
            "length | wall |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   num = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"
   ends = {key: [] for key in ("train", "test", "test_greedy")}
+  gaps = {key: [] for key in ("test", "test_greedy")}  # minus the parent, per seed
   for k, r in _done(results):
     e = r["evals"]
     rewarded = [step for step, n in pipeline.round_curve(r["rows"], "outcome_correct") if n]
@@ -435,8 +438,12 @@ def seed_table(results: list[dict], parent: list[dict] | None = None, parent_nam
       cells.append(f"{base:.3f} -> {final:.3f} ({fmt(iv)})")
     for key in ("test", "test_greedy"):
       theirs = parent.get(k, {}).get("evals", {}).get("final", {})
-      cells.append(fmt(pipeline.paired_difference([e["final"]], [theirs], key, boots=boots))
-                   if key in theirs and key in e["final"] else "–")
+      if key not in theirs or key not in e["final"]:
+        cells.append("–")
+        continue
+      iv = pipeline.paired_difference([e["final"]], [theirs], key, boots=boots)
+      gaps[key].append(iv[0])
+      cells.append(fmt(iv))
     window = {key: [_window_mean(r["rows"], key, first) for first in (True, False)]
               for key in ("entropy", "length")}
     wall = f"{r['wall_s'] / 60:.0f} min" if r.get("wall_s") else "–"
@@ -445,11 +452,14 @@ def seed_table(results: list[dict], parent: list[dict] | None = None, parent_nam
         f"{r.get('rounds') or '–'} | {curve} | " + " | ".join(cells) +
         f" | {num(window['entropy'][0])} -> {num(window['entropy'][1])} "
         f"| {num(window['length'][0], 0)} -> {num(window['length'][1], 0)} | {wall} |")
-  if not ends["test"]:
+  rows = len(lines) - 2
+  if not rows:
     return "\n".join(lines + ["| – | no finished seed | | | | | | | | | | |"])
-  means = [(f"{np.mean([b for b, _ in v]):.3f} -> {np.mean([f for _, f in v]):.3f}" if v
-            else "–") for v in ends.values()]
-  lines.append("| mean | | | | " + " | ".join(means) + " | | | | | |")
+  of = lambda v: f" ({len(v)} of {rows} seeds)" if len(v) < rows else ""
+  means = [(f"{np.mean([b for b, _ in v]):.3f} -> {np.mean([f for _, f in v]):.3f}{of(v)}"
+            if v else "–") for v in ends.values()]
+  means += [f"{np.mean(v):+.3f}{of(v)}" if v else "–" for v in gaps.values()]
+  lines.append("| mean | | | | " + " | ".join(means) + " | | | |")
   return "\n".join(lines)
 
 
