@@ -119,9 +119,8 @@ def logprob_agreement(decoder, params, prompt, mask, result, save, rows=8, new=2
   forced = compare("teacher-forced", score(params, *args))
   cpu = jax.devices("cpu")[0]
   on_cpu = jax.device_put((params, *args), cpu)
-  with jax.default_device(cpu):
-    reference = compare("teacher-forced on the CPU backend", jax.jit(
-        lambda p, *a: logprobs.completion_logprobs(decoder, p, *a))(*on_cpu))
+  # the same jitted forward: inputs committed to the CPU run it there
+  reference = compare("teacher-forced on the CPU backend", score(*on_cpu))
   d = np.abs(forced - reference)[keep]
   result["logprobs"]["forced_vs_cpu_max_abs"] = float(d.max())
   print(f"logp  teacher-forced against the CPU's forward: max |d| {d.max():.2e}", flush=True)
