@@ -1120,14 +1120,19 @@ def parent_spec(spec: str) -> str:
   return layer.parent + (f":{parent_arg}" if parent_arg else "")
 
 
-def _changes(spec: str, base: str = "") -> tuple[str, list[str]]:
-  """(parent spec, ['field: parent value -> value', ...]) of a layer spec, both configs on the
-  base model `base` (layer_config), since a base may set what a layer changes (smollm2 trains
-  L1 on a hard question, so its L4 medium changes the bucket where the toy's does not)."""
+def _changes(spec: str, settings: dict | None = None) -> tuple[str, list[str]]:
+  """(parent spec, ['field: parent value -> value', ...]) of a layer spec, both configs built as
+  the report's runs were (`settings`: base model, quick, runlocal, --set overrides; layer_config).
+  A base may set what a layer changes (smollm2 trains L1 on a hard question, so its L4 medium
+  changes the bucket where the toy's does not), and an override of a field the layer changes
+  applies to the parent too, so it is no change of the layer's."""
   parent = parent_spec(spec)
   if not parent:
     return "", []
-  a, b = (_flat(json.loads(layer_config(s, base=base).to_json())) for s in (parent, spec))
+  settings = settings or {}
+  kwargs = dict(base=settings.get("base", ""), quick=settings.get("quick", False),
+                runlocal=settings.get("runlocal", False), overrides=settings.get("overrides"))
+  a, b = (_flat(json.loads(layer_config(s, **kwargs).to_json())) for s in (parent, spec))
   lines = [f"`{k}`: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
            if a.get(k) != b.get(k)]
   return parent, lines
@@ -1207,7 +1212,7 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
 
   for spec, results in per_layer.items():
     name = spec.partition(":")[0]
-    parent, changes = _changes(spec, settings.get("base", ""))
+    parent, changes = _changes(spec, settings)
     out += ["", f"## {spec}: {layers.get(name).title}", ""]
     out.append(f"Lineage: {' → '.join(layers.lineage(name))}" + (
         f"; changes over {parent}: " + ("; ".join(changes) or "none, the same config")

@@ -95,7 +95,7 @@ def test_what_a_layer_changes_is_read_on_its_base_model(tmp_path):
   assert pipeline.parent_spec("l1:g=4") == "l0"
   assert pipeline.parent_spec("l4:bucket=medium") == "l1"
   assert pipeline._changes("l4:bucket=medium") == ("l1", [])
-  assert pipeline._changes("l4:bucket=medium", "smollm2") == (
+  assert pipeline._changes("l4:bucket=medium", {"base": "smollm2"}) == (
       "l1", ["`example.selection`: 'hard' → 'medium'"])
   specs = ["l4:bucket=medium"]
   toy = open(pipeline.write_report(str(tmp_path / "toy"), specs, 1)).read()
@@ -103,6 +103,16 @@ def test_what_a_layer_changes_is_read_on_its_base_model(tmp_path):
   smollm2 = open(pipeline.write_report(str(tmp_path / "smollm2"), specs, 1,
                                        settings={"base": "smollm2"})).read()
   assert "changes over l1: `example.selection`: 'hard' → 'medium'." in smollm2
+
+
+def test_what_a_layer_changes_is_read_with_the_runs_overrides(tmp_path):
+  """A --set override applies to the parent's config as to the layer's: one that fixes the field
+  a layer changes leaves the layer nothing to change, and the report says so."""
+  assert pipeline._changes("l1") == ("l0", ["`rollout.num_samples`: 1 → 8"])
+  settings = {"overrides": {"rollout.num_samples": "4"}, "quick": True}
+  assert pipeline._changes("l1", settings) == ("l0", [])
+  text = open(pipeline.write_report(str(tmp_path), ["l1"], 1, settings=settings)).read()
+  assert "changes over l0: none, the same config." in text
 
 
 def test_layer_specs_and_directories():
