@@ -30,13 +30,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bench_model
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from configs import l2_advantage
-from rft_jax import losses, plan as plan_lib, sampling, sharding, train
-from rft_jax.models import Decoder, ModelConfig, abstract_params, init_params
+from rft_jax import losses, plan as plan_lib, sharding, train
+from rft_jax.models import Decoder, ModelConfig, abstract_params
 
 PROMPT, RESPONSE = 512, 1024
 # --smoke: the same script on a tiny model and short lengths (checks it runs, on any machine).
@@ -91,10 +92,7 @@ def main():
   mc = plan_lib.model_config_for(config, shape)
   mesh = sharding.build_mesh(**config.mesh)
   shardings = sharding.param_shardings(abstract_params(mc), mesh)
-  # init_params' embedding (std 1, tied) makes logits of std ~sqrt(d_model): a one-hot policy
-  # whose gradient is ~0. Scaled to logits of std ~1, the rollouts vary and the step learns.
-  params = jax.jit(lambda k: {**(p := init_params(mc, k)),
-                              "embedding": p["embedding"] * mc.d_model ** -0.5},
+  params = jax.jit(lambda k: bench_model.spread_params(mc, k),
                    out_shardings=shardings)(jax.random.PRNGKey(0))
   transform = train._loss_chain(config.loss.to_json())
   optimizer = train._optimizer(config.optimizer.to_json())
@@ -107,13 +105,10 @@ def main():
   prompt_mask = np.ones((1, PROMPT), bool)
   prompt, prompt_mask = sharding.shard_batch((prompt, prompt_mask), mesh)
   decoder = Decoder(mc)
-  no_eos = np.full((1,), -1, np.int32)  # every rollout runs the full response length
 
-  def sample(key):
-    return sampling.sample(decoder, state.params, prompt, prompt_mask, key,
-                           max_new_tokens=RESPONSE, num_samples=args.g,
-                           temperature=jnp.float32(1.0), top_k=jnp.int32(0),
-                           top_p=jnp.float32(1.0), eos_ids=no_eos, pad_id=0)
+  def sample(key):  # no EOS: every rollout runs the full response length
+    return bench_model.full_length_sample(decoder, state.params, prompt, prompt_mask, key,
+                                          rows=args.g, new=RESPONSE)
 
   # 3. The sampler: compile + first call, then a timed call.
   t0 = time.time()

@@ -39,12 +39,13 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bench_model
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rft_jax import logprobs, sampling
-from rft_jax.models import Decoder, ModelConfig, decoder as decoder_lib, init_params, shapes
+from rft_jax import logprobs
+from rft_jax.models import Decoder, ModelConfig, decoder as decoder_lib, shapes
 
 PROMPT = 64
 # --smoke: a tiny model (checks the script runs, on any machine: tests/test_accelerator_check.py).
@@ -52,22 +53,13 @@ SMOKE = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_head
                     head_dim=16, d_ff=128, tie_embeddings=True)
 
 
-def random_params(mc, seed: int = 0):
-  # init_params' tied embedding (std 1) gives logits of std ~sqrt(d_model), a near one-hot
-  # policy; scaled to logits of std ~1 the rollouts vary as a real model's do.
-  p = init_params(mc, jax.random.PRNGKey(seed))
-  return {**p, "embedding": p["embedding"] * mc.d_model ** -0.5}
-
-
 def kv_bytes_per_position(mc) -> int:
   return 2 * mc.n_layers * mc.n_kv_heads * mc.head_dim * jnp.dtype(mc.dtype).itemsize
 
 
 def rollout(decoder, params, prompt, mask, rows: int, new: int, seed: int):
-  return sampling.sample(decoder, params, prompt, mask, jax.random.PRNGKey(seed),
-                         max_new_tokens=new, num_samples=rows, temperature=jnp.float32(1.0),
-                         top_k=jnp.int32(0), top_p=jnp.float32(1.0),
-                         eos_ids=np.full((1,), -1, np.int32), pad_id=0)
+  return bench_model.full_length_sample(decoder, params, prompt, mask, jax.random.PRNGKey(seed),
+                                        rows=rows, new=new)
 
 
 def decode_speed(mc, decoder, params, prompt, mask, batches, new, bandwidth, result, save):
@@ -144,7 +136,7 @@ def main():
         f"{commit or 'unknown'}, matmul precision {decoder_lib.PRECISION}", flush=True)
   mc = SMOKE if args.smoke else shapes.model_config(args.shape)
   decoder = Decoder(mc)
-  params = jax.device_put(random_params(mc))
+  params = jax.device_put(bench_model.spread_params(mc, jax.random.PRNGKey(0)))
   prompt = np.random.default_rng(0).integers(10, mc.vocab_size, (1, PROMPT)).astype(np.int32)
   mask = np.ones((1, PROMPT), bool)
   result = {"device": dev.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,

@@ -140,3 +140,21 @@ def smollm2_layer_round():
   prompt, prompt_mask = sampling.left_pad([policy.encode_prompt(task.prompt_text(example))],
                                           policy.pad_id, bucket=config.rollout.prompt_bucket)
   return config, policy, task, example, prompt, prompt_mask
+
+
+def spread_params(mc: ModelConfig, key) -> dict:
+  """init_params(mc) for any shape (the accelerator checks), its tied embedding scaled by
+  d_model ** -0.5: init's std-1 embedding gives logits of std ~sqrt(d_model), a near one-hot
+  policy whose gradient is ~0; at logits of std ~1 the rollouts vary as a real model's do and a
+  step learns. Pure in `key`, so it can be jitted with out_shardings."""
+  params = models.init_params(mc, key)
+  return {**params, "embedding": params["embedding"] * mc.d_model ** -0.5}
+
+
+def full_length_sample(decoder, params, prompt, prompt_mask, key, *, rows: int, new: int):
+  """`rows` rollouts of exactly `new` tokens (no EOS id, so none stops early) at temperature 1."""
+  from rft_jax import sampling
+
+  return sampling.sample(decoder, params, prompt, prompt_mask, key, max_new_tokens=new,
+                         num_samples=rows, temperature=jnp.float32(1.0), top_k=jnp.int32(0),
+                         top_p=jnp.float32(1.0), eos_ids=np.full((1,), -1, np.int32), pad_id=0)
