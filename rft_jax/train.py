@@ -818,6 +818,7 @@ class Graded:
 
   rewards: np.ndarray       # [B] float32
   lengths: np.ndarray       # [B] completion tokens (float32)
+  truncated: np.ndarray     # [B] 1.0 where max_new_tokens ran out before an end token
   outcomes: dict[str, int]  # outcome name -> rollouts, summed over the processes
   rows: list[int] = dataclasses.field(default_factory=list)   # this process's rows ...
   texts: list[str] = dataclasses.field(default_factory=list)  # ... and their decoded texts
@@ -914,6 +915,14 @@ def rollout_phase(loop: Loop, params, round_index: int) -> tuple[list[int], samp
   return questions, rollout
 
 
+def truncated_rows(tokens: np.ndarray, mask: np.ndarray, eos_ids) -> np.ndarray:
+  """[B] 1.0 for the completions cut off by the length limit: every one of the N positions
+  generated (mask [B, N] all ones) and the last token not an end token. A completion whose end
+  token lands on the last position finished, so it is not cut."""
+  full = np.asarray(mask).sum(-1) >= np.asarray(mask).shape[-1]
+  return (full & ~np.isin(np.asarray(tokens)[:, -1], np.asarray(eos_ids))).astype(np.float32)
+
+
 def grade_phase(loop: Loop, questions: list[int], rollout: sampling.Rollout) -> Graded:
   """Each process decodes and grades the rollouts its devices hold; the per-row results and
   the outcome counts are gathered, so every process has the whole round's."""
@@ -922,11 +931,13 @@ def grade_phase(loop: Loop, questions: list[int], rollout: sampling.Rollout) -> 
   rows, tokens = distributed.local_rows(rollout.tokens)
   _, mask = distributed.local_rows(rollout.mask)
   texts = [loop.policy.decode_completion(t, m) for t, m in zip(tokens, mask)]
+  cut = truncated_rows(tokens, mask, loop.policy.eos_ids)
   rewards, outcomes = loop.task.grade_batch(
       texts, [loop.train_examples[questions[row // g]] for row in rows])
   return Graded(
       rewards=distributed.gather_rows(rows, np.asarray(rewards, np.float32), total),
       lengths=distributed.gather_rows(rows, mask.sum(-1), total),
+      truncated=distributed.gather_rows(rows, cut, total),
       outcomes=distributed.sum_counts(outcomes, list(outcomes)),
       rows=[int(row) for row in rows], texts=texts)
 
@@ -972,6 +983,7 @@ def train_phase(loop: Loop, state: TrainState, questions: list[int], rollout: sa
                                    micro_batch_size=config.train.get("micro_batch_size", 0))
   row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
   row.update(reward=float(np.mean(graded.rewards)), length=float(graded.lengths.mean()),
+             truncated=float(graded.truncated.mean()),
              **{f"outcome_{k}": v for k, v in graded.outcomes.items()})
   return state, row
 

@@ -30,11 +30,13 @@ def rewards(p: float, n: int, seed: int) -> np.ndarray:
 
 def write_run(root, spec, seed, *, train=(0.1, 0.1), test=(0.2, 0.2), greedy=(0.3, 0.3),
               mid=None, failed=False, collapse=False, entropy=(0.6, 0.6), markers=None,
-              no_answer=None):
+              no_answer=None, truncated=None):
   """One run's record: base and final evaluations with these Pass@1s (train, test, greedy),
   an evaluation at round 50 (mid: (train, test), default halfway), per-round rows; markers
   (first, last): rollouts.jsonl with that many of 8 texts at rounds 1 and 100 writing '####';
-  no_answer (base, final): the share of test samples flagged without a final answer."""
+  no_answer (base, final): the share of test samples flagged without a final answer;
+  truncated (first 10 rounds, the rest): the rows' share of rollouts cut at the length limit
+  (rows without it, as runs before the metric, where None)."""
   d = pathlib.Path(root) / pipeline.spec_dir(spec) / f"seed{seed}"
   os.makedirs(d / "evals")
   mid = mid or ((train[0] + train[1]) / 2, (test[0] + test[1]) / 2)
@@ -52,6 +54,8 @@ def write_run(root, spec, seed, *, train=(0.1, 0.1), test=(0.2, 0.2), greedy=(0.
   for r in range(1, ROUNDS + 1):
     row = {"step": r, "entropy": entropy[0] if r <= 10 else entropy[1], "length": 100.0,
            "outcome_correct": 1, "outcome_wrong": 6, "outcome_no_answer": 1}
+    if truncated is not None:
+      row["truncated"] = truncated[r > 10]
     if collapse and r == 60:
       row["collapse_stuck"] = True
     rows.append(row)
@@ -130,6 +134,23 @@ def test_the_rules_on_records_where_the_answers_are_known(tmp_path):
   text = findings.markdown(list(out.values()), list(mech.values()))
   assert "**reproduced**" in text and "| l1 | 3 |" in text and "| 0.00 -> 0.62 |" in text
   assert "| 0.50 -> 0.10 |" in text and "| – -> – |" in text
+
+
+def test_truncation_share_uses_the_seeds_that_measured_it(tmp_path):
+  """Seeds 0 and 1 log the share of rollouts cut at the length limit (0.0 -> 0.2 and 0.1 ->
+  0.4 over the first and the last 10 rounds), seed 2 does not (run before the metric): the
+  means are seeds 0 and 1's, and the table says so; a layer without it shows dashes."""
+  for k, truncated in enumerate(((0.0, 0.2), (0.1, 0.4), None)):
+    write_run(tmp_path, "l1", k, truncated=truncated)
+    write_run(tmp_path, "l2", k)
+  per_layer = findings.load(str(tmp_path), ["l1", "l2"])
+  m, old = findings.mechanisms(per_layer, boots=100)
+  assert m["truncated_seeds"] == 2 and old["truncated_seeds"] == 0
+  assert (m["truncated_first"], m["truncated_last"]) == (pytest.approx(0.05), pytest.approx(0.3))
+  assert old["truncated_first"] is None and old["truncated_last"] is None
+  lines = findings.markdown([], [m, old]).splitlines()
+  assert lines[-2].split(" | ")[5] == "0.05 -> 0.30 (2 seeds)"
+  assert lines[-1].split(" | ")[5] == "– -> –"
 
 
 def test_gain_difference_is_the_difference_of_mean_gains(tmp_path):
@@ -422,4 +443,4 @@ def test_answerless_test_share_uses_the_seeds_flagged_at_both_ends(tmp_path):
       ratios.append(sum(c * a for c, a in zip(e["test"], answered)) / sum(answered))
     assert m[f"test_answered_{when}"] == pytest.approx(sum(ratios) / 2)
   cells = findings.markdown([], [m]).splitlines()[-1].split(" | ")
-  assert cells[7] == f"{m['test_answered_base']:.2f} -> {m['test_answered_final']:.2f} (2 seeds)"
+  assert cells[8] == f"{m['test_answered_base']:.2f} -> {m['test_answered_final']:.2f} (2 seeds)"

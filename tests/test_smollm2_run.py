@@ -78,5 +78,8 @@ def test_l0_runs_on_smollm2(smollm2_gguf, tmp_path):
   rows = [r for r in metrics.read_metrics(tmp_path) if "loss" in r]
   assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
   assert all(0 < r["length"] <= 16 for r in rows)  # 16-token rollouts of the real model
+  # one rollout a round: cut (1) only where it used all 16 tokens, else finished (0)
+  assert all(r["truncated"] in (0.0, 1.0) for r in rows)
+  assert all(r["length"] == 16 for r in rows if r["truncated"])
   # Entropy of a pretrained model's next-token distribution: far below uniform (ln 49152 = 10.8).
   assert all(0 < r["entropy"] < 8 for r in rows)

@@ -174,12 +174,24 @@ def test_the_phases_alone_make_the_runs_first_round(reference, base_dir, tmp_pat
   questions, rollout = train.rollout_phase(loop, state.params, 0)
   graded = train.grade_phase(loop, questions, rollout)
   rows = len(questions) * config.rollout.num_samples
-  assert graded.rewards.shape == graded.lengths.shape == (rows,)
+  assert graded.rewards.shape == graded.lengths.shape == graded.truncated.shape == (rows,)
   assert sum(graded.outcomes.values()) == rows
+  # cut rows used every position; rows that stopped short were not cut
+  assert np.all(graded.lengths[graded.truncated == 1] == config.rollout.max_new_tokens)
+  assert np.all(graded.truncated[graded.lengths < config.rollout.max_new_tokens] == 0)
   state, row = train.train_phase(loop, state, questions, rollout, graded)
   assert int(state.round) == 1
   want = reference["rows"][1]
   assert {k: want[k] for k in row} == row
+
+
+def test_truncated_rows_are_those_the_length_limit_cut():
+  """Cut = all N positions generated and the last one not an end token (hand-made rows)."""
+  tokens = np.array([[5, 7, 2], [5, 2, 0], [5, 7, 9], [3, 4, 8], [6, 6, 6]])
+  mask = np.array([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 1, 1], [1, 0, 0]], np.float32)
+  # row 0 ends on its last position (EOS 2), row 1 before it, row 3 on end-of-turn 8
+  np.testing.assert_array_equal(train.truncated_rows(tokens, mask, (2, 8)), [0, 0, 1, 0, 0])
+  np.testing.assert_array_equal(train.truncated_rows(tokens, mask, (2,)), [0, 0, 1, 1, 0])
 
 
 def test_every_evaluation_sample_is_kept(reference):

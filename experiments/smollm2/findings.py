@@ -464,8 +464,9 @@ def seed_table(results: list[dict], parent: list[dict] | None = None, parent_nam
 
 
 def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict]:
-  """Per layer, means over its complete seeds: entropy, response length and the share of
-  rollouts without a final answer over the first and the last 10 rounds, the share of rollouts
+  """Per layer, means over its complete seeds: entropy, response length, the share of rollouts
+  without a final answer and the share cut at the length limit (seeds that log it) over the
+  first and the last 10 rounds, the share of rollouts
   writing MARKER in the first and the last round with texts (rollouts.jsonl), and the change of
   sampled against greedy test Pass@1 from the base (paired intervals)."""
   out = []
@@ -474,7 +475,7 @@ def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict
     if not done:
       continue
     row = {"spec": spec, "seeds": len(done)}
-    for key in ("entropy", "length", "no_answer"):
+    for key in ("entropy", "length", "no_answer", "truncated"):
       for first in (True, False):
         values = []
         for _, r in done:
@@ -488,6 +489,8 @@ def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict
           if v is not None:
             values.append(v)
         row[f"{key}_{'first' if first else 'last'}"] = float(np.mean(values)) if values else None
+    # Rows since 2026-12-01 log the share cut at the length limit: the seeds that have it.
+    row["truncated_seeds"] = sum(any("truncated" in x for x in r["rows"]) for _, r in done)
     for first in (True, False):
       shares = [np.mean([MARKER in t for t in r["texts"][0 if first else -1]["text"]])
                 for _, r in done if r["texts"]]
@@ -518,17 +521,20 @@ def markdown(findings: list[dict], mech: list[dict]) -> str:
   if not mech:
     return "\n".join(lines)
   lines += ["", "| layer | seeds | entropy first -> last 10 rounds | length | no final answer | "
-            f"'{MARKER}' first -> last round with texts | test: no final answer, base -> final "
-            "| test: correct among answered | test Pass@1 - base, sampled | greedy |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            f"cut at the length limit | '{MARKER}' first -> last round with texts | test: no "
+            "final answer, base -> final | test: correct among answered | test Pass@1 - base, "
+            "sampled | greedy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
   num = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"
   for m in mech:
     n = m["test_no_answer_seeds"]
     flagged = f" ({n} seed{'s' * (n != 1)}) " if 0 < n < m["seeds"] else " "
+    t = m["truncated_seeds"]
+    measured = f" ({t} seed{'s' * (t != 1)})" if 0 < t < m["seeds"] else ""
     lines.append(
         f"| {m['spec']} | {m['seeds']} | {num(m['entropy_first'])} -> {num(m['entropy_last'])} "
         f"| {num(m['length_first'], 0)} -> {num(m['length_last'], 0)} "
         f"| {num(m['no_answer_first'])} -> {num(m['no_answer_last'])} "
+        f"| {num(m['truncated_first'])} -> {num(m['truncated_last'])}{measured} "
         f"| {num(m['marker_first'])} -> {num(m['marker_last'])} "
         f"| {num(m['test_no_answer_base'])} -> {num(m['test_no_answer_final'])}{flagged}"
         f"| {num(m['test_answered_base'])} -> {num(m['test_answered_final'])}{flagged}"
