@@ -485,9 +485,9 @@ def seed_table(results: list[dict], parent: list[dict] | None = None, parent_nam
 def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict]:
   """Per layer, means over its complete seeds: entropy, response length, the share of rollouts
   without a final answer and the share cut at the length limit (seeds that log it) over the
-  first and the last 10 rounds, the share of rollouts
-  writing MARKER in the first and the last round with texts (rollouts.jsonl), and the change of
-  sampled against greedy test Pass@1 from the base (paired intervals)."""
+  first and the last 10 rounds, the share of rollouts writing MARKER in the first and the last
+  round with texts (rollouts.jsonl), and the change of sampled against greedy test Pass@1 from
+  the base (paired intervals)."""
   out = []
   for spec, results in per_layer.items():
     done = _done(results)
