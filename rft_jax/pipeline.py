@@ -22,7 +22,8 @@ The report, <root>/report.md: one summary table (a row per layer: base and final
 test Pass@1 as mean ± std over seeds, rounds to training Pass@1 >= 0.9, stability), then per
 layer its lineage, changed fields, a table per seed and plots in <root>/plots/: Pass@1 curves
 (mean line, min-max band over seeds, thin seed lines) and bandit diagnostics per round (reward,
-signal_frac = fraction of rollouts with a non-zero advantage, policy entropy).
+signal_frac = fraction of rollouts with a non-zero advantage, policy entropy, response length,
+and the share of rollouts cut at the length limit where the runs log it).
 
 --quick (QUICK: 60 rounds, evaluations every 15 rounds on 32 training samples and 200 test
 questions) is sized for the issue's budget, L0..L4 x 2 seeds within 30 minutes on a 2-core CPU.
@@ -1044,6 +1045,20 @@ def _band(ax, curves, label=None, color=None, seeds=True, marker=None):
       ax.plot(steps[ok], row[ok], color=line.get_color(), lw=0.6, alpha=0.5)
 
 
+_DIAGNOSTICS = (("reward", "mean reward of the round's rollouts"),
+                ("signal_frac", "signal_frac (non-zero advantage)"),
+                ("entropy", "policy entropy (nats/token)"),
+                ("length", "response length (tokens)"))
+# Metrics added after some published runs were written: a panel only where a seed logs them.
+_LATER_DIAGNOSTICS = (("truncated", "share cut at the length limit"),)
+
+
+def diagnostic_panels(rows: Sequence[Sequence[dict]]) -> list[tuple[str, str]]:
+  """The (metric, title) panels of the diagnostics figure, given each seed's metric rows."""
+  return list(_DIAGNOSTICS) + [(key, name) for key, name in _LATER_DIAGNOSTICS
+                               if any(round_curve(seed_rows, key) for seed_rows in rows)]
+
+
 def plot_layer(results: Sequence[dict], title: str, path_prefix: str) -> list[str]:
   """<prefix>_pass1.png (training and test Pass@1) and <prefix>_diagnostics.png."""
   import matplotlib
@@ -1067,11 +1082,9 @@ def plot_layer(results: Sequence[dict], title: str, path_prefix: str) -> list[st
   plt.close(fig)
 
   window = 5
-  fig, axes = plt.subplots(1, 4, figsize=(14, 3))
-  for ax, key, name in ((axes[0], "reward", "mean reward of the round's rollouts"),
-                        (axes[1], "signal_frac", "signal_frac (non-zero advantage)"),
-                        (axes[2], "entropy", "policy entropy (nats/token)"),
-                        (axes[3], "length", "response length (tokens)")):
+  panels = diagnostic_panels(rows)
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 3), squeeze=False)
+  for ax, (key, name) in zip(axes[0], panels):
     _band(ax, [_smooth(round_curve(r, key), window) for r in rows], seeds=False)
     ax.set(title=name, xlabel="round")
     ax.grid(alpha=0.3)

@@ -87,6 +87,18 @@ def test_report_from_hand_written_runs(tmp_path):
     assert os.path.getsize(f"{root}/plots/{name}.png") > 1000, name
 
 
+def test_diagnostics_panel_for_truncation_only_where_a_seed_logs_it():
+  """Runs written before the `truncated` metric existed get no empty truncation panel; a layer
+  where any seed logs it (even as 0.0 every round) gets one."""
+  core = ["reward", "signal_frac", "entropy", "length"]
+  old = [{"step": 0, "train_pass1": 0.1}, {"step": 1, "reward": 0.0, "length": 9.0}]
+  new = [{"step": 0, "train_pass1": 0.1}, {"step": 1, "reward": 0.0, "truncated": 0.0}]
+  assert [key for key, _ in pipeline.diagnostic_panels([old, old])] == core
+  assert [key for key, _ in pipeline.diagnostic_panels([old, new])] == core + ["truncated"]
+  # the base evaluation row (step 0) is not a round: a `truncated` there adds no panel
+  assert [key for key, _ in pipeline.diagnostic_panels([[{"step": 0, "truncated": 0.5}]])] == core
+
+
 def test_what_a_layer_changes_is_read_on_its_base_model(tmp_path):
   """L4's medium bucket is L1's own on the embedded default (the same config) but not on
   SmolLM2, whose L1 trains on a hard question (configs/smollm2.py): the report's 'changes over'
