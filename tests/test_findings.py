@@ -347,6 +347,41 @@ def test_the_rules_edge_by_edge(tmp_path):
   assert "l2" in out["6"]["claims"][1][1].split("not shown above base: ")[1]
 
 
+def test_findings_3_and_5_wait_for_third_seeds_then_judge_absences_by_direction(tmp_path):
+  """The order the SmolLM2 layers finish in: finding 3 and 5(a) wait while a seed of
+  l1:g=16 / l4:bucket=extremely_hard is missing; 5(b) is judged meanwhile. Then: only L1
+  (G = 8) beats a smaller G, so 3 is not shown with 'G=8 - G=1' named; the extremely hard
+  question ends level with L1 (5a not shown) and the medium one falls below its base (5b not
+  shown): an absence claim fails on a fall, not only on a rise."""
+  for k in range(3):
+    write_run(tmp_path, "l0", k, test=(0.2, 0.2))
+    write_run(tmp_path, "l1:g=4", k, test=(0.2, 0.2))
+    write_run(tmp_path, "l1", k, test=(0.2, 0.5))
+    write_run(tmp_path, "l4:bucket=medium", k, test=(0.2, 0.05))
+    if k < 2:
+      write_run(tmp_path, "l1:g=16", k, test=(0.2, 0.2))
+      write_run(tmp_path, "l4:bucket=extremely_hard", k, test=(0.2, 0.5))
+  out, _ = judged(tmp_path)
+  assert out["3"]["claims"][0][2] == findings.NOT_RUN
+  assert out["3"]["verdict"] == "waiting (layers not run)"
+  (_, _, state_a), (_, evidence_b, state_b) = out["5"]["claims"]
+  assert (state_a, state_b) == (findings.NOT_RUN, findings.NOT_SHOWN)
+  assert evidence_b.startswith("final - base -0.150 [") and evidence_b.endswith(findings.ABSENCE)
+  assert out["5"]["verdict"] == "waiting (layers not run)"
+
+  write_run(tmp_path, "l1:g=16", 2, test=(0.2, 0.2))
+  write_run(tmp_path, "l4:bucket=extremely_hard", 2, test=(0.2, 0.5))
+  out, _ = judged(tmp_path)
+  claim, evidence, state = out["3"]["claims"][0]
+  assert state == findings.NOT_SHOWN and out["3"]["verdict"] == "not shown"
+  assert "G=8 - G=1 +0.300 [" in evidence and "G=8 - G=4 +0.300 [" in evidence
+  assert "G=16 - G=8 -0.300 [" in evidence and evidence.endswith(findings.ABSENCE)
+  (_, evidence_a, state_a), (_, _, state_b) = out["5"]["claims"]
+  assert (state_a, state_b) == (findings.NOT_SHOWN, findings.NOT_SHOWN)
+  assert "- L1's +0.000 [" in evidence_a and not evidence_a.endswith(findings.ABSENCE)
+  assert out["5"]["verdict"] == "not shown"
+
+
 def test_side_by_side_judges_the_toy_by_the_same_rules(tmp_path, capsys):
   """--toy with the whole preset: a column of its own, each cell the verdict and the sub-claims
   shown; SmolLM2 with L1 alone waits, and 6a is judged from both L1s in each direction."""
