@@ -44,8 +44,10 @@ def prepare_batch(transform: LossTransform, batch: Batch,
   prepared = batch.replace(
       advantages=terms.advantages,
       grad_mask=rows,
-      token_count=jnp.sum(terms.mask).astype(batch.mask.dtype),
-      seq_count=count_seqs(terms.mask).astype(batch.mask.dtype),
+      # float32 whatever the mask's dtype: a bool mask's count would become True, and a
+      # bfloat16 one's rounds (867 tokens -> 868).
+      token_count=jnp.sum(terms.mask, dtype=jnp.float32),
+      seq_count=count_seqs(terms.mask).astype(jnp.float32),
   )
   return prepared, new_state, terms.metrics
 

@@ -33,11 +33,26 @@ def _rank_in_group(ids):
   return jnp.sum((ids[:, None] == ids[None, :]) & earlier, axis=1)
 
 
+def _group_sum_mean(r, same):
+  """Per row [B]: group size n, reference ref (the group's smallest reward) and the sum of the
+  group's offsets from it; the group mean is ref + offsets / n.
+
+  Summed as offsets from the reference, a group of equal rewards has exactly that reward as its
+  mean (in float32, sum / n is not always the value: 7 x 0.7 gives a mean one rounding unit
+  away, which GRPO's std scaling turns into an advantage of 0.06). With {0, 1} rewards the
+  reference is 0 unless the group is all ones, so the mean is k / n exactly as before.
+  """
+  n = jnp.sum(same, axis=1)
+  ref = jnp.min(jnp.where(same > 0, r[None, :], jnp.inf), axis=1)
+  offsets = jnp.sum(same * (r[None, :] - ref[:, None]), axis=1)
+  return n, ref, offsets
+
+
 def _group_stats(r, ids, ddof: int):
   """Per-row group mean [B], group std [B] (with ddof), whether the std is defined (n > ddof)."""
   same = _same_group(ids, r.dtype)
-  n = jnp.sum(same, axis=1)
-  mean = jnp.sum(same * r[None, :], axis=1) / n
+  n, ref, offsets = _group_sum_mean(r, same)
+  mean = ref + offsets / n
   var = jnp.sum(same * (r[None, :] - mean[:, None]) ** 2, axis=1) / jnp.maximum(n - ddof, 1)
   return mean, jnp.sqrt(var), n > ddof
 
@@ -79,9 +94,8 @@ def group_mean(singleton: str = "mean") -> LossTransform:
     if advantages_given(batch):
       return _given(terms, batch)
     r = terms.rewards
-    same = _same_group(batch.group_ids, r.dtype)
-    n = jnp.sum(same, axis=1)
-    mean = jnp.sum(same * r[None, :], axis=1) / n
+    n, ref, offsets = _group_sum_mean(r, _same_group(batch.group_ids, r.dtype))
+    mean = ref + offsets / n
     if singleton == "zero":
       mean = jnp.where(n > 1, mean, 0.0)
     adv = r - mean
@@ -98,7 +112,8 @@ def group_std(eps: float = 1e-6, ddof: int = 1, singleton_std: float = -1.0) -> 
   is the population std. verl's eps is 1e-6, TRL's 1e-4. A group of at most ddof rollouts has
   no std: with singleton_std < 0 (default -1.0) it is left unscaled; with singleton_std >= 0 it
   is divided by (singleton_std + eps) (verl: 1.0, so a group of one gets R / (1 + eps)).
-  Needs an advantage transform before it.
+  With eps = 0 a group without spread is left unscaled (after group_mean its advantages are
+  exactly 0; dividing them by 0 would give NaN). Needs an advantage transform before it.
   """
   if eps < 0 or ddof < 0:
     raise ValueError(f"group_std: eps={eps} and ddof={ddof} must be >= 0")
@@ -112,7 +127,7 @@ def group_std(eps: float = 1e-6, ddof: int = 1, singleton_std: float = -1.0) -> 
     r = terms.rewards
     _, std, defined = _group_stats(r, batch.group_ids, ddof)
     undefined_scale = 1.0 if singleton_std < 0 else 1.0 / (singleton_std + eps)
-    scale = jnp.where(defined, 1.0 / (std + eps), undefined_scale)
+    scale = jnp.where(defined, 1.0 / jnp.where(std + eps > 0, std + eps, 1.0), undefined_scale)
     adv = terms.advantages * (scale if terms.advantages.ndim == 1 else scale[:, None])
     metrics = dict(_adv_metrics(terms, adv), zero_std_frac=jnp.mean((std == 0).astype(r.dtype)))
     return terms.replace(advantages=adv, metrics=metrics)
@@ -125,7 +140,8 @@ def batch_std(eps: float = 1e-6, ddof: int = 1) -> LossTransform:
 
   With `group_mean` before it this is "group mean, batch std" (Lite PPO; Liu et al. 2025, "Tricks
   or Traps? A Deep Dive into RL for LLM Reasoning", sec. 4.1), robust to zero-variance groups.
-  ddof as in group_std. Needs an advantage transform before it.
+  ddof as in group_std; with eps = 0 a batch without spread is left unscaled. Needs an
+  advantage transform before it.
   """
   if eps < 0 or ddof < 0:
     raise ValueError(f"batch_std: eps={eps} and ddof={ddof} must be >= 0")
@@ -137,7 +153,7 @@ def batch_std(eps: float = 1e-6, ddof: int = 1) -> LossTransform:
     r = terms.rewards
     _, std, defined = _group_stats(r, jnp.zeros(r.shape, jnp.int32), ddof)  # one group: the batch
     std, defined = std[0], defined[0]
-    adv = terms.advantages * jnp.where(defined, 1.0 / (std + eps), 1.0)
+    adv = terms.advantages * jnp.where(defined & (std + eps > 0), 1.0 / (std + eps), 1.0)
     return terms.replace(advantages=adv, metrics=dict(_adv_metrics(terms, adv), reward_std=std))
 
   return stateless(update)
@@ -155,10 +171,9 @@ def leave_one_out() -> LossTransform:
     if advantages_given(batch):
       return _given(terms, batch)
     r = terms.rewards
-    same = _same_group(batch.group_ids, r.dtype)
-    n = jnp.sum(same, axis=1)
-    others = jnp.sum(same * r[None, :], axis=1) - r
-    adv = r - jnp.where(n > 1, others / jnp.maximum(n - 1, 1), 0.0)
+    n, ref, offsets = _group_sum_mean(r, _same_group(batch.group_ids, r.dtype))
+    others_mean = ref + (offsets - (r - ref)) / jnp.maximum(n - 1, 1)
+    adv = r - jnp.where(n > 1, others_mean, 0.0)
     return terms.replace(advantages=adv, metrics=_adv_metrics(terms, adv))
 
   return stateless(update)

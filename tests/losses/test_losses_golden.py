@@ -127,6 +127,41 @@ def test_group_std_degenerate_groups():
   np.testing.assert_allclose(got[2], 3.0, atol=ATOL)
 
 
+def test_a_group_of_equal_rewards_has_exactly_zero_advantage():
+  # In float32 seven 0.7s sum to 4.9000006 and sum / 7 is one rounding unit off 0.7, which
+  # GRPO's std scaling (std also ~1 unit, eps 1e-6) blew up to A = 0.056. Summed as offsets
+  # from the group's smallest reward, every group below has R - mean = 0 and std = 0 exactly.
+  for value, n in ((0.7, 7), (3.7, 7), (100.3, 7), (0.9, 16)):
+    batch = mk([value] * n + [0.0, 1.0], group_ids=[0] * n + [1, 1])
+    grpo = rl.chain(rl.group_mean(), rl.group_std(eps=1e-6))  # GRPO's advantage
+    for transform in (grpo, rl.leave_one_out(),
+                      rl.chain(rl.group_mean(), rl.batch_std(eps=0.0))):
+      got = advantages_of(transform, batch)
+      np.testing.assert_array_equal(got[:n], 0.0, err_msg=f"{value} x {n}")
+    terms, _ = run(grpo, batch)
+    # group 0 (n rows) has no spread, group 1 (two rows) has: the share of rows is n / (n + 2)
+    np.testing.assert_allclose(terms.metrics["zero_std_frac"], n / (n + 2))
+  # The other group still gets the hand value: [0, 1] -> mean 1/2, unbiased std 1/sqrt(2).
+  got = advantages_of(rl.chain(rl.group_mean(), rl.group_std(eps=0.0)),
+                      mk([0.7] * 7 + [0.0, 1.0], group_ids=[0] * 7 + [1, 1]))
+  np.testing.assert_allclose(got[7:], [-0.5 * math.sqrt(2), 0.5 * math.sqrt(2)], atol=ATOL)
+
+
+def test_zero_eps_leaves_groups_without_spread_unscaled():
+  # eps = 0 (allowed: the formula's plain form) with R = [1, 1]: (R - mean) / std = 0 / 0. The
+  # group carries no signal, so A = 0 (not NaN); raw_reward's A = R is left unscaled, not R / 0.
+  batch = mk([1.0, 1.0, 0.0, 1.0], group_ids=[0, 0, 1, 1])
+  got = advantages_of(rl.chain(rl.group_mean(), rl.group_std(eps=0.0)), batch)
+  np.testing.assert_allclose(got, [0.0, 0.0, -0.5 * math.sqrt(2), 0.5 * math.sqrt(2)], atol=ATOL)
+  got = advantages_of(rl.chain(rl.raw_reward(), rl.group_std(eps=0.0)), batch)
+  np.testing.assert_allclose(got[:2], [1.0, 1.0])
+  same = mk([1.0, 1.0, 1.0])
+  np.testing.assert_array_equal(
+      advantages_of(rl.chain(rl.group_mean(), rl.batch_std(eps=0.0)), same), 0.0)
+  np.testing.assert_allclose(
+      advantages_of(rl.chain(rl.raw_reward(), rl.batch_std(eps=0.0)), same), 1.0)
+
+
 def test_batch_std():
   # R = [1, 0, 0, 1]: mean 1/2, unbiased var 4 (1/4) / 3 = 1/3, std 1/sqrt(3) -> A = R sqrt(3).
   batch = mk([1.0, 0.0, 0.0, 1.0], group_ids=[0, 0, 1, 1])

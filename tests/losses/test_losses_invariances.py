@@ -111,6 +111,25 @@ def test_micro_batches_equal_whole_batch(kind, name):
   assert np.abs(grads["W"]).sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [jnp.bool_, jnp.bfloat16])
+def test_micro_batches_count_tokens_in_float32_whatever_the_mask_dtype(dtype):
+  # The whole batch's token count travels to every micro-batch; cast to a bool mask's dtype it
+  # became True (a loss 800x too large), to bfloat16 it rounded (867 -> 868 at this size).
+  transform = build(["group_mean", "clipped_ratio", "token_mean"])
+  batch, _, _ = random_batch(seed=3, b=16, t=120)
+  tokens = int(np.sum(batch.mask))
+  assert tokens > 256  # beyond bfloat16's exact integers
+  params = bigram_params()
+  loss_fn = _loss_fn(transform, transform.init())
+  whole = jax.jit(loss_fn)(params, batch)[0]
+  cast = batch.replace(mask=batch.mask.astype(dtype))
+  prepared, _, _ = jax.jit(lambda b: rl.prepare_batch(transform, b, transform.init()))(cast)
+  assert prepared.token_count.dtype == jnp.float32 and int(prepared.token_count) == tokens
+  loss = jax.jit(lambda p, b: rl.accumulate_gradients(loss_fn, p, b, 4, transform=transform,
+                                                      state=transform.init())[0])(params, cast)
+  np.testing.assert_allclose(loss, whole, rtol=1e-5)  # float rounding; the bfloat16 count: 1e-3
+
+
 def test_naive_micro_batches_differ():
   # Control: without prepare_batch, group statistics and normalisers of a micro-batch are wrong
   # (groups are interleaved, so every micro-batch of 2 holds 2 different groups).
