@@ -95,6 +95,24 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, bucket: int = 16,
   return tokens, mask
 
 
+def check_left_padded(prompt_mask) -> None:
+  """Raises unless each row's valid tokens are one block ending at the last column.
+
+  The sampler reads a row's next-token logits at the last prompt column and places the
+  completion after it: a right-padded row would continue from a pad, silently. A mask this
+  process cannot read whole (traced, or sharded over processes) is left to its callers.
+  """
+  if isinstance(prompt_mask, jax.core.Tracer) or (
+      isinstance(prompt_mask, jax.Array) and not prompt_mask.is_fully_addressable):
+    return
+  m = np.asarray(prompt_mask).astype(bool)
+  ok = m[:, -1] & np.all(m[:, 1:] >= m[:, :-1], axis=1)
+  if not ok.all():
+    raise ValueError(f"prompts must be left-padded (each row's valid tokens one block ending at "
+                     f"the last column, as left_pad makes them); rows "
+                     f"{np.flatnonzero(~ok)[:8].tolist()} are not")
+
+
 def truncate_logits(logits: Array, top_k: Array, top_p: Array) -> Array:
   """Sets logits outside the top-k and outside the top-p nucleus to -inf.
 
@@ -108,7 +126,10 @@ def truncate_logits(logits: Array, top_k: Array, top_p: Array) -> Array:
                             axis=-1)
   probs = jax.nn.softmax(sorted_logits, axis=-1)
   mass_before = jnp.cumsum(probs, axis=-1) - probs
-  in_nucleus = mass_before < top_p
+  # The first token explicitly (top_p <= 0 would keep none) and every token at top_p >= 1
+  # (float32's running sum reaches 1.0 before the tail: tokens below ~6e-8 were cut).
+  first = jnp.arange(v) == 0
+  in_nucleus = (mass_before < top_p) | (top_p >= 1.0) | first
   nucleus_floor = jnp.min(jnp.where(in_nucleus, sorted_logits, jnp.inf), axis=-1, keepdims=True)
   floor = jnp.maximum(kth, nucleus_floor)
   return jnp.where(logits >= floor, logits, -jnp.inf)
@@ -286,6 +307,7 @@ def sample(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array, r
   """G = num_samples rollouts of N = max_new_tokens tokens for each left-padded prompt.
 
   prompt_tokens, prompt_mask [B, P]; eos_ids [E] int (entries < 0 ignored); rng a PRNG key.
+  Left padding is not checked inside the jit (check_left_padded does it on the host).
   """
   temperature, top_k, top_p, eos_ids = _settings(temperature, top_k, top_p, eos_ids)
   decoder, params = _decoding_head(decoder, params)
@@ -348,6 +370,7 @@ def sample_compacting(decoder: Decoder, params, prompt_tokens: Array, prompt_mas
   if stage_tokens < 1 or min_rows < 1 or row_multiple < 1:
     raise ValueError(f"stage_tokens={stage_tokens}, min_rows={min_rows}, "
                      f"row_multiple={row_multiple}: each must be >= 1")
+  check_left_padded(prompt_mask)
   n = max_new_tokens
   settings = _settings(temperature, top_k, top_p, eos_ids)
   decoder, params = _decoding_head(decoder, params)

@@ -7,6 +7,7 @@ import pytest
 
 from rft_jax import logprobs, sampling
 from rft_jax.models import Decoder, KVCache, ModelConfig, init_params, positions_from_mask
+from rft_jax.models.policy import Policy
 
 CONFIG = ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                      head_dim=8, d_ff=64)
@@ -130,6 +131,41 @@ def test_truncate_logits_top_k_top_p():
   np.testing.assert_array_equal(keep(0, 0.1), [[1, 0, 0, 0]])   # the top token always stays
   np.testing.assert_array_equal(keep(3, 0.6), [[1, 1, 0, 0]])   # both apply
   np.testing.assert_array_equal(keep(0, 1.0), [[1, 1, 1, 1]])
+  np.testing.assert_array_equal(keep(0, 0.0), [[1, 0, 0, 0]])   # top_p <= 0: the top token
+  np.testing.assert_array_equal(keep(0, -1.0), [[1, 0, 0, 0]])
+
+
+def test_top_p_one_keeps_the_tail_float32_sums_past():
+  # One token at 0, 19 at -1, 1980 distinct values near -30 (probabilities ~1e-13): float32's
+  # running sum of the sorted probabilities reaches 1.0 within the first 20, so `mass before
+  # < 1` alone cut the tail. top_p >= 1 keeps every token, with top_k too: k = 500 keeps 500.
+  tail = -30.0 - 1e-3 * jnp.arange(1980)
+  logits = jnp.concatenate([jnp.zeros(1), -jnp.ones(19), tail])[None]
+  kept = lambda k, p: int(np.isfinite(sampling.truncate_logits(
+      logits, jnp.int32(k), jnp.float32(p))).sum())
+  assert kept(500, 1.0) == 500 and kept(0, 1.0) == 2000
+  assert kept(500, 0.999) == 20  # a nucleus below 1 still cuts the tail
+
+
+def test_top_p_zero_samples_the_top_token(model):
+  r = run(model, top_p=0.0)
+  g = run(model, temperature=0.0)
+  np.testing.assert_array_equal(r.tokens, g.tokens)
+  np.testing.assert_allclose(np.asarray(r.sampler_logp) * np.asarray(r.mask), 0.0, atol=1e-6)
+
+
+def test_right_padded_prompts_are_refused():
+  tokens, mask = prompts()
+  sampling.check_left_padded(mask)
+  right = mask[:, ::-1]  # the same rows, padding on the right
+  with pytest.raises(ValueError, match=r"left-padded .* rows \[0, 1, 2\] are not"):
+    sampling.check_left_padded(right)
+  with pytest.raises(ValueError, match="left-padded"):
+    sampling.check_left_padded(np.zeros((1, 4), bool))  # an empty row
+  gap = mask.copy()
+  gap[1, -2] = False  # a hole inside row 1
+  with pytest.raises(ValueError, match=r"rows \[1\] are not"):
+    sampling.check_left_padded(gap)
 
 
 def test_top_k_one_is_greedy_and_sampler_logp(model):
@@ -213,3 +249,18 @@ def test_compacting_sampler_equals_the_sampler(model, kw):
   np.testing.assert_array_equal(got.prompt_tokens, want.prompt_tokens)
   np.testing.assert_allclose(got.logp, want.logp, atol=1e-5)
   np.testing.assert_allclose(got.sampler_logp, want.sampler_logp, atol=1e-5)
+
+
+def test_generate_pads_only_the_leading_pad_tokens(model):
+  """pad_id inside a prompt is a real token (SmolLM2's pad is its end-of-turn token, in every
+  chat prompt): without prompt_mask, generate masks only each row's leading pad tokens."""
+  _, params = model
+  policy = Policy(config=CONFIG, params=params, tokenizer=None, eos_ids=(EOS,), pad_id=0)
+  rows = [[1, 0, 6, 7], [1, 5, 0, 0, 9]]  # pads inside both, and after the start of row 1
+  tokens, mask = sampling.left_pad(rows, pad_id=0, bucket=8)
+  want = policy.generate(tokens, max_new_tokens=6, prompt_mask=mask)
+  got = policy.generate(tokens, max_new_tokens=6)
+  np.testing.assert_array_equal(got.prompt_mask, mask)
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  with pytest.raises(ValueError, match="left-padded"):
+    policy.generate(tokens, max_new_tokens=6, prompt_mask=mask[:, ::-1])

@@ -81,12 +81,15 @@ class Policy:
                rng: jax.Array | None = None, compact: bool = False, row_multiple: int = 1):
     """Completions of left-padded prompts [B, P] (temperature 0 = greedy) via the sampler;
     compact: rows that have ended leave the decode batch as it goes (sample's draws, one
-    process only: sampling.sample_compacting; row_multiple = the mesh's batch split)."""
+    process only: sampling.sample_compacting; row_multiple = the mesh's batch split).
+    Without prompt_mask a row's padding is its leading pad_id tokens only: pad_id can occur
+    inside a prompt (SmolLM2's pad is its end-of-turn token, twice in every chat prompt)."""
     from rft_jax import sampling  # sampling imports the decoder: import at call time
 
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_mask is None:
-      prompt_mask = prompt_tokens != self.pad_id
+      prompt_mask = jnp.cumsum(prompt_tokens != self.pad_id, axis=-1) > 0
+    sampling.check_left_padded(prompt_mask)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     kwargs = dict(max_new_tokens=max_new_tokens, num_samples=num_samples,
                   temperature=temperature, top_k=top_k, top_p=top_p,
