@@ -264,3 +264,61 @@ def test_generate_pads_only_the_leading_pad_tokens(model):
   np.testing.assert_array_equal(got.tokens, want.tokens)
   with pytest.raises(ValueError, match="left-padded"):
     policy.generate(tokens, max_new_tokens=6, prompt_mask=mask[:, ::-1])
+
+
+def naive_decode(decoder, params, tokens, mask, rng, n, g, temperature, top_k, top_p, eos):
+  """An independent reference: a full forward over the whole sequence at every step (no cache),
+  truncation and the inverse CDF in float64 numpy at the sampler's per-row uniforms. Returns
+  (tokens, mask, logp, sampler_logp) as numpy [B G, n]."""
+  tokens, mask = np.repeat(tokens, g, 0), np.repeat(mask, g, 0)
+  rows = tokens.shape[0]
+  out = np.zeros((rows, n), np.int32)
+  out_mask, logp, sampler_logp = (np.zeros((rows, n)) for _ in range(3))
+  done = np.zeros(rows, bool)
+  for t in range(n):
+    rng, key = jax.random.split(rng)  # the sampler's key schedule: one split per step
+    seq = np.concatenate([tokens, out[:, :t]], 1)
+    valid = np.concatenate([mask, np.ones((rows, t), bool)], 1)
+    logits, _ = decoder.apply({"params": params}, seq, positions_from_mask(valid), valid)
+    z = np.asarray(logits[:, -1], np.float64) / (temperature if temperature > 0 else 1.0)
+    u = np.asarray(sampling.row_uniforms(key, jnp.arange(rows)), np.float64)
+    for r in np.flatnonzero(~done):
+      prob = np.exp(z[r] - z[r].max())
+      prob /= prob.sum()
+      order = np.argsort(-z[r], kind="stable")
+      keep = np.ones_like(prob, bool)
+      if top_k > 0:
+        keep &= z[r] >= z[r][order[top_k - 1]]
+      if top_p < 1:
+        before = np.cumsum(prob[order]) - prob[order]
+        keep &= z[r] >= z[r][order][(before < top_p) | (np.arange(len(order)) == 0)].min()
+      q = np.where(keep, prob, 0.0) / prob[keep].sum()
+      tok = (int(np.searchsorted(np.cumsum(q), u[r], side="right")) if temperature > 0
+             else int(np.argmax(z[r])))
+      out[r, t], out_mask[r, t], logp[r, t] = tok, 1.0, np.log(prob[tok])
+      sampler_logp[r, t] = np.log(q[tok]) if temperature > 0 else 0.0
+      done[r] = tok in eos
+  return out, out_mask, logp, sampler_logp
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 0.9),
+                                                     (1.3, 0, 0.8), (0.0, 0, 1.0)])
+def test_sampled_tokens_equal_a_naive_recompute_decode(temperature, top_k, top_p):
+  """Cached decoding, truncation, the blocked inverse CDF and the end-token handling against
+  naive_decode: the same tokens, log-probs to float32 rounding. Weights x 2 sharpen the
+  distributions so that truncation cuts and end tokens are drawn."""
+  decoder = Decoder(CONFIG)
+  params = jax.tree.map(lambda x: 2 * x, init_params(CONFIG, jax.random.PRNGKey(0)))
+  tokens, mask = sampling.left_pad([[1, 5, 6], [1, 7, 8, 9, 10, 11, 12, 13], [1]], 0, bucket=8)
+  eos = (EOS, 4)
+  rng = jax.random.PRNGKey(7)
+  got = sampling.sample(decoder, params, tokens, mask, rng, max_new_tokens=9, num_samples=2,
+                        temperature=temperature, top_k=top_k, top_p=top_p,
+                        eos_ids=np.array(eos), pad_id=0)
+  want = naive_decode(decoder, params, tokens, mask, rng, 9, 2, temperature, top_k, top_p, eos)
+  np.testing.assert_array_equal(got.mask, want[1])
+  np.testing.assert_array_equal(np.asarray(got.tokens) * want[1], want[0] * want[1])
+  np.testing.assert_allclose(got.logp, want[2], atol=1e-4)
+  np.testing.assert_allclose(got.sampler_logp, want[3], atol=1e-4)
+  lengths = want[1].sum(1)
+  assert lengths.min() < 9 and lengths.max() == 9  # some rows end early, some run to the limit
