@@ -163,7 +163,8 @@ def sequence_ratio(eps_low: float = 3e-4, eps_high: float = 4e-4,
     objective, is_clipped = _clipped(seq_ratio, adv, eps_low, eps_high)
     return _add_loss(terms, -objective * mask,
                      clip_frac=masked_mean(jnp.broadcast_to(is_clipped, mask.shape), mask),
-                     seq_ratio_mean=jnp.mean(seq_ratio))
+                     # over loss tokens, as micro-batches combine metrics (token-weighted)
+                     seq_ratio_mean=masked_mean(jnp.broadcast_to(seq_ratio, mask.shape), mask))
 
   return stateless(update)
 

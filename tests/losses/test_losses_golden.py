@@ -298,6 +298,19 @@ def test_sequence_ratio_gspo():
   s1 = math.exp(-0.1)
   np.testing.assert_allclose(terms.token_loss, [[-1.2, -1.2, 0], [2 * s1] * 3], atol=1e-5)
   np.testing.assert_allclose(terms.loss, (-1.2 + 2 * s1) / 2, atol=1e-5)
+  # seq_ratio_mean over loss tokens (2 of row 0, 3 of row 1): (2 e^0.3 + 3 e^-0.1) / 5; an
+  # empty row adds nothing (a plain row mean counted it as ratio 1).
+  seq_mean = (2 * math.exp(0.3) + 3 * s1) / 5
+  np.testing.assert_allclose(terms.metrics["seq_ratio_mean"], seq_mean, rtol=1e-6)
+  empty = batch.replace(mask=jnp.concatenate([batch.mask, jnp.zeros((1, 3))]),
+                        **{k: jnp.concatenate([getattr(batch, k), v]) for k, v in (
+                            ("tokens", jnp.zeros((1, 3), jnp.int32)),
+                            ("behaviour_logp", jnp.zeros((1, 3))), ("rewards", jnp.zeros(1)),
+                            ("group_ids", jnp.zeros(1, jnp.int32)),
+                            ("advantages", jnp.zeros(1)))})
+  padded_logp = jnp.concatenate([jnp.asarray(logp, jnp.float32), jnp.zeros((1, 3))])
+  np.testing.assert_allclose(run(t, empty, logp=padded_logp)[0].metrics["seq_ratio_mean"],
+                             seq_mean, rtol=1e-6)
   # dL/dlogp_1t = (1/2) d(-s A)/dlogp_1t = (1/2) (-A s / 3) = s / 3 = 0.30161247; row 0 clipped: 0.
   grad = jax.grad(lambda lp: run(t, batch, logp=lp)[0].loss)(jnp.asarray(logp, jnp.float32))
   np.testing.assert_allclose(grad, [[0, 0, 0], [s1 / 3] * 3], atol=1e-6)
