@@ -93,10 +93,15 @@ def _after_last(pattern: re.Pattern, text: str) -> tuple[int, str] | None:
   return last.start(), (text[last.end():] if end < 0 else text[last.end():end]).strip()
 
 
-def find_hash_answer(text: str) -> Marker | None:
-  """The last '#### ...' marker: the rest of its line (GSM8K's final-answer format)."""
-  found = _after_last(_HASHES, text)
-  return None if found is None else Marker("hash", *found)
+def find_hash_answer(text: str, accept=None) -> Marker | None:
+  """The last '#### ...' marker: the rest of its line (GSM8K's final-answer format); with
+  accept(content) -> bool, the last one whose content it accepts."""
+  for match in reversed(list(_HASHES.finditer(text))):
+    end = text.find("\n", match.end())
+    content = (text[match.end():] if end < 0 else text[match.end():end]).strip()
+    if accept is None or accept(content):
+      return Marker("hash", match.start(), content)
+  return None
 
 
 def find_answer_phrase(text: str) -> Marker | None:

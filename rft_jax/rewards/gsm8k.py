@@ -5,11 +5,15 @@ Rules (shared/GRADING.md, recommendation 2):
     of the line after the last '####', or the content of the last \\boxed{}, whichever comes later.
     No marker -> NO_ANSWER. There is no "last number in the text" fallback (it rewards answers
     the model never committed to).
-  * Cleaning: '$' / '\\$', thousands commas, spaces, '\\!' and '\\text{}' wrappers are removed;
+  * Cleaning: '$' / '\\$', thousands commas, spaces ('\\ ', '~' too), '\\!' and '\\text{}'
+    ('\\textrm{}', ...) wrappers are removed;
     after the number only unit words, '%' and punctuation may follow ('18 eggs.', '$1,080',
     '1080.00', '50%'). A marker whose content does not start with a number -> NO_ANSWER.
   * Comparison: exact rational equality with the gold ('18.0' == 18; '18.5' != 18); no tolerance
     and no percent rescaling (50 is not 0.5).
+  * '####' followed by anything but a number ('#### Verification', a markdown heading after the
+    answer; 'the answer after "####" is 37', the marker quoted) is not a marker: the last '####'
+    holding a number counts (verl's strict match, shared/GRADING.md section 1).
   * Hedging: if the response has several \\boxed{} and they do not all hold that same number,
     the answer is WRONG.
   * Grader 'final_answer' (`grade(..., phrase=True)`): 'the (final) answer is N' is a third
@@ -32,8 +36,10 @@ from rft_jax.rewards.extract import (
   find_hash_answer,
 )
 
-_TEXT_WRAP = re.compile(r"\\(?:text|textbf|mbox|mathrm)\s*\{([^{}]*)\}")
+_TEXT_WRAP = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{([^{}]*)\}")
 _NUMBER = re.compile(r"^([-+\u2212]?)(\d+(?:\.\d*)?|\.\d+)")
+# A '####' line that starts with a number (after '$', '**' or '\text{'): an answer marker.
+_HASH_NUMBER = re.compile(r"^(?:\\\$|\$|\*|\\text\s*\{|\s)*[-+\u2212]?\.?\d")
 # What may follow the number: unit words, percent, punctuation ('18 eggs.', '50%', '12 per hour').
 _UNITS_TAIL = re.compile(r"^[A-Za-z%.!'\s]*$")
 
@@ -45,7 +51,8 @@ def parse_number(text: str) -> fractions.Fraction | None:
   while prev != s:
     prev, s = s, _TEXT_WRAP.sub(r"\1", s)
   s = s.replace("\\$", "").replace("$", "").replace("\\!", "").replace("{,}", ",")
-  s = s.replace("\\,", "").replace("*", "").replace("\\%", "%")
+  s = s.replace("\\,", "").replace("*", "").replace("\\%", "%").replace("\\ ", " ")
+  s = s.replace("~", " ")
   s = re.sub(r"(?<=\d),(?=\d)", "", s)
   s = s.strip()
   m = _NUMBER.match(s)
@@ -57,11 +64,11 @@ def parse_number(text: str) -> fractions.Fraction | None:
   return -value if m.group(1) in ("-", "\u2212") else value
 
 
-def extract(response: str) -> str | None:
+def extract(response: str, *, hash_needs_number: bool = True) -> str | None:
   """The content of the final marker (see the module doc), or None."""
   text = final_part(response)
   markers = find_boxes(text)
-  hashes = find_hash_answer(text)
+  hashes = find_hash_answer(text, accept=_HASH_NUMBER.match if hash_needs_number else None)
   if hashes is not None:
     markers.append(hashes)
   if not markers:
@@ -69,14 +76,17 @@ def extract(response: str) -> str | None:
   return max(markers, key=lambda m: m.start).content
 
 
-def grade(response: str, gold: str, *, phrase: bool = False) -> Outcome:
-  """phrase: 'the (final) answer is N' counts as a final marker too (grader 'final_answer')."""
+def grade(response: str, gold: str, *, phrase: bool = False,
+          hash_needs_number: bool = True) -> Outcome:
+  """phrase: 'the (final) answer is N' counts as a final marker too (grader 'final_answer').
+  hash_needs_number=False: the last '####' is the marker whatever follows it (the rule before
+  2026-12-01, kept for issue 13's SmolLM2 layers, graded so from their first run)."""
   gold_value = parse_number(gold)
   if gold_value is None:
     raise ValueError(f"GSM8K gold answer is not a number: {gold!r}")
   text = final_part(response)
   boxes = find_boxes(text)
-  hashes = find_hash_answer(text)
+  hashes = find_hash_answer(text, accept=_HASH_NUMBER.match if hash_needs_number else None)
   said = find_answer_phrase(text) if phrase else None
   markers = boxes + [m for m in (hashes, said) if m is not None]
   if not markers:

@@ -28,7 +28,7 @@ from rft_jax import errors
 from rft_jax.rewards import pool as pool_lib
 from rft_jax.rewards.base import Outcome
 from rft_jax.rewards.extract import brace_depth, final_part, find_boxes, strip_trailing_punct
-from rft_jax.rewards.normalize import guard_verdict, normalize
+from rft_jax.rewards.normalize import guard_verdict, normalize, strip_braced_thousands
 
 MAX_ANSWER_CHARS = 1000  # the longest gold in MATH is 159 characters
 MAX_BOXES = 8
@@ -111,7 +111,9 @@ def prepare(response: str, gold: str) -> Outcome | Pending:
       return Outcome.WRONG
     if verdict is None:
       pending.append(raw)
-  return Pending(gold, tuple(pending)) if pending else Outcome.CORRECT
+  if not pending:
+    return Outcome.CORRECT
+  return Pending(strip_braced_thousands(gold), tuple(strip_braced_thousands(p) for p in pending))
 
 
 class _Alarm(BaseException):

@@ -23,11 +23,16 @@ _TEXT_WRAP = re.compile(r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|math
 _WHOLE_BOX = re.compile(r"^\\(?:boxed|fbox)\s*\{(.*)\}$", re.DOTALL)
 # Trailing '\text{ feet}' / '\mbox{ inches}^2' after something: unit words (letters, spaces, dots).
 _TRAILING_UNIT = re.compile(r"(?<=\S)\s*\\(?:text|mbox|textrm|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?\d\}?)?\s*$")
-_UNIT_WORDS_SKIP = {"and", "or", "to"}  # '2, 3, \text{ and } 4' is a list, not a unit
+# '2, 3, \text{ and } 4' is a list, not a unit; '9\text{ a.m.}' is not 9 p.m.: kept, compared
+_UNIT_WORDS_SKIP = {"and", "or", "to", "a.m.", "p.m.", "am", "pm", "a.m", "p.m"}
 _SPACING = re.compile(r"(?<!\\)\\[!,;: ]|~|\\quad|\\qquad|\\displaystyle")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big)(?![A-Za-z])")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+# A brace group holding one well-formed thousands number: '\frac{2469}{20,\!000}' (never a
+# tuple); the separator ',' or ',\!' or '{,}'.
+_BRACED_THOUSANDS = re.compile(
+    r"(?<!\\)\{(-?\d{1,3}(?:(?:,\\!|\{,\}|,)\d{3})+(?:\.\d+)?)\}")
 _INT_FLOAT = re.compile(r"^(-?\d+)\.0*$")
 _TRAILING_DEC_ZEROS = re.compile(r"^(-?\d+\.\d*?[1-9])0+$")
 _SIMPLE_FRACTION = re.compile(r"^(-?)(\d+)/(\d+)$")
@@ -37,6 +42,15 @@ _CHOICE = re.compile(r"^\(([a-e])\)$")
 # Base-n numbers: digits (and letters for bases > 10), an optional point, then '_8' or '_{12}'.
 _BASE_N = re.compile(r"^(-?)([0-9a-z]+(?:\.[0-9a-z]+)?)_\{?(\d+)\}?$")
 _PLAIN_INT = re.compile(r"^(-?)(\d+)$")
+# A time of day's 'a.m.' / 'p.m.' at the end of a normalized answer ('9a.m', '8:34p.m').
+_MERIDIEM = re.compile(r"\d([ap])\.m\.?$")
+
+
+def strip_braced_thousands(s: str) -> str:
+  """'\\frac{2469}{20,\\!000}' -> '\\frac{2469}{20000}': thousands separators inside a brace group
+  that holds one number (normalize's rule; math-verify reads '20,000' as a tuple)."""
+  return _BRACED_THOUSANDS.sub(
+      lambda m: "{" + re.sub(r",\\!|\{,\}|,", "", m.group(1)) + "}", s)
 
 
 def _unwrap_text(s: str) -> str:
@@ -100,6 +114,7 @@ def normalize(s: str) -> str:
     s = s.split("=", 1)[1]
   if _THOUSANDS.match(s):
     s = s.replace(",", "")
+  s = strip_braced_thousands(s)
   s = re.sub(r"(?<![\d}])\.(\d)", r"0.\1", s)  # '.5' -> '0.5', '-.5' -> '-0.5'
   m = _INT_FLOAT.match(s)
   if m:
@@ -156,10 +171,11 @@ def _split_top_level(s: str, sep: str) -> list[str]:
   return parts
 
 
-def interval_brackets(norm: str) -> tuple[tuple[str, str], ...] | None:
-  """The (open, close) bracket pair of each interval of a normalized interval or union of intervals
-  ('(-\\infty,3]\\cup[4,\\infty)' -> (('(', ']'), ('[', ')'))); None when `norm` is not one."""
-  pairs = []
+def interval_parts(norm: str) -> tuple[tuple[str, str, str], ...] | None:
+  """(open, inside, close) of each interval of a normalized interval or union of intervals
+  ('(-\\infty,3]\\cup[4,\\infty)' -> (('(', '-\\infty,3', ']'), ('[', '4,\\infty', ')')));
+  None when `norm` is not one."""
+  parts = []
   for part in norm.split("\\cup"):
     if len(part) < 5 or part[0] not in "([" or part[-1] not in ")]":
       return None
@@ -173,8 +189,14 @@ def interval_brackets(norm: str) -> tuple[tuple[str, str], ...] | None:
         return None
     if depth != 0 or len(_split_top_level(inner, ",")) != 2:
       return None
-    pairs.append((part[0], part[-1]))
-  return tuple(pairs)
+    parts.append((part[0], inner, part[-1]))
+  return tuple(parts)
+
+
+def interval_brackets(norm: str) -> tuple[tuple[str, str], ...] | None:
+  """The (open, close) bracket pair of each interval, in order (see interval_parts)."""
+  parts = interval_parts(norm)
+  return None if parts is None else tuple((o, c) for o, _, c in parts)
 
 
 def guard_verdict(gold_norm: str, pred_norm: str) -> bool | None:
@@ -185,7 +207,16 @@ def guard_verdict(gold_norm: str, pred_norm: str) -> bool | None:
     if g is None or p is None:
       return False
     return g == p
-  g_iv, p_iv = interval_brackets(gold_norm), interval_brackets(pred_norm)
-  if g_iv is not None and p_iv is not None and g_iv != p_iv:
-    return False
+  g_time, p_time = _MERIDIEM.search(gold_norm), _MERIDIEM.search(pred_norm)
+  if (g_time or p_time) and (g_time and g_time.group(1)) != (p_time and p_time.group(1)):
+    return False  # math-verify reads '9 p.m.' as 9 (a unit) and would accept it for 9 a.m.
+  g_iv, p_iv = interval_parts(gold_norm), interval_parts(pred_norm)
+  if g_iv is not None and p_iv is not None:
+    # A union written in another order pairs its intervals by what they hold (a union is a set:
+    # '[4,\infty)\cup(-\infty,3]' is '(-\infty,3]\cup[4,\infty)'); else position by position.
+    inside = lambda parts: sorted(i for _, i, _ in parts)
+    if inside(g_iv) == inside(p_iv):
+      g_iv, p_iv = (sorted(parts, key=lambda part: part[1]) for parts in (g_iv, p_iv))
+    if [(o, c) for o, _, c in g_iv] != [(o, c) for o, _, c in p_iv]:
+      return False
   return None

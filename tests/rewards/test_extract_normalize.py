@@ -24,6 +24,11 @@ def test_final_part_and_hash_marker():
   m = extract.find_hash_answer("#### 3\nsteps\n#### 1,080 dollars\nbye")
   assert (m.kind, m.content) == ("hash", "1,080 dollars")
   assert extract.find_hash_answer("no marker") is None
+  text = "#### 3\n#### 7 eggs\n#### Verification"
+  assert extract.find_hash_answer(text).content == "Verification"
+  m = extract.find_hash_answer(text, accept=lambda c: c[:1].isdigit())
+  assert (m.content, m.start) == ("7 eggs", len("#### 3\n"))
+  assert extract.find_hash_answer(text, accept=lambda c: False) is None
 
 
 def test_brace_depth_and_trailing_punct():
@@ -74,6 +79,11 @@ def test_base_n_and_intervals():
   assert normalize.base_n("007") == ("", "7", 10)
   assert normalize.base_n(r"\frac{1}{2}") is None
   assert normalize.interval_brackets(r"(-\infty,3]\cup[4,\infty)") == (("(", "]"), ("[", ")"))
+  assert normalize.interval_parts(r"(-\infty,3]\cup[4,\infty)") == (
+      ("(", r"-\infty,3", "]"), ("[", r"4,\infty", ")"))
+  assert normalize.strip_braced_thousands(r"\dfrac{2469}{20,\!000} + \frac{1}{1{,}000}") == (
+      r"\dfrac{2469}{20000} + \frac{1}{1000}")
+  assert normalize.strip_braced_thousands(r"\{1,000\} \cup \{1,2\}") == r"\{1,000\} \cup \{1,2\}"
   assert normalize.interval_brackets("(1,2,3)") is None  # a triple, not an interval
   assert normalize.interval_brackets("(t-7)(t+7)") is None
   assert normalize.guard_verdict("52_8", "52") is False

@@ -25,6 +25,18 @@ def test_final_answer_cases(response, gold, want):
   assert rewards.grade_outcome("final_answer", response, gold) == want
 
 
+def test_final_answer_keeps_the_last_hash_whatever_follows_it():
+  """Frozen for issue 13's SmolLM2 layers: 'final_answer' still takes the last '####' as the
+  marker (a heading or a quoted marker after the answer reads as no answer), where 'gsm8k'
+  skips a '####' without a number."""
+  heading = "#### 18\n\n#### Explanation\nShe sells 9 eggs twice."
+  quoted = "9 + 28 = 37\n#### 37\nThe number after \"####\" is the answer."
+  assert rewards.grade_outcome("final_answer", heading, "18") == Outcome.NO_ANSWER
+  assert rewards.grade_outcome("final_answer", quoted, "37") == Outcome.NO_ANSWER
+  assert rewards.grade_outcome("gsm8k", heading, "18") == Outcome.CORRECT
+  assert rewards.grade_outcome("gsm8k", quoted, "37") == Outcome.CORRECT
+
+
 def test_gsm8k_grader_ignores_the_phrase():
   assert rewards.grade_outcome("gsm8k", "So, the answer is 4.", "4") == Outcome.NO_ANSWER
   assert rewards.grade_outcome("gsm8k", "#### 4", "4") == Outcome.CORRECT

@@ -111,6 +111,17 @@ MATH_CASES = [
     ("[1,2]", boxed("(1,2)"), W),
     (r"(-\infty,3] \cup [4,\infty)", boxed(r"(-\infty, 3] \cup [4, \infty)"), C),
     (r"(-\infty,3] \cup [4,\infty)", boxed(r"\left(-\infty, 3\right) \cup [4, \infty)"), W),
+    # a union in another order is the same set; its brackets still count
+    (r"(-\infty,3] \cup [4,\infty)", boxed(r"[4,\infty) \cup (-\infty,3]"), C),
+    (r"(-\infty,3] \cup [4,\infty)", boxed(r"[4,\infty] \cup (-\infty,3)"), W),
+    # thousands separators inside a fraction (MATH train/number_theory/794's form)
+    (r"\dfrac{2469}{20,\!000}", boxed(r"\frac{2469}{20000}"), C),
+    (r"\dfrac{2469}{20,\!000}", boxed("0.12345"), C),
+    ("(1,000)", boxed("(1000)"), W),  # a tuple keeps its comma
+    # a.m. / p.m. is part of a time, not a unit to strip
+    (r"9\text{ a.m.}", boxed(r"9\text{ p.m.}"), W),
+    (r"8\!:\!34 \text{ p.m.}", boxed(r"8:34 \text{ a.m.}"), W),
+    (r"9\text{ a.m.}", boxed(r"9\text{ a.m.}"), C),
 ]
 
 GSM8K_CASES = [
@@ -141,6 +152,17 @@ GSM8K_CASES = [
     ("18", "#### eighteen", N),
     ("18", "#### 18 + 2 = 20", N),
     ("18", "#### 36/2", N),
+    # '####' not followed by a number is no marker (verl's strict match): a markdown heading
+    # after the answer, the marker quoted
+    ("18", "\\boxed{18} dollars.\n\n#### Verification\n9 * 2 = 18", C),
+    ("18", "#### 18\n\n#### Explanation\nShe sells 9 eggs twice.", C),
+    ("37", "9 + 28 = 37\n#### 37\nThe number after \"####\" is the answer.", C),
+    ("18", "the answer after \"####\" is 18", N),
+    ("18", "#### The total\n18", N),
+    # spacing commands and \\textrm{} around a unit
+    ("18", r"\boxed{18\ \text{eggs}}", C),
+    ("18", r"\boxed{18~\text{eggs}}", C),
+    ("18", r"\boxed{18 \textrm{ eggs}}", C),
 ]
 
 
