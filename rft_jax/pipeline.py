@@ -465,11 +465,52 @@ def publish(run: Run, dest: str) -> str:
   return target
 
 
+def _same_config(record: str, workdir: str) -> bool:
+  """Both folders hold a config.json of the same run (as _write_config compares them)."""
+  configs = []
+  for folder in (record, workdir):
+    try:
+      with open(os.path.join(folder, "config.json")) as f:
+        configs.append(_flat(_comparable(json.load(f))))
+    except (OSError, ValueError):
+      return False
+  return configs[0] == configs[1]
+
+
 def is_published(run: Run, dest: str) -> bool:
-  """dest holds a record of the run that ended as it did here: finished, or diverged (not
-  necessarily this root's copy: another machine's finished record of the same run counts)."""
+  """dest holds a record of the run, made with its settings, that ended as it did here:
+  finished, or diverged (not necessarily this root's copy: another machine's finished record
+  of the same run counts; an earlier record made with other settings does not)."""
   record = os.path.join(dest, run.label)
-  return has_ended(record) and is_done(record) == is_done(run.workdir)
+  return (has_ended(record) and is_done(record) == is_done(run.workdir)
+          and _same_config(record, run.workdir))
+
+
+def recover_staging(dest: str) -> list[str]:
+  """Puts right what a kill inside _copy_dir / _replace_dir / publish left in dest (its
+  folders and their subfolders): 'X.old' without 'X' (killed between the two renames: the old
+  copy is the last whole one) becomes X again; any other 'X.old' and every 'X.tmp' (a copy
+  that may be half-made) is deleted, so that nothing half-written is committed. Returns what
+  it changed."""
+  changed = []
+  if not os.path.isdir(dest):
+    return changed
+  folders = [dest] + [os.path.join(dest, d) for d in sorted(os.listdir(dest))
+                      if os.path.isdir(os.path.join(dest, d))
+                      and not d.endswith((".tmp", ".old"))]
+  for folder in folders:
+    for name in sorted(os.listdir(folder)):
+      path = os.path.join(folder, name)
+      if not os.path.isdir(path) or not name.endswith((".tmp", ".old")):
+        continue
+      target = path[:-len(".old")]
+      if name.endswith(".old") and not os.path.exists(target):
+        os.replace(path, target)
+        changed.append(f"{path} -> {target}")
+      else:
+        shutil.rmtree(path)
+        changed.append(f"{path} deleted")
+  return changed
 
 
 def restore_published(run: Run, config, dest: str) -> bool:
@@ -605,6 +646,10 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
                  base=base, tables=tables)
   for run, config in planned:
     _write_config(run, config)
+  # First what a kill inside a copy left in publish_dir: a record there may be mid-rename.
+  staged = recover_staging(publish_dir) if publish_dir else []
+  if staged:
+    log(f"half-made copies an earlier sitting left in {publish_dir}: {'; '.join(staged)}")
   if publish_dir:
     restored = [run.label for run, config in planned
                 if restore_published(run, config, publish_dir)]
@@ -686,7 +731,8 @@ def run_pipeline(specs: Sequence[str], seeds: int = 3, root: str = "runs/pipelin
     if behind:
       log(f"published {len(behind)} run(s) that ended in an earlier sitting: "
           f"{', '.join(run.label for run in behind)}")
-      report()
+    if behind or staged:
+      report()  # its plots too: a kill while copying them left the report newer than they
     commit_leftovers(f"experiments: records an earlier sitting left uncommitted in "
                      f"{publish_dir}")
 

@@ -414,6 +414,43 @@ def test_a_sitting_killed_after_a_run_ended_is_caught_up(tmp_path, monkeypatch, 
   assert git(repo, "log", "-1", "--format=%s").strip() == f"experiments: the report of {root}"
 
 
+def test_half_made_copies_and_records_of_other_settings_are_put_right(tmp_path, monkeypatch,
+                                                                     capsys):
+  """What a kill inside a copy leaves in the publish folder is never committed: a half-copied
+  'plots.tmp' is deleted (and the plots copied again), a record caught between its two renames
+  ('seed0.old' without 'seed0') is put back; a published record made with other settings (an
+  earlier run of the label) does not count as this run's: it is replaced."""
+  root, repo = str(tmp_path / "pipe"), tmp_path / "repo"
+  init_repo(repo, monkeypatch)
+  published = repo / "published"
+  monkeypatch.setattr(pipeline, "run_one", lambda workdir, label=None: write_finished_run(workdir))
+  monkeypatch.setattr(pipeline, "prepare_bases", lambda *a, **k: None)
+  argv = ["--layers=l1,l2", "--seeds=1", "--runlocal", f"--root={root}",
+          f"--publish={published}", "--commit"]
+  assert pipeline.main(argv) == 0
+  monkeypatch.setattr(pipeline, "run_one", lambda *a, **k: pytest.fail("a run was started again"))
+  (published / "plots.tmp").mkdir()
+  (published / "plots.tmp" / "overview.png").write_bytes(b"\x89PNG half")
+  os.replace(published / "l2" / "seed0", published / "l2" / "seed0.old")
+  stale = published / "l1" / "seed0" / "config.json"
+  config = json.loads(stale.read_text())
+  config["optimizer"]["learning_rate"] *= 10
+  stale.write_text(json.dumps(config))
+  assert not pipeline.is_published(pipeline.Run("l1", 0, f"{root}/l1/seed0"), str(published))
+  capsys.readouterr()
+  assert pipeline.main(argv) == 0
+  out = capsys.readouterr().out
+  assert f"{published}/plots.tmp deleted" in out
+  assert f"{published}/l2/seed0.old -> {published}/l2/seed0" in out
+  assert "published 1 run(s) that ended in an earlier sitting: l1/seed0" in out
+  assert json.loads(stale.read_text()) == json.load(open(f"{root}/l1/seed0/config.json"))
+  for layer in ("l1", "l2"):
+    assert pipeline.is_published(pipeline.Run(layer, 0, f"{root}/{layer}/seed0"), str(published))
+  files = git(repo, "ls-files").splitlines()
+  assert not [f for f in files if ".tmp" in f or ".old" in f], files
+  assert "published/plots/overview.png" in files and not pipeline.uncommitted([str(published)])
+
+
 def test_a_failed_run_and_a_new_publish_folder(tmp_path, monkeypatch):
   """A run that fails (not by divergence) is in the published report; --tables inside the
   repository with a publish folder that does not exist yet (the first sitting of run.sh's
