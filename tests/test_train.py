@@ -647,6 +647,45 @@ def test_sigterm_saves_the_round_and_the_resume_equals_uninterrupted(reference, 
   assert summary["wall_s"] >= extra["wall_s"] > 0
 
 
+class _Killed(BaseException):
+  """A kill no handler sees (not an Exception, not a signal the run catches)."""
+
+
+def test_a_kill_between_a_rounds_row_and_its_checkpoint_resumes_bit_for_bit(
+    reference, base_dir, tmp_path, monkeypatch, no_retraining):
+  """Killed after round 3's metrics row and texts were written but before anything was saved
+  (runlocal saves every 2 rounds): the resume starts from checkpoint 2, drops round 3's row and
+  texts, and ends byte for byte as the uninterrupted run (rows, texts, evaluations) with a
+  bitwise equal final state: every random draw is keyed by (seed, round), none by history."""
+  config = make_config(base_dir, train__texts_every=1)
+  uninterrupted = tmp_path / "uninterrupted"
+  run(config, uninterrupted)
+  real_phase = train.checkpoint_phase
+
+  def killed_after_round_3(loop, ckpt, state, done, *args, **kwargs):
+    if done == 3:
+      raise _Killed
+    return real_phase(loop, ckpt, state, done, *args, **kwargs)
+
+  monkeypatch.setattr(train, "checkpoint_phase", killed_after_round_3)
+  killed = tmp_path / "killed"
+  with pytest.raises(_Killed):
+    run(config, killed)
+  assert [r["step"] for r in metrics.read_metrics(killed)] == [0, 1, 2, 3]
+  assert sorted(os.listdir(killed / "checkpoints")) == ["2", checkpoint_lib.FINGERPRINT_FILE]
+  monkeypatch.setattr(train, "checkpoint_phase", real_phase)
+  _, lines = run(config, killed)
+  assert f"resumed from round 2 in {killed}" in lines
+  records = ["metrics.jsonl", "rollouts.jsonl", "base_eval.json",
+             *(f"evals/{name}" for name in sorted(os.listdir(uninterrupted / "evals")))]
+  assert len(records) > 4
+  for name in records:
+    assert (killed / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+  final = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                       checkpoint_state(killed, ROUNDS), checkpoint_state(uninterrupted, ROUNDS))
+  assert all(jax.tree.leaves(final))
+
+
 def test_signal_before_the_rounds_stops_at_once(reference, base_dir, tmp_path, monkeypatch,
                                                 no_retraining):
   def interrupted(*args, **kwargs):
