@@ -973,6 +973,8 @@ def seed_difference(mine: Sequence[dict], theirs: Sequence[dict], key: str) -> t
 def _interval(x: tuple | None, signed: bool = False) -> str:
   if x is None:
     return "–"
+  if np.isnan(x[0]):
+    return "– (no estimate)"
   if np.isnan(x[1]):
     return f"{x[0]:{'+' if signed else ''}.3f} (no interval: one seed)"
   sign = "+" if signed else ""

@@ -205,13 +205,20 @@ def test_answered_accuracy_splits_format_from_correctness():
 def test_answered_difference_and_its_table(tmp_path, capsys):
   """Base: 4 of 10 answered, 1 right (0.25); final: 8 answered, 4 right (0.5): +0.25. The
   same evaluation on both sides differs by exactly 0 in every resample."""
-  base = {"test": [1, 0, 0, 0, 0, 0, 0, 0, 0, 0], "test_no_answer": [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]}
-  final = {"test": [1, 1, 1, 1, 0, 0, 0, 0, 0, 0], "test_no_answer": [0] * 8 + [1, 1]}
+  ids = [f"t{i}" for i in range(10)]
+  base = {"test": [1, 0, 0, 0, 0, 0, 0, 0, 0, 0], "test_no_answer": [0, 0, 0, 0, 1, 1, 1, 1, 1, 1],
+          "test_ids": ids}
+  final = {"test": [1, 1, 1, 1, 0, 0, 0, 0, 0, 0], "test_no_answer": [0] * 8 + [1, 1],
+           "test_ids": ids}
   est, low, high = findings.answered_difference(final, base, boots=500)
   assert est == pytest.approx(0.25) and low < 0.25 < high
   assert findings.answered_difference(base, base, boots=200) == (0.0, 0.0, 0.0)
   with pytest.raises(ValueError, match="without any answer"):
-    findings.answered_difference(final, {"test": [0] * 10, "test_no_answer": [1] * 10})
+    findings.answered_difference(final, {"test": [0] * 10, "test_no_answer": [1] * 10,
+                                         "test_ids": ids})
+  # question by question: the same questions in the same order, or no difference at all
+  with pytest.raises(ValueError, match="cannot be paired"):
+    findings.answered_difference(final, dict(base, test_ids=ids[::-1]))
   # the table: one line per flagged seed and kind (seed 2 has no flags; no greedy flags at all)
   for k, no_answer in enumerate(((0.5, 0.1), (0.3, 0.1), None)):
     write_run(tmp_path, "l1", k, no_answer=no_answer)
@@ -283,14 +290,15 @@ def test_gain_difference_resamples_questions_not_samples():
     for _ in range(3):
       base, final = (rng.random(20) < p for p in (p_base, p_final))
       wide = lambda v: np.repeat(v[:, None].astype(float), samples, axis=1)
-      runs.append({"status": "done", "evals": {"base": {"train": wide(base)},
-                                               "final": {"train": wide(final)}}})
+      ids = [f"q{i}" for i in range(20)]
+      runs.append({"status": "done", "evals": {"base": {"train": wide(base), "train_ids": ids},
+                                               "final": {"train": wide(final), "train_ids": ids}}})
     return runs
 
   a, b = side(0.2, 0.6, 8), side(0.4, 0.5, 8)
   narrow = lambda runs: [{"status": "done", "evals": {
-      when: {"train": r["evals"][when]["train"][:, 0]} for when in ("base", "final")}}
-      for r in runs]
+      when: {"train": r["evals"][when]["train"][:, 0], "train_ids": r["evals"][when]["train_ids"]}
+      for when in ("base", "final")}} for r in runs]
   wide_iv = findings.gain_difference(a, b, key="train", boots=300)
   narrow_iv = findings.gain_difference(narrow(a), narrow(b), key="train", boots=300)
   assert wide_iv == pytest.approx(narrow_iv)
@@ -304,9 +312,9 @@ def test_gain_difference_on_one_sample_has_no_sampling_floor():
   """A test set of one question sampled once: each seed's sampling variance is 0 (nothing to
   measure it from; no NaN or warning), so the t-interval is the seeds' own: gains 1, 0, 1
   against 0, 0, 0 -> 2/3 +- t(0.975, 2 df) x sd / sqrt(3)."""
-  side = lambda gains: [{"status": "done", "evals": {"base": {"test": [0.0]},
-                                                     "final": {"test": [float(g)]}}}
-                        for g in gains]
+  side = lambda gains: [{"status": "done", "evals": {
+      "base": {"test": [0.0], "test_ids": ["q"]}, "final": {"test": [float(g)], "test_ids": ["q"]}}}
+      for g in gains]
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     est, low, high = findings.gain_difference(side((1, 0, 1)), side((0, 0, 0)),
@@ -440,7 +448,7 @@ def test_seed_level_is_stricter_where_the_seeds_disagree(tmp_path):
 
 def test_seed_level_floors_the_spread_and_never_shows_an_absence_without_an_interval(tmp_path):
   """Three seeds with the same difference: the interval is as wide as their sampling noise,
-  not zero. Layers with one finished seed in common: no t-interval, so L2's absence (2a) is
+  not zero. Layers with one finished seed in common: no interval, so L2's absence (2a) is
   untestable, not shown."""
   # Each seed's difference has sampling variance 0.0025 (standard error 0.05).
   est, low, high = pipeline.seed_interval([0.2] * 3, sampling=[0.0025] * 3)
@@ -453,8 +461,10 @@ def test_seed_level_floors_the_spread_and_never_shows_an_absence_without_an_inte
   per_layer = findings.load(str(tmp_path), pipeline.parse_layers("smollm2"))
   states = {level: findings.judge(per_layer, boots=200, seed_level=level)[1]["claims"][0]
             for level in (False, True)}
-  assert states[True][2] == findings.UNTESTABLE and "no interval: one seed" in states[True][1]
-  assert states[False][2] == findings.SHOWN  # the bootstrap's question level still judges it
+  # Neither interval judges it (since 2026-12-01; the bootstrap's would be question noise
+  # alone): untestable under both.
+  for level in (True, False):
+    assert states[level][2] == findings.UNTESTABLE and "no interval: one seed" in states[level][1]
   assert findings.fmt((0.1, 0.0, 0.2, "unpaired")) == "+0.100 [+0.000, +0.200] (unpaired)"
   assert findings.fmt(pipeline.seed_interval([0.5])) == "+0.500 (no interval: one seed)"
 
@@ -495,3 +505,17 @@ def test_answerless_test_share_uses_the_seeds_flagged_at_both_ends(tmp_path):
     assert m[f"test_answered_{when}"] == pytest.approx(sum(ratios) / 2)
   cells = findings.markdown([], [m]).splitlines()[-1].split(" | ")
   assert cells[8] == f"{m['test_answered_base']:.2f} -> {m['test_answered_final']:.2f} (2 seeds)"
+
+
+def test_gains_over_the_base_pair_question_by_question(tmp_path):
+  """A gain over the base subtracts question by question: records whose base and final hold
+  other questions (or another order) are refused, not paired by position."""
+  for k in range(3):
+    write_run(tmp_path, "l1", k)
+    write_run(tmp_path, "l2", k)
+  per_layer = findings.load(str(tmp_path), ["l1", "l2"])
+  assert findings.gain_difference(per_layer["l1"], per_layer["l2"], boots=50)[0] == 0.0
+  results = per_layer["l1"]
+  results[1]["evals"]["base"]["test_ids"] = results[1]["evals"]["base"]["test_ids"][::-1]
+  with pytest.raises(ValueError, match="cannot be paired"):
+    findings.gain_difference(results, per_layer["l2"], boots=50)

@@ -47,6 +47,11 @@ the finished seeds. A sub-claim whose layers are not ready is "not run" and the 
    soon as a layer is found): a fix of 2026-11-30, after L1 had finished, when L1's reaching
    0.9 with a test gain had called 6b not shown with 7 layers still to run.
 
+Two layers with fewer than 2 finished seeds in common give no interval, so a claim on them is
+untestable with the bootstrap as with the t-intervals (2026-12-01, after 17 runs, none of them
+stopped or failed, so no verdict changed: before, the bootstrap's question level alone judged
+it, question noise standing in for the seeds').
+
 Beside each verdict (added 2026-11-30, when only L0 seeds 0 and 1 had finished): the same rules
 with t-intervals over the seeds' own differences in place of the bootstrap (columns of their
 own; pipeline.seed_interval), since the bootstrap's seed level with 3 seeds spans about the
@@ -134,7 +139,18 @@ def difference(per_layer, spec_a: str, spec_b: str | None, key: str = "test",
     theirs = [b[k]["evals"]["final"] for k in seeds]
   if seed_level:
     return pipeline.seed_difference(mine, theirs, key)
-  return pipeline.paired_difference(mine, theirs, key, boots=boots)
+  iv = pipeline.paired_difference(mine, theirs, key, boots=boots)
+  if len(seeds) < 2:  # question noise alone: no interval for a claim about the layers (_state)
+    return (iv[0], float("nan"), float("nan"), *iv[3:])
+  return iv
+
+
+def _check_paired(final: dict, base: dict, key: str) -> None:
+  """final and base of one seed hold the same questions in the same order (pipeline.pairable):
+  the gains below subtract them question by question."""
+  if not pipeline.pairable(final, base, key):
+    raise ValueError(f"{key}: the final and base evaluations hold different questions (or "
+                     "orders or shapes): their difference cannot be paired")
 
 
 def gain_difference(a_results: list[dict], b_results: list[dict], key: str = "test",
@@ -150,6 +166,8 @@ def gain_difference(a_results: list[dict], b_results: list[dict], key: str = "te
     runs = [r["evals"] for _, r in _done(results)]
     if not runs:
       raise ValueError("a side without complete runs")
+    for e in runs:
+      _check_paired(e["final"], e["base"], key)
     sides.append([tuple(pipeline.clusters(e[when][key]).mean(axis=1) for when in ("final", "base"))
                   for e in runs])
   if seed_level:
@@ -372,6 +390,7 @@ def answered_difference(final: dict, base: dict, key: str = "test", boots: int =
   """answered_accuracy(final) - answered_accuracy(base) of one seed's two evaluations of the
   same questions, with a 95% percentile bootstrap over the questions (each question's base and
   final sample drawn together; a resample where a side has no answer at all is skipped)."""
+  _check_paired(final, base, key)
   sides = [{k: np.asarray(e[k], float) for k in (key, f"{key}_no_answer")} for e in (final, base)]
   def gain(i=slice(None)):
     values = [answered_accuracy({k: v[i] for k, v in e.items()}, key) for e in sides]
