@@ -117,7 +117,10 @@ def truncate_logits(logits: Array, top_k: Array, top_p: Array) -> Array:
   """Sets logits outside the top-k and outside the top-p nucleus to -inf.
 
   top_k <= 0 keeps every token; top_p >= 1 keeps every token. The nucleus is the smallest prefix
-  of tokens sorted by probability whose mass reaches top_p (the first token is always kept).
+  of tokens sorted by probability whose mass reaches top_p (the first token is always kept),
+  measured on the whole distribution: HF's and vLLM's samplers renormalize after top-k first,
+  so with both set they can keep fewer tokens ([0.5, 0.3, 0.15, 0.05], k = 2, p = 0.6: 2 here,
+  1 there). Ties at a cut-off are all kept.
   """
   v = logits.shape[-1]
   sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
