@@ -130,6 +130,8 @@ def test_truncate_logits_top_k_top_p():
   np.testing.assert_array_equal(keep(0, 0.81), [[1, 1, 1, 0]])
   np.testing.assert_array_equal(keep(0, 0.1), [[1, 0, 0, 0]])   # the top token always stays
   np.testing.assert_array_equal(keep(3, 0.6), [[1, 1, 0, 0]])   # both apply
+  # the nucleus on the whole distribution (HF renormalizes after top-k: 0.5 / 0.8 >= 0.6, 1 kept)
+  np.testing.assert_array_equal(keep(2, 0.6), [[1, 1, 0, 0]])
   np.testing.assert_array_equal(keep(0, 1.0), [[1, 1, 1, 1]])
   np.testing.assert_array_equal(keep(0, 0.0), [[1, 0, 0, 0]])   # top_p <= 0: the top token
   np.testing.assert_array_equal(keep(0, -1.0), [[1, 0, 0, 0]])
