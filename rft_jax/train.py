@@ -388,6 +388,9 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array,
     loss, aux = losses.compute_loss(transform, logp, loss_batch, loss_state, entropy=ent)
     mask = loss_batch.mask
     aux["metrics"]["entropy"] = jnp.sum(ent * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    # over every generated token, not only the loss tokens (baseline_only): micro-batches
+    # combine it by this count (accumulate_gradients)
+    aux["metric_weights"] = {"entropy": jnp.sum(mask)}
     return loss, aux
 
   def update(carry, mb: RolloutBatch):

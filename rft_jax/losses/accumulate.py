@@ -91,7 +91,10 @@ def accumulate_gradients(
   Returns aux = {"metrics": ..., "state": the chain's new state (from the whole-batch pass)}.
   Metrics: "loss" is the total; the others are micro-batch values averaged with weights equal to
   their loss-token counts (exact for token means such as clip_frac), then the advantage-stage
-  metrics of the whole-batch pass. Micro-batches run in a lax.scan, so memory is one micro-batch.
+  metrics of the whole-batch pass. A metric averaged over other tokens gives its own weight in
+  aux["metric_weights"][name] (e.g. the count of all generated tokens, which differs from the
+  loss tokens under baseline_only). Micro-batches run in a lax.scan, so memory is one
+  micro-batch.
   """
   prepared, new_state, pre_metrics = prepare_batch(transform, batch, state)
   micro = split_batch(prepared, num_micro_batches)
@@ -107,15 +110,17 @@ def accumulate_gradients(
     mb = xs[0]
     (loss, aux), grads = call(params, xs)
     metrics = aux.get("metrics", {}) if isinstance(aux, dict) else {}
+    own = aux.get("metric_weights", {}) if isinstance(aux, dict) else {}
     weight = jnp.sum(mb.loss_mask)
     carry = (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads))
-    return carry, ({k: jnp.asarray(v, loss.dtype) for k, v in metrics.items()}, weight)
+    return carry, ({k: jnp.asarray(v, loss.dtype) for k, v in metrics.items()},
+                   {k: jnp.asarray(own.get(k, weight), jnp.float32) for k in metrics})
 
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), grads_shape)
   init = (jnp.zeros(loss_shape.shape, loss_shape.dtype), zeros)
   (loss, grads), (metrics, weights) = jax.lax.scan(body, init, (micro, micro_inputs))
-  w = weights / jnp.maximum(jnp.sum(weights), 1.0)
-  metrics = {k: jnp.sum(v * w.astype(v.dtype)) for k, v in metrics.items()}
+  metrics = {k: jnp.sum(v * (weights[k] / jnp.maximum(jnp.sum(weights[k]), 1.0)).astype(v.dtype))
+             for k, v in metrics.items()}
   metrics = {**metrics, **_advantage_metrics(pre_metrics, metrics), "loss": loss}
   return loss, grads, {"metrics": metrics, "state": new_state}
 

@@ -131,6 +131,30 @@ def test_micro_batches_count_tokens_in_float32_whatever_the_mask_dtype(dtype):
   np.testing.assert_allclose(loss, whole, rtol=1e-5)  # float rounding; the bfloat16 count: 1e-3
 
 
+def test_a_metric_over_other_tokens_keeps_its_weight_across_micro_batches():
+  """baseline_only keeps only the first rollout of a group in the loss, so a micro-batch can hold
+  generated tokens but no loss tokens. A metric averaged over every generated token (train's
+  entropy) gives its own weight (aux['metric_weights']); by loss tokens it came out wrong."""
+  transform = build(["group_mean", "baseline_only", "policy_gradient", "token_mean"])
+  batch, _, _ = random_batch(seed=3, b=8, interleave=False)  # groups 0..3, 4..7: rows 0, 4 in
+  params = bigram_params()
+
+  def loss_fn(params, mb, weighted=True):
+    logp, entropy = bigram_logp(params, mb.tokens)
+    loss, aux = rl.compute_loss(transform, logp, mb, transform.init(), entropy=entropy)
+    aux["metrics"]["all_entropy"] = jnp.sum(entropy * mb.mask) / jnp.maximum(jnp.sum(mb.mask), 1)
+    if weighted:
+      aux["metric_weights"] = {"all_entropy": jnp.sum(mb.mask)}
+    return loss, aux
+
+  whole = jax.jit(loss_fn)(params, batch)[1]["metrics"]["all_entropy"]
+  accumulated = {w: jax.jit(lambda p, w=w: rl.accumulate_gradients(
+      lambda q, mb: loss_fn(q, mb, w), p, batch, 4, transform=transform,
+      state=transform.init())[2]["metrics"]["all_entropy"])(params) for w in (True, False)}
+  np.testing.assert_allclose(accumulated[True], whole, rtol=1e-6)
+  assert abs(float(accumulated[False]) - float(whole)) > 1e-5  # by loss tokens: 1e-4 off here
+
+
 def test_naive_micro_batches_differ():
   # Control: without prepare_batch, group statistics and normalisers of a micro-batch are wrong
   # (groups are interleaved, so every micro-batch of 2 holds 2 different groups).
