@@ -88,3 +88,16 @@ def test_select_by_id_and_errors():
     selection.select(table, bucket="easy", example_id="q1")
   with pytest.raises(ValueError, match="unknown bucket"):
     selection.select(table, bucket="trivial")
+
+
+def test_buckets_from_pass_counts_at_the_boundaries():
+  """The table divides integer counts (7 / 10 is the double 0.7, easy), not a float32 mean
+  (0.69999999, which would be medium)."""
+  counts = {"q0": 7, "q1": 3, "q2": 1, "q3": 0, "q4": 6}
+  rewards = np.zeros((5, 10), np.float32)
+  for row, c in enumerate(counts.values()):
+    rewards[row, :c] = 1
+  table = selection.difficulty_table(make_examples(5), rewards)
+  assert [r["bucket"] for r in table["rows"]] == ["easy", "medium", "hard", "extremely_hard",
+                                                 "medium"]
+  assert table["counts"] == {"easy": 1, "medium": 2, "hard": 1, "extremely_hard": 1}
