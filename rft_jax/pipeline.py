@@ -189,6 +189,11 @@ def _comparable(config_json: dict) -> dict:
   return d
 
 
+def _comparable_flat(config_json: dict) -> dict:
+  """{'section.key': value} of a run's config as runs are compared (_comparable)."""
+  return _flat(_comparable(config_json))
+
+
 def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
          quick: bool = False, overrides: dict | None = None, base: str = "",
          tables: str = "") -> list[tuple[Run, object]]:
@@ -219,7 +224,7 @@ def _write_config(run: Run, config) -> None:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    a, b = _flat(_comparable(old)), _flat(_comparable(new))
+    a, b = _comparable_flat(old), _comparable_flat(new)
     if a != b:
       diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
       raise errors.ConfigError(
@@ -471,7 +476,7 @@ def _same_config(record: str, workdir: str) -> bool:
   for folder in (record, workdir):
     try:
       with open(os.path.join(folder, "config.json")) as f:
-        configs.append(_flat(_comparable(json.load(f))))
+        configs.append(_comparable_flat(json.load(f)))
     except (OSError, ValueError):
       return False
   return configs[0] == configs[1]
@@ -521,7 +526,7 @@ def restore_published(run: Run, config, dest: str) -> bool:
   if has_ended(run.workdir) or not has_ended(record):
     return False
   with open(os.path.join(record, "config.json")) as f:
-    if _flat(_comparable(json.load(f))) != _flat(_comparable(json.loads(config.to_json()))):
+    if _comparable_flat(json.load(f)) != _comparable_flat(json.loads(config.to_json())):
       return False  # made with other settings: run it again (_write_config keeps the new one)
   if os.path.exists(os.path.join(run.workdir, "checkpoints")):
     return False  # an unfinished run of its own is here: let it resume instead

@@ -22,6 +22,10 @@ def test_tau_estimate_by_hand():
   assert p == pytest.approx(0.5) and tau == pytest.approx(np.sqrt(0.09 - 57 / 2700) / 0.25)
   # seeds as alike as their sampling noise allows: no spread left (not negative)
   assert coverage.tau_estimate([finals[1], finals[1]])[1] == 0.0
+  # every seed at 0: no slope to convert by, no estimate
+  zeros = np.zeros(10)
+  assert coverage.tau_estimate([zeros, zeros])[0] == 0.0
+  assert np.isnan(coverage.tau_estimate([zeros, zeros])[1])
 
 
 def test_without_a_seed_effect_or_a_difference_both_intervals_cover():

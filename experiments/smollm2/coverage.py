@@ -82,6 +82,8 @@ def tau_estimate(finals: list[np.ndarray]) -> tuple[float, float]:
   sampling = np.mean([np.var(f, ddof=1) / np.size(f) for f in finals])
   between = max(means.var(ddof=1) - sampling, 0.0)
   p = means.mean()
+  if p in (0.0, 1.0):  # no slope to convert by: every seed at a bound
+    return float(p), float("nan")
   return float(p), float(np.sqrt(between) / (p * (1 - p)))
 
 

@@ -47,7 +47,7 @@ def prepare_batch(transform: LossTransform, batch: Batch,
       # float32 whatever the mask's dtype: a bool mask's count would become True, and a
       # bfloat16 one's rounds (867 tokens -> 868).
       token_count=jnp.sum(terms.mask, dtype=jnp.float32),
-      seq_count=count_seqs(terms.mask).astype(jnp.float32),
+      seq_count=count_seqs(terms.mask),
   )
   return prepared, new_state, terms.metrics
 

@@ -153,7 +153,8 @@ def batch_std(eps: float = 1e-6, ddof: int = 1) -> LossTransform:
     r = terms.rewards
     _, std, defined = _group_stats(r, jnp.zeros(r.shape, jnp.int32), ddof)  # one group: the batch
     std, defined = std[0], defined[0]
-    adv = terms.advantages * jnp.where(defined & (std + eps > 0), 1.0 / (std + eps), 1.0)
+    spread = defined & (std + eps > 0)
+    adv = terms.advantages * jnp.where(spread, 1.0 / jnp.where(spread, std + eps, 1.0), 1.0)
     return terms.replace(advantages=adv, metrics=dict(_adv_metrics(terms, adv), reward_std=std))
 
   return stateless(update)

@@ -84,7 +84,7 @@ class Batch:
 
 def count_seqs(mask: Array) -> Array:
   """Number of rows of a [B, T] mask with at least one token."""
-  return jnp.sum((jnp.sum(mask, axis=-1) > 0).astype(mask.dtype))
+  return jnp.sum(jnp.sum(mask, axis=-1) > 0, dtype=jnp.float32)  # exact at any row count
 
 
 @flax.struct.dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 
 # A response that reasons inside <think>...</think> is graded on what follows the last '</think>'.
 THINK_END = "</think>"
@@ -82,26 +83,23 @@ def find_boxes(text: str) -> list[Marker]:
   return boxes
 
 
-def _after_last(pattern: re.Pattern, text: str) -> tuple[int, str] | None:
-  """(start of the last match of `pattern`, the rest of its line, stripped), or None."""
-  last = None
-  for last in pattern.finditer(text):  # noqa: B007 (keeps the last match)
-    pass
-  if last is None:
-    return None
-  end = text.find("\n", last.end())
-  return last.start(), (text[last.end():] if end < 0 else text[last.end():end]).strip()
-
-
-def find_hash_answer(text: str, accept=None) -> Marker | None:
-  """The last '#### ...' marker: the rest of its line (GSM8K's final-answer format); with
-  accept(content) -> bool, the last one whose content it accepts."""
-  for match in reversed(list(_HASHES.finditer(text))):
+def _after_last(pattern: re.Pattern, text: str,
+                accept: Callable[[str], object] | None = None) -> tuple[int, str] | None:
+  """(start of the last match of `pattern` whose rest of line, stripped, `accept` takes (any
+  without it), that rest), or None."""
+  for match in reversed(list(pattern.finditer(text))):
     end = text.find("\n", match.end())
-    content = (text[match.end():] if end < 0 else text[match.end():end]).strip()
-    if accept is None or accept(content):
-      return Marker("hash", match.start(), content)
+    rest = (text[match.end():] if end < 0 else text[match.end():end]).strip()
+    if accept is None or accept(rest):
+      return match.start(), rest
   return None
+
+
+def find_hash_answer(text: str, accept: Callable[[str], object] | None = None) -> Marker | None:
+  """The last '#### ...' marker: the rest of its line (GSM8K's final-answer format); with
+  accept(content), the last one whose content it accepts."""
+  found = _after_last(_HASHES, text, accept)
+  return None if found is None else Marker("hash", *found)
 
 
 def find_answer_phrase(text: str) -> Marker | None:

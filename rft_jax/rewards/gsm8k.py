@@ -36,23 +36,29 @@ from rft_jax.rewards.extract import (
   find_hash_answer,
 )
 
-_TEXT_WRAP = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{([^{}]*)\}")
+_WRAPPERS = r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{"
+_TEXT_WRAP = re.compile(_WRAPPERS + r"([^{}]*)\}")
+_LEGACY_TEXT_WRAP = re.compile(r"\\(?:text|textbf|mbox|mathrm)\s*\{([^{}]*)\}")  # strict=False
 _NUMBER = re.compile(r"^([-+\u2212]?)(\d+(?:\.\d*)?|\.\d+)")
-# A '####' line that starts with a number (after '$', '**' or '\text{'): an answer marker.
-_HASH_NUMBER = re.compile(r"^(?:\\\$|\$|\*|\\text\s*\{|\s)*[-+\u2212]?\.?\d")
+# A '####' line that starts with a number (after '$', '**' or a '\text{'-like wrapper): an
+# answer marker.
+_HASH_NUMBER = re.compile(r"^(?:\\\$|\$|\*|" + _WRAPPERS + r"|\s)*[-+\u2212]?\.?\d")
 # What may follow the number: unit words, percent, punctuation ('18 eggs.', '50%', '12 per hour').
 _UNITS_TAIL = re.compile(r"^[A-Za-z%.!'\s]*$")
 
 
-def parse_number(text: str) -> fractions.Fraction | None:
-  """The number a final-answer marker holds, or None (see the module doc for the cleaning)."""
+def parse_number(text: str, *, strict: bool = True) -> fractions.Fraction | None:
+  """The number a final-answer marker holds, or None (see the module doc for the cleaning;
+  strict=False: without the '\\ ', '~' and '\\textrm{}' cleaning, see grade)."""
   s = text.strip()
+  wrap = _TEXT_WRAP if strict else _LEGACY_TEXT_WRAP
   prev = None
   while prev != s:
-    prev, s = s, _TEXT_WRAP.sub(r"\1", s)
+    prev, s = s, wrap.sub(r"\1", s)
   s = s.replace("\\$", "").replace("$", "").replace("\\!", "").replace("{,}", ",")
-  s = s.replace("\\,", "").replace("*", "").replace("\\%", "%").replace("\\ ", " ")
-  s = s.replace("~", " ")
+  s = s.replace("\\,", "").replace("*", "").replace("\\%", "%")
+  if strict:
+    s = s.replace("\\ ", " ").replace("~", " ")
   s = re.sub(r"(?<=\d),(?=\d)", "", s)
   s = s.strip()
   m = _NUMBER.match(s)
@@ -64,11 +70,11 @@ def parse_number(text: str) -> fractions.Fraction | None:
   return -value if m.group(1) in ("-", "\u2212") else value
 
 
-def extract(response: str, *, hash_needs_number: bool = True) -> str | None:
+def extract(response: str, *, strict: bool = True) -> str | None:
   """The content of the final marker (see the module doc), or None."""
   text = final_part(response)
   markers = find_boxes(text)
-  hashes = find_hash_answer(text, accept=_HASH_NUMBER.match if hash_needs_number else None)
+  hashes = find_hash_answer(text, accept=_HASH_NUMBER.match if strict else None)
   if hashes is not None:
     markers.append(hashes)
   if not markers:
@@ -76,25 +82,25 @@ def extract(response: str, *, hash_needs_number: bool = True) -> str | None:
   return max(markers, key=lambda m: m.start).content
 
 
-def grade(response: str, gold: str, *, phrase: bool = False,
-          hash_needs_number: bool = True) -> Outcome:
+def grade(response: str, gold: str, *, phrase: bool = False, strict: bool = True) -> Outcome:
   """phrase: 'the (final) answer is N' counts as a final marker too (grader 'final_answer').
-  hash_needs_number=False: the last '####' is the marker whatever follows it (the rule before
-  2026-12-01, kept for issue 13's SmolLM2 layers, graded so from their first run)."""
+  strict=False: the rules before 2026-12-01, kept for issue 13's SmolLM2 layers (graded so
+  from their first run): the last '####' is the marker whatever follows it, and '\\ ', '~',
+  '\\textrm{}' are not cleaned."""
   gold_value = parse_number(gold)
   if gold_value is None:
     raise ValueError(f"GSM8K gold answer is not a number: {gold!r}")
   text = final_part(response)
   boxes = find_boxes(text)
-  hashes = find_hash_answer(text, accept=_HASH_NUMBER.match if hash_needs_number else None)
+  hashes = find_hash_answer(text, accept=_HASH_NUMBER.match if strict else None)
   said = find_answer_phrase(text) if phrase else None
   markers = boxes + [m for m in (hashes, said) if m is not None]
   if not markers:
     return Outcome.NO_ANSWER
   final = max(markers, key=lambda m: m.start)
-  value = parse_number(final.content)
+  value = parse_number(final.content, strict=strict)
   if value is None:
     return Outcome.NO_ANSWER
-  if any(parse_number(b.content) != value for b in boxes):
+  if any(parse_number(b.content, strict=strict) != value for b in boxes):
     return Outcome.WRONG  # several boxes holding different things: a hedge
   return Outcome.CORRECT if value == gold_value else Outcome.WRONG

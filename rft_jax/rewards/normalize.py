@@ -42,8 +42,9 @@ _CHOICE = re.compile(r"^\(([a-e])\)$")
 # Base-n numbers: digits (and letters for bases > 10), an optional point, then '_8' or '_{12}'.
 _BASE_N = re.compile(r"^(-?)([0-9a-z]+(?:\.[0-9a-z]+)?)_\{?(\d+)\}?$")
 _PLAIN_INT = re.compile(r"^(-?)(\d+)$")
-# A time of day's 'a.m.' / 'p.m.' at the end of a normalized answer ('9a.m', '8:34p.m').
-_MERIDIEM = re.compile(r"\d([ap])\.m\.?$")
+# A time of day's 'a.m.' / 'p.m.' / 'am' / 'pm' at the end of a normalized answer ('9a.m',
+# '8:34p.m', '9pm').
+_MERIDIEM = re.compile(r"\d([ap])\.?m\.?$")
 
 
 def strip_braced_thousands(s: str) -> str:
@@ -209,7 +210,9 @@ def guard_verdict(gold_norm: str, pred_norm: str) -> bool | None:
     return g == p
   g_time, p_time = _MERIDIEM.search(gold_norm), _MERIDIEM.search(pred_norm)
   if (g_time or p_time) and (g_time and g_time.group(1)) != (p_time and p_time.group(1)):
-    return False  # math-verify reads '9 p.m.' as 9 (a unit) and would accept it for 9 a.m.
+    # math-verify reads '9 p.m.' as 9 (a unit) and would accept it for 9 a.m.; a bare 9 is not
+    # '9 a.m.' either (the half of the day is part of the answer)
+    return False
   g_iv, p_iv = interval_parts(gold_norm), interval_parts(pred_norm)
   if g_iv is not None and p_iv is not None:
     # A union written in another order pairs its intervals by what they hold (a union is a set:

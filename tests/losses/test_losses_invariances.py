@@ -235,3 +235,11 @@ def test_minimal_is_reinforce_with_one_on_policy_rollout():
       g = grad_fn(logp_of, jnp.asarray(w), batch)
       np.testing.assert_allclose(g, -reward * grad_logpi / length, atol=1e-12)
   assert np.abs(grad_logpi).sum() > 0.1
+
+
+
+def test_sequence_counts_are_exact_in_any_mask_dtype():
+  # bfloat16 holds integers exactly only up to 256 (then every 2nd): 301 rows counted 301.
+  mask = jnp.ones((301, 2), jnp.bfloat16)
+  count = rl.base.count_seqs(mask)
+  assert count.dtype == jnp.float32 and int(count) == 301

@@ -35,6 +35,10 @@ def test_final_answer_keeps_the_last_hash_whatever_follows_it():
   assert rewards.grade_outcome("final_answer", quoted, "37") == Outcome.NO_ANSWER
   assert rewards.grade_outcome("gsm8k", heading, "18") == Outcome.CORRECT
   assert rewards.grade_outcome("gsm8k", quoted, "37") == Outcome.CORRECT
+  # nor the later cleaning of '\ ', '~' and '\textrm{}'
+  for spaced in ("#### 18\\ eggs", "#### 18~eggs", "\\boxed{18 \\textrm{ eggs}}"):
+    assert rewards.grade_outcome("final_answer", spaced, "18") == Outcome.NO_ANSWER, spaced
+    assert rewards.grade_outcome("gsm8k", spaced, "18") == Outcome.CORRECT, spaced
 
 
 def test_gsm8k_grader_ignores_the_phrase():

@@ -122,6 +122,8 @@ MATH_CASES = [
     (r"9\text{ a.m.}", boxed(r"9\text{ p.m.}"), W),
     (r"8\!:\!34 \text{ p.m.}", boxed(r"8:34 \text{ a.m.}"), W),
     (r"9\text{ a.m.}", boxed(r"9\text{ a.m.}"), C),
+    ("9 am", boxed("9 pm"), W),  # the undotted spelling too
+    (r"9\text{ a.m.}", boxed("9"), W),  # the half of the day is part of the answer
 ]
 
 GSM8K_CASES = [
@@ -159,6 +161,8 @@ GSM8K_CASES = [
     ("37", "9 + 28 = 37\n#### 37\nThe number after \"####\" is the answer.", C),
     ("18", "the answer after \"####\" is 18", N),
     ("18", "#### The total\n18", N),
+    ("18", r"#### \textbf{18}", C),  # a wrapper before the number is still a number
+    ("18", r"#### \mbox{18} eggs", C),
     # spacing commands and \\textrm{} around a unit
     ("18", r"\boxed{18\ \text{eggs}}", C),
     ("18", r"\boxed{18~\text{eggs}}", C),
