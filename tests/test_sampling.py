@@ -266,6 +266,8 @@ def test_generate_pads_only_the_leading_pad_tokens(model):
   np.testing.assert_array_equal(got.tokens, want.tokens)
   with pytest.raises(ValueError, match="left-padded"):
     policy.generate(tokens, max_new_tokens=6, prompt_mask=mask[:, ::-1])
+  with pytest.raises(ValueError, match="left-padded"):  # the compacting path checks too
+    policy.generate(tokens, max_new_tokens=6, prompt_mask=mask[:, ::-1], compact=True)
 
 
 def naive_decode(decoder, params, tokens, mask, rng, n, g, temperature, top_k, top_p, eos):

@@ -33,7 +33,7 @@ def _rank_in_group(ids):
   return jnp.sum((ids[:, None] == ids[None, :]) & earlier, axis=1)
 
 
-def _group_sum_mean(r, same):
+def _group_offsets(r, same):
   """Per row [B]: group size n, reference ref (the group's smallest reward) and the sum of the
   group's offsets from it; the group mean is ref + offsets / n.
 
@@ -51,7 +51,7 @@ def _group_sum_mean(r, same):
 def _group_stats(r, ids, ddof: int):
   """Per-row group mean [B], group std [B] (with ddof), whether the std is defined (n > ddof)."""
   same = _same_group(ids, r.dtype)
-  n, ref, offsets = _group_sum_mean(r, same)
+  n, ref, offsets = _group_offsets(r, same)
   mean = ref + offsets / n
   var = jnp.sum(same * (r[None, :] - mean[:, None]) ** 2, axis=1) / jnp.maximum(n - ddof, 1)
   return mean, jnp.sqrt(var), n > ddof
@@ -94,7 +94,7 @@ def group_mean(singleton: str = "mean") -> LossTransform:
     if advantages_given(batch):
       return _given(terms, batch)
     r = terms.rewards
-    n, ref, offsets = _group_sum_mean(r, _same_group(batch.group_ids, r.dtype))
+    n, ref, offsets = _group_offsets(r, _same_group(batch.group_ids, r.dtype))
     mean = ref + offsets / n
     if singleton == "zero":
       mean = jnp.where(n > 1, mean, 0.0)
@@ -172,7 +172,7 @@ def leave_one_out() -> LossTransform:
     if advantages_given(batch):
       return _given(terms, batch)
     r = terms.rewards
-    n, ref, offsets = _group_sum_mean(r, _same_group(batch.group_ids, r.dtype))
+    n, ref, offsets = _group_offsets(r, _same_group(batch.group_ids, r.dtype))
     others_mean = ref + (offsets - (r - ref)) / jnp.maximum(n - 1, 1)
     adv = r - jnp.where(n > 1, others_mean, 0.0)
     return terms.replace(advantages=adv, metrics=_adv_metrics(terms, adv))

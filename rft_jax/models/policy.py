@@ -89,7 +89,6 @@ class Policy:
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_mask is None:
       prompt_mask = jnp.cumsum(prompt_tokens != self.pad_id, axis=-1) > 0
-    sampling.check_left_padded(prompt_mask)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     kwargs = dict(max_new_tokens=max_new_tokens, num_samples=num_samples,
                   temperature=temperature, top_k=top_k, top_p=top_p,
@@ -98,6 +97,7 @@ class Policy:
       return sampling.sample_compacting(self.decoder, self.params, prompt_tokens,
                                         jnp.asarray(prompt_mask), rng, row_multiple=row_multiple,
                                         **kwargs)
+    sampling.check_left_padded(prompt_mask)  # sample_compacting checks its own
     return sampling.sample(self.decoder, self.params, prompt_tokens, jnp.asarray(prompt_mask),
                            rng, **kwargs)
 
