@@ -887,7 +887,12 @@ def bootstrap(a: Sequence, b: Sequence | None = None, *, paired: bool = True, bo
   the same questions of a[s] and b[s], so the difference's interval is as narrow as the pairing
   allows. Few seeds: the seed level's percentiles come from at most n^n resamples of n values
   (3 seeds: about the range of the 3 per-seed values), so its width is a lower bound; findings
-  that rest on it say so."""
+  that rest on it say so.
+
+  0/1 rewards get a floor from the pooled samples (score_interval), where the percentiles fail:
+  a Pass@1's interval spans at least its Wilson interval (0 of 32 samples: [0, 0.107], where
+  every resample is 0), and a difference whose resamples all agree (every sample equal on both
+  sides) gets Newcombe's interval instead of a zero width."""
   a = [clusters(x) for x in a]
   b = None if b is None else [clusters(x) for x in b]
   if not a or (b is not None and len(b) != len(a)):
@@ -912,7 +917,29 @@ def bootstrap(a: Sequence, b: Sequence | None = None, *, paired: bool = True, bo
         total -= b[s][j].mean()
     stats[t] = total / len(a)
   low, high = np.percentile(stats, [2.5, 97.5])
+  floor = score_interval(a, b)
+  if floor is not None and (b is None or high == low):
+    low, high = min(low, floor[0]), max(high, floor[1])
   return estimate, float(low), float(high)
+
+
+def score_interval(a: Sequence, b: Sequence | None = None) -> tuple[float, float] | None:
+  """The 95% score interval of the pooled 0/1 samples of a (Wilson), or of pooled a minus
+  pooled b (Newcombe's hybrid score interval, method 10 of Newcombe 1998: each side's Wilson
+  limits combined in quadrature). Samples counted as independent: sampling noise only, the
+  floor under an interval that also has seeds' spread. None unless every sample is 0 or 1."""
+  from rft_jax import evaluation
+
+  sides = (a,) if b is None else (a, b)
+  pooled = [np.concatenate([np.ravel(x) for x in side]) for side in sides]
+  if not all(x.size and np.isin(x, (0.0, 1.0)).all() for x in pooled):
+    return None
+  (p1, (l1, u1)), *other = [(x.mean(), evaluation.wilson_interval(x.sum(), x.size))
+                             for x in pooled]
+  if not other:
+    return l1, u1
+  p2, (l2, u2) = other[0]
+  return p1 - p2 - math.hypot(p1 - l1, u2 - p2), p1 - p2 + math.hypot(u1 - p1, p2 - l2)
 
 
 def clusters(x) -> np.ndarray:
@@ -925,14 +952,16 @@ def clusters(x) -> np.ndarray:
   return x.reshape(x.shape[0], -1)
 
 
-def seed_interval(values, others=None, sampling=None,
-                  others_sampling=None) -> tuple[float, float, float]:
+def seed_interval(values, others=None, sampling=None, others_sampling=None,
+                  bounds: tuple[float, float] = (-math.inf, math.inf)
+                  ) -> tuple[float, float, float]:
   """(mean, low, high): a 95% t-interval over seeds, of the mean of `values` (one per seed;
   t with n - 1 df), or with `others`, of mean(values) - mean(others) (unpaired, Welch's df).
   sampling, others_sampling: each seed's sampling variance of its value (from its evaluation
   samples, `sampling_variance`), a floor under the seeds' variance: their spread includes that
   noise, so three seeds that happen to agree exactly do not make a zero-width interval.
-  (mean, nan, nan) with fewer than 2 values on a side: no interval (untestable)."""
+  bounds: the range the quantity can take (a difference of Pass@1s: [-1, 1]); the interval is
+  cut to it. (mean, nan, nan) with fewer than 2 values on a side: no interval (untestable)."""
   import scipy.stats  # here: the pipeline's other users need no scipy import
 
   x = np.asarray(values, float)
@@ -949,7 +978,7 @@ def seed_interval(values, others=None, sampling=None,
     se = np.sqrt(vx + vy)
     df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1)) if se else 1.0
   half = float(scipy.stats.t.ppf(0.975, df) * se)
-  return est, est - half, est + half
+  return est, max(est - half, bounds[0]), min(est + half, bounds[1])
 
 
 def mean_variance(v: np.ndarray) -> float:
@@ -970,9 +999,16 @@ def sampling_variance(mine: dict, theirs: dict, key: str) -> float:
 
 def seed_difference(mine: Sequence[dict], theirs: Sequence[dict], key: str) -> tuple:
   """seed_interval of mine[s][key] - theirs[s][key] (evaluations of the same seeds, in order),
-  each seed's sampling variance (sampling_variance) its floor."""
-  return seed_interval([np.mean(m[key]) - np.mean(t[key]) for m, t in zip(mine, theirs)],
-                       sampling=[sampling_variance(m, t, key) for m, t in zip(mine, theirs)])
+  each seed's sampling variance (sampling_variance) its floor, cut to [-1, 1]. Where that
+  leaves no width (every seed's samples equal on both sides, e.g. 0 of 32 before and after),
+  Newcombe's interval of the pooled samples (score_interval), as the bootstrap does."""
+  est, low, high = seed_interval(
+      [np.mean(m[key]) - np.mean(t[key]) for m, t in zip(mine, theirs)],
+      sampling=[sampling_variance(m, t, key) for m, t in zip(mine, theirs)], bounds=(-1.0, 1.0))
+  floor = score_interval([m[key] for m in mine], [t[key] for t in theirs])
+  if low == high and floor is not None:
+    low, high = floor
+  return est, low, high
 
 
 def _interval(x: tuple | None, signed: bool = False) -> str:

@@ -311,7 +311,8 @@ def test_gain_difference_resamples_questions_not_samples():
 def test_gain_difference_on_one_sample_has_no_sampling_floor():
   """A test set of one question sampled once: each seed's sampling variance is 0 (nothing to
   measure it from; no NaN or warning), so the t-interval is the seeds' own: gains 1, 0, 1
-  against 0, 0, 0 -> 2/3 +- t(0.975, 2 df) x sd / sqrt(3)."""
+  against 0, 0, 0 -> 2/3 +- t(0.975, 2 df) x sd / sqrt(3), its upper end 2.10 cut to 2 (a
+  difference of two gains in [-1, 1])."""
   side = lambda gains: [{"status": "done", "evals": {
       "base": {"test": [0.0], "test_ids": ["q"]}, "final": {"test": [float(g)], "test_ids": ["q"]}}}
       for g in gains]
@@ -320,7 +321,7 @@ def test_gain_difference_on_one_sample_has_no_sampling_floor():
     est, low, high = findings.gain_difference(side((1, 0, 1)), side((0, 0, 0)),
                                               seed_level=True)[:3]
   half = 4.302653 * np.std([1, 0, 1], ddof=1) / np.sqrt(3)
-  assert (est, low, high) == pytest.approx((2 / 3, 2 / 3 - half, 2 / 3 + half), abs=1e-4)
+  assert (est, low, high) == pytest.approx((2 / 3, 2 / 3 - half, 2.0), abs=1e-4)
 
 
 def test_the_rules_edge_by_edge(tmp_path):
@@ -442,8 +443,9 @@ def test_seed_level_is_stricter_where_the_seeds_disagree(tmp_path):
   claim = "(b) L0's test Pass@1 rises above its base's"
   assert shown[False][claim] == findings.SHOWN and shown[True][claim] == findings.NOT_SHOWN
   est, low, high = findings.difference(per_layer, "l0", None, seed_level=True)
-  assert est == pytest.approx(0.45) and high - est == pytest.approx(
+  assert est == pytest.approx(0.45) and est - low == pytest.approx(
       4.3027 * np.std([0.6, 0.6, 0.15], ddof=1) / np.sqrt(3), abs=1e-3)
+  assert high == 1.0  # 0.45 + 0.65, cut to the largest possible difference
 
 
 def test_seed_level_floors_the_spread_and_never_shows_an_absence_without_an_interval(tmp_path):

@@ -622,8 +622,11 @@ def test_run_rollouts_counts_every_round_s_samples():
 def test_bootstrap_intervals():
   rng = np.random.default_rng(0)
   a = [rng.integers(0, 2, 400).astype(float) for _ in range(3)]
-  # A run against itself, paired: every resample differs by exactly 0.
-  assert pipeline.bootstrap(a, a) == (0.0, 0.0, 0.0)
+  # A run against itself, paired: every resample differs by exactly 0, so the interval is
+  # Newcombe's of the pooled samples (score_interval), not a zero width.
+  est, low, high = pipeline.bootstrap(a, a)
+  assert est == 0.0 and (low, high) == pytest.approx(pipeline.score_interval(a, a))
+  assert -0.06 < low < -0.03 and 0.03 < high < 0.06
   # Paired, one side shifted by a constant: the difference is that constant, without spread.
   est, low, high = pipeline.bootstrap([x + 0.25 for x in a], a)
   assert est == pytest.approx(0.25) and low == pytest.approx(0.25) and high == pytest.approx(0.25)
@@ -650,6 +653,43 @@ def test_bootstrap_intervals():
     pipeline.bootstrap(a, [x[:10] for x in a])
   with pytest.raises(ValueError, match="without samples"):
     pipeline.bootstrap([np.zeros(0)])
+
+
+def test_score_interval_by_hand():
+  """Newcombe (1998), Table II, method 10: 56/70 - 48/80 = 0.2000, [0.0524, 0.3339]. Wilson
+  of 0 of 32: [0, z^2 / (n + z^2)] = [0, 3.8415 / 35.8415] = [0, 0.1072]."""
+  a, b = np.r_[np.ones(56), np.zeros(14)], np.r_[np.ones(48), np.zeros(32)]
+  low, high = pipeline.score_interval([a], [b])
+  assert low == pytest.approx(0.0524, abs=1e-4) and high == pytest.approx(0.3339, abs=1e-4)
+  assert pipeline.score_interval([np.zeros(32)]) == pytest.approx((0.0, 0.1072), abs=1e-4)
+  assert pipeline.score_interval([np.full(4, 0.5)]) is None  # not 0/1 rewards: no floor
+
+
+def test_bootstrap_never_gives_zero_width_to_sampled_rewards():
+  """A training question answered 0 of 32 times, at the base and after training, three seeds:
+  the percentile bootstrap resamples only zeros; the interval is the pooled samples' score
+  interval instead: Wilson of 0 of 96 for the Pass@1, Newcombe of 0/96 - 0/96 for the
+  difference (seed_difference falls back to the same). Rewards with spread keep the bootstrap's
+  own interval where it is the wider one."""
+  zeros = [np.zeros(32)] * 3
+  wilson_high = 3.8415 / (96 + 3.8415)
+  assert pipeline.bootstrap(zeros) == pytest.approx((0.0, 0.0, wilson_high), abs=1e-4)
+  assert pipeline.bootstrap(zeros, zeros) == pytest.approx((0.0, -wilson_high, wilson_high),
+                                                            abs=1e-4)
+  evals = [{"train": z} for z in zeros]
+  assert pipeline.seed_difference(evals, evals, "train") == pytest.approx(
+      (0.0, -wilson_high, wilson_high), abs=1e-4)
+  spread = [np.r_[np.ones(k), np.zeros(400 - k)] for k in (40, 200, 360)]
+  assert pipeline.bootstrap(spread, boots=500)[1] < pipeline.score_interval(spread)[0]
+
+
+def test_seed_interval_is_cut_to_the_possible_range():
+  """Differences of Pass@1 lie in [-1, 1]: seeds at +0.9, +1.0, +0.95 give a t-interval of
+  0.95 +- 4.3027 * 0.05 / sqrt(3) = [0.826, 1.074], reported as [0.826, 1.0]."""
+  est, low, high = pipeline.seed_interval([0.9, 1.0, 0.95], bounds=(-1.0, 1.0))
+  assert est == pytest.approx(0.95) and low == pytest.approx(0.95 - 4.3027 * 0.05 / np.sqrt(3),
+                                                             abs=1e-4) and high == 1.0
+  assert pipeline.seed_interval([0.9, 1.0, 0.95])[2] > 1.0  # unbounded by default
 
 
 def test_bootstrap_resamples_questions_not_their_samples():

@@ -174,7 +174,8 @@ def gain_difference(a_results: list[dict], b_results: list[dict], key: str = "te
     sampling = [[pipeline.mean_variance(final - base) for final, base in side] for side in sides]
     return pipeline.seed_interval(*([final.mean() - base.mean() for final, base in side]
                                     for side in sides),
-                                  sampling=sampling[0], others_sampling=sampling[1])
+                                  sampling=sampling[0], others_sampling=sampling[1],
+                                  bounds=(-2.0, 2.0))
 
   def gain(side, rng=None):
     total = 0.0
