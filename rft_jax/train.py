@@ -371,6 +371,9 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array,
   rounding, with the activations of one micro-batch in memory.
   frozen: params that are not trained (LoRA: the base, `lora.split`); the forward runs on
   lora.combine(frozen, state.params) and only state.params get gradients and optimizer state.
+  Metrics of several updates: each averaged metric over all their tokens (weighted as
+  micro-batches are, losses.accumulate_gradients), grad_norm the mean over updates,
+  grad_norm_last and loss the final update's.
   """
   prepared, loss_state, pre_metrics = losses.prepare_batch(transform, batch.loss,
                                                            state.loss_state)
@@ -408,19 +411,28 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array,
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb.loss, prompts)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     metrics = {**aux["metrics"], "loss": loss, "grad_norm": optax.global_norm(grads)}
-    return (optax.apply_updates(params, updates), opt_state), metrics
+    # what each metric averages over (loss tokens unless it says otherwise), so that the
+    # updates of a round combine as one batch would
+    tokens = jnp.sum(mb.loss.loss_mask).astype(jnp.float32)
+    weights = {k: jnp.asarray(aux.get("metric_weights", {}).get(k, tokens), jnp.float32)
+               for k in metrics}
+    return (optax.apply_updates(params, updates), opt_state), (metrics, weights)
 
   if epochs * mini_batches == 1:
-    (params, opt_state), metrics = update((state.params, state.opt_state), full)
+    (params, opt_state), (metrics, _) = update((state.params, state.opt_state), full)
   else:
     pieces = _split_rows(full, mini_batches)
     schedule = jax.tree.map(lambda x: jnp.concatenate([x] * epochs) if jnp.ndim(x) else x,
                             pieces)
-    (params, opt_state), metrics = jax.lax.scan(update, (state.params, state.opt_state),
-                                                schedule)
+    (params, opt_state), (metrics, weights) = jax.lax.scan(
+        update, (state.params, state.opt_state), schedule)
     last = {k: v[-1] for k, v in metrics.items()}  # loss / grad norm of the final update
-    metrics = {**{k: jnp.mean(v) for k, v in metrics.items()}, "loss": last["loss"],
-               "grad_norm_last": last["grad_norm"]}
+    # A token mean over every update's tokens (each at the params it was updated from); the
+    # gradient norm a plain mean over updates, and the last one besides.
+    grad_norm = jnp.mean(metrics["grad_norm"])
+    metrics = {k: jnp.sum(v * weights[k]) / jnp.maximum(jnp.sum(weights[k]), 1.0)
+               for k, v in metrics.items()}
+    metrics.update(loss=last["loss"], grad_norm=grad_norm, grad_norm_last=last["grad_norm"])
 
   # Bandit diagnostics: how much of the round carries a learning signal.
   adv = prepared.advantages if prepared.advantages.ndim == 1 else jnp.max(

@@ -88,7 +88,8 @@ def accumulate_gradients(
   inputs: optional pytree of [B, ...] arrays the forward pass needs besides the Batch (the
   prompts), split into the same rows; then loss_fn(params, micro_batch, micro_inputs).
 
-  Returns aux = {"metrics": ..., "state": the chain's new state (from the whole-batch pass)}.
+  Returns aux = {"metrics": ..., "state": the chain's new state (from the whole-batch pass),
+  "metric_weights": each averaged metric's total weight, for combining batches further}.
   Metrics: "loss" is the total; the others are micro-batch values averaged with weights equal to
   their loss-token counts (exact for token means such as clip_frac), then the advantage-stage
   metrics of the whole-batch pass. A metric averaged over other tokens gives its own weight in
@@ -122,7 +123,8 @@ def accumulate_gradients(
   metrics = {k: jnp.sum(v * (weights[k] / jnp.maximum(jnp.sum(weights[k]), 1.0)).astype(v.dtype))
              for k, v in metrics.items()}
   metrics = {**metrics, **_advantage_metrics(pre_metrics, metrics), "loss": loss}
-  return loss, grads, {"metrics": metrics, "state": new_state}
+  return loss, grads, {"metrics": metrics, "state": new_state,
+                       "metric_weights": {k: jnp.sum(w) for k, w in weights.items()}}
 
 
 def _split_rows(tree, m: int):
