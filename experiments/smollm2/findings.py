@@ -139,7 +139,8 @@ def difference(per_layer, spec_a: str, spec_b: str | None, key: str = "test",
     theirs = [b[k]["evals"]["final"] for k in seeds]
   if seed_level:
     return pipeline.seed_difference(mine, theirs, key)
-  iv = pipeline.paired_difference(mine, theirs, key, boots=boots)
+  # one seed in common: the interval is discarded below, so no resampling for it
+  iv = pipeline.paired_difference(mine, theirs, key, boots=boots if len(seeds) >= 2 else 1)
   if len(seeds) < 2:  # question noise alone: no interval for a claim about the layers (_state)
     return (iv[0], float("nan"), float("nan"), *iv[3:])
   return iv
