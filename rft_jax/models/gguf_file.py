@@ -76,9 +76,13 @@ class GGUFFile:
 
     try:
       reader = gguf.GGUFReader(path)
-    except (ValueError, IndexError, OSError) as e:  # numpy raises on a header past the end
+    except (ValueError, IndexError, KeyError, OSError) as e:  # numpy raises on a header past
+      # the end, gguf a KeyError on a duplicated metadata key
       raise ValueError(f"{path}: unreadable GGUF ({type(e).__name__}: {e}; truncated or "
                        "corrupt file?)") from None
+    if reader.byte_order == "S":  # gguf reads it, but dequantize views the bytes as native
+      raise ValueError(f"{path}: the file's byte order is not this machine's (a big-endian "
+                       "GGUF?); not supported")
     self.metadata = {}
     for key, field in reader.fields.items():
       try:
@@ -134,6 +138,10 @@ def hf_config_from_metadata(file: GGUFFile) -> dict:
     raise ValueError(f"{file.path}: RoPE over {rotary} of {head_dim} head dimensions (partial "
                      "rotary) is not supported")
   scaling = file.get(key("rope.scaling.type"), "none")
+  # llama.cpp reads a factor without a type as linear scaling (also under the older key)
+  factor = file.get(key("rope.scaling.factor"), file.get(key("rope.scale_linear")))
+  if scaling in ("none", None) and factor not in (None, 0, 0.0, 1, 1.0):
+    scaling = f"linear, factor {factor}"
   if scaling not in ("none", None) or "rope_freqs.weight" in file.tensors:
     raise ValueError(f"{file.path}: RoPE scaling ({scaling if scaling != 'none' else 'rope_freqs'}"
                      ") in a GGUF is not supported; load the Hugging Face directory instead")
@@ -230,8 +238,9 @@ def load(path: str | os.PathLike, dtype: str = "float32", *,
   """A .gguf file -> Policy with params in `dtype` (dequantized, then cast).
 
   Raises FileNotFoundError or ValueError naming the file and the problem (not a GGUF, truncated,
-  unsupported architecture / tensor type / tokenizer, a tensor missing or of the wrong shape)
-  before any weight is converted.
+  unsupported architecture / tensor type / tokenizer / byte order, a tensor missing, of the
+  wrong shape or not read by the model, special token ids outside the embedding) before any
+  weight is converted.
   """
   path = os.fspath(path)
   file = GGUFFile(path)
@@ -254,6 +263,21 @@ def load(path: str | os.PathLike, dtype: str = "float32", *,
     if tensor.tensor_type.name not in QUANT_TYPES:
       problems.append(f"tensor {names[name]} has type {tensor.tensor_type.name}, not supported "
                       f"(supported: {', '.join(QUANT_TYPES)})")
+  # Tensors the model would not read (llama's optional attention biases, a block past
+  # block_count): llama.cpp refuses such files too; loading them would drop weights silently.
+  for name in sorted(set(file.tensors) - set(names.values())):
+    bias = name.endswith(".bias") and ".attn_" in name
+    problems.append(f"unexpected tensor {name}"
+                    + (f" (attention biases are not supported for {arch})" if bias else ""))
+  tokens = file.require("tokenizer.ggml.tokens")
+  if len(tokens) > config.vocab_size:
+    problems.append(f"{len(tokens)} tokens in the vocabulary but {config.vocab_size} rows in "
+                    "the embedding")
+  for key in ("eos_token_id", "padding_token_id", "eot_token_id"):
+    token_id = file.get(f"tokenizer.ggml.{key}")
+    if token_id is not None and not 0 <= int(token_id) < config.vocab_size:
+      problems.append(f"tokenizer.ggml.{key} = {token_id} is outside the vocabulary "
+                      f"(0..{config.vocab_size - 1})")
   if problems:
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     raise ValueError(f"{path}: " + "; ".join(problems[:5]) + more)
@@ -261,7 +285,7 @@ def load(path: str | os.PathLike, dtype: str = "float32", *,
   tokenizer = tokenizer_from_metadata(file)
   eos_ids = hf.eos_ids_of(hf_config, {}, tokenizer, config.vocab_size)
   eot = file.get("tokenizer.ggml.eot_token_id")
-  if eot is not None and 0 <= int(eot) < config.vocab_size and int(eot) not in eos_ids:
+  if eot is not None and int(eot) not in eos_ids:
     eos_ids += (int(eot),)
   if not eos_ids:
     raise ValueError(f"{path}: no EOS token in the metadata or the vocabulary")

@@ -308,10 +308,16 @@ def _read_header(path: str) -> dict[str, _Entry]:
       header = json.loads(f.read(n))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise ValueError(f"{path}: not a safetensors file ({e})") from None
+  if not isinstance(header, dict):
+    raise ValueError(f"{path}: not a safetensors file (the header is not a JSON object)")
   entries = {}
   for name, info in header.items():
     if name == "__metadata__":
       continue
+    if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= info.keys()
+            and len(info["data_offsets"]) == 2
+            and 0 <= int(info["data_offsets"][0]) <= int(info["data_offsets"][1])):
+      raise ValueError(f"{path}: tensor {name} has a malformed header entry {info!r}")
     if info["dtype"] not in _ST_DTYPES:
       raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}; supported: "
                        f"{', '.join(_ST_DTYPES)}")
@@ -321,6 +327,15 @@ def _read_header(path: str) -> dict[str, _Entry]:
     if end - start != dtype.itemsize * int(np.prod(shape)) or end > size:
       raise ValueError(f"{path}: tensor {name} has inconsistent offsets (truncated file?)")
     entries[name] = _Entry(path, dtype, shape, start, end)
+  # As the safetensors library requires: the tensors tile the data, no overlap, no gap.
+  at = 8 + n
+  for entry in sorted(entries.values(), key=lambda e: (e.start, e.end)):
+    if entry.start != at:
+      raise ValueError(f"{path}: tensor data overlaps or leaves a gap at byte {at:,} "
+                       "(corrupt header?)")
+    at = entry.end
+  if at != size:
+    raise ValueError(f"{path}: the tensors end at byte {at:,} but the file has {size:,} bytes")
   return entries
 
 

@@ -370,12 +370,16 @@ def stored(arch: str, hf_name: str, w: np.ndarray) -> np.ndarray:
 
 
 def write_model(path, arch: str, state: dict[str, np.ndarray], *, d_model=D, ff=FF,
-                types=None, drop=(), replace=None, declared_arch=None, skip_keys=()):
+                types=None, drop=(), replace=None, declared_arch=None, skip_keys=(),
+                extra=None, more_kv=None, more_tokens=0, token_ids=None):
   """A GGUF of `state` (HF names -> arrays) as llama.cpp writes it; returns the bytes written.
 
   types: GGUF name -> tensor type (else F32); drop / replace: GGUF names left out / written as
   the given arrays or (bytes, type); declared_arch: general.architecture (arch by default);
-  skip_keys: metadata keys (after the arch prefix) not written.
+  skip_keys: metadata keys (after the arch prefix) not written; extra: GGUF name -> array, more
+  tensors; more_kv: key (after the arch prefix) -> float, more metadata; more_tokens: tokens
+  added to the vocabulary beyond the embedding; token_ids: 'eos' / 'pad' -> id instead of the
+  vocabulary's.
   """
   declared = declared_arch or arch
   writer = gguf.GGUFWriter(str(path), declared)
@@ -391,15 +395,20 @@ def write_model(path, arch: str, state: dict[str, np.ndarray], *, d_model=D, ff=
   for key, (add, value) in kv.items():
     if key not in skip_keys:
       add(value)
+  for key, value in (more_kv or {}).items():
+    writer.add_float32(f"{declared}.{key}", value)
   tokens, merges = bpe_vocab()
+  tokens = tokens + [f"extra{k}" for k in range(more_tokens)]
   writer.add_tokenizer_model("gpt2")
   writer.add_tokenizer_pre("llama-bpe" if arch == "llama" else "qwen2")
   writer.add_token_list(tokens)
   writer.add_token_types([gguf.TokenType.NORMAL] * (V - len(SPECIALS))
-                         + [gguf.TokenType.CONTROL] * len(SPECIALS))
+                         + [gguf.TokenType.CONTROL] * len(SPECIALS)
+                         + [gguf.TokenType.NORMAL] * more_tokens)
   writer.add_token_merges(merges)
-  writer.add_eos_token_id(tokens.index("<|im_end|>"))
-  writer.add_pad_token_id(tokens.index("<|endoftext|>"))
+  token_ids = token_ids or {}
+  writer.add_eos_token_id(token_ids.get("eos", tokens.index("<|im_end|>")))
+  writer.add_pad_token_id(token_ids.get("pad", tokens.index("<|endoftext|>")))
   writer.add_chat_template(CHAT_TEMPLATE)
   types, replace = types or {}, replace or {}
   for hf_name, w in state.items():
@@ -411,6 +420,8 @@ def write_model(path, arch: str, state: dict[str, np.ndarray], *, d_model=D, ff=
     else:
       data, _ = encode(stored(arch, hf_name, w), kind := types.get(name, "F32"))
     _add(writer, name, data, kind)
+  for name, data in (extra or {}).items():
+    _add(writer, name, data, "F32")
   _close(writer)
   with open(path, "rb") as f:
     return f.read()
@@ -689,6 +700,67 @@ def test_wrong_shape(tmp_path, tiny_state, no_tensor_reads):
               replace={"blk.0.ffn_up.weight": np.zeros((FF, D // 2), np.float32)})
   _raises(path, re.escape(f"tensor blk.0.ffn_up.weight has shape [{FF}, {D // 2}], expected "
                           f"[{FF}, {D}]"))
+
+
+def test_tensors_the_model_would_not_read(tmp_path, tiny_state, no_tensor_reads):
+  """llama's optional attention biases, or a block past block_count: llama.cpp refuses such a
+  file (wrong number of tensors); loading it would drop weights silently."""
+  path = tmp_path / "bias.gguf"
+  write_model(path, "llama", tiny_state, extra={"blk.0.attn_q.bias": np.ones(D, np.float32)})
+  _raises(path, re.escape("unexpected tensor blk.0.attn_q.bias (attention biases are not "
+                          "supported for llama)"))
+  path = tmp_path / "three_blocks.gguf"
+  write_model(path, "llama", tiny_state, extra={
+      f"blk.{LAYERS}.ffn_norm.weight": np.ones(D, np.float32)})
+  _raises(path, re.escape(f"unexpected tensor blk.{LAYERS}.ffn_norm.weight"))
+
+
+@pytest.mark.parametrize("key", ["rope.scaling.factor", "rope.scale_linear"])
+def test_rope_scaling_by_factor_alone(tmp_path, tiny_state, key, no_tensor_reads):
+  """llama.cpp reads a scaling factor without a type as linear scaling (the older key too);
+  a factor of 1 is no scaling."""
+  path = tmp_path / "scaled.gguf"
+  write_model(path, "llama", tiny_state, more_kv={key: 4.0})
+  _raises(path, re.escape("RoPE scaling (linear, factor 4.0) in a GGUF is not supported"))
+  write_model(path, "llama", tiny_state, more_kv={key: 1.0})
+  assert gguf_file.hf_config_from_metadata(gguf_file.GGUFFile(str(path)))["vocab_size"] == V
+
+
+def test_token_ids_outside_the_embedding(tmp_path, tiny_state, no_tensor_reads):
+  """A vocabulary longer than the embedding, or an EOS / pad id past it: the prompt would
+  index past the embedding (NaN logits), so the file is refused before any weight is read."""
+  path = tmp_path / "long_vocab.gguf"
+  write_model(path, "llama", tiny_state, more_tokens=2, token_ids={"eos": V + 1})
+  _raises(path, re.escape(f"{V + 2} tokens in the vocabulary but {V} rows in the embedding; "
+                          f"tokenizer.ggml.eos_token_id = {V + 1} is outside the vocabulary "
+                          f"(0..{V - 1})"))
+  path = tmp_path / "pad.gguf"
+  write_model(path, "llama", tiny_state, token_ids={"pad": V + 5})
+  _raises(path, re.escape(f"tokenizer.ggml.padding_token_id = {V + 5} is outside"))
+
+
+def test_big_endian_file_is_refused(tmp_path):
+  """gguf reads a big-endian file, but dequantizing views its bytes in this machine's order."""
+  path = tmp_path / "big.gguf"
+  writer = gguf.GGUFWriter(str(path), "llama", endianess=gguf.GGUFEndian.BIG)
+  writer.add_tensor("x", np.arange(4, dtype=np.float32))
+  _close(writer)
+  with pytest.raises(ValueError, match=re.escape(str(path)) + ": the file's byte order is not "
+                     "this machine's"):
+    gguf_file.GGUFFile(str(path))
+
+
+def test_duplicated_metadata_key(tmp_path, tiny):
+  """Two metadata keys of one name (a corrupt file; one key renamed in place to another of the
+  same length): the documented ValueError naming the file, not gguf's KeyError."""
+  data = bytearray(open(tiny["qwen2"][1], "rb").read())
+  keys = [k.encode() for k in gguf_file.GGUFFile(tiny["qwen2"][1]).metadata]
+  first, second = next((a, b) for a in keys for b in keys if a != b and len(a) == len(b))
+  at = data.index(second)
+  data[at:at + len(second)] = first
+  path = tmp_path / "dup.gguf"
+  path.write_bytes(bytes(data))
+  _raises(path, "unreadable GGUF .*Duplicate")
 
 
 def test_missing_metadata_key(tmp_path, tiny_state, no_tensor_reads):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -155,6 +156,48 @@ def test_truncated_weights(ckpt, no_weight_reads):
   with open(path, "r+b") as f:
     f.truncate(os.path.getsize(path) - 100)
   with pytest.raises(ValueError, match="inconsistent offsets"):
+    models.load(ckpt)
+
+
+def _edit_header(directory, edit, tail=b""):
+  """Rewrites model.safetensors' JSON header through edit(header), the data kept (plus tail)."""
+  path = os.path.join(directory, "model.safetensors")
+  with open(path, "rb") as f:
+    n = int.from_bytes(f.read(8), "little")
+    header, data = json.loads(f.read(n)), f.read()
+  edit(header)
+  raw = json.dumps(header).encode()
+  with open(path, "wb") as f:
+    f.write(len(raw).to_bytes(8, "little") + raw + data + tail)
+
+
+def _two_alike(header):
+  """Two tensors of the same dtype and shape (RMSNorm weights)."""
+  names = [k for k in header if k != "__metadata__"]
+  return next((a, b) for a in names for b in names if a < b and header[a]["shape"]
+              == header[b]["shape"] and header[a]["dtype"] == header[b]["dtype"])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("overlap", "tensor data overlaps or leaves a gap"),
+    ("negative", "has a malformed header entry"),
+    ("no_dtype", "has a malformed header entry"),
+    ("trailing", "the tensors end at byte"),
+])
+def test_malformed_safetensors_headers(ckpt, case, message, no_weight_reads):
+  """What the safetensors library refuses: tensors sharing bytes (both would read the same
+  weights), an offset into the header, an entry without a dtype, bytes after the last tensor."""
+  def edit(header):
+    a, b = _two_alike(header)
+    if case == "overlap":
+      header[b]["data_offsets"] = header[a]["data_offsets"]
+    elif case == "negative":
+      header[a]["data_offsets"] = [-16, header[a]["data_offsets"][1] - header[a]["data_offsets"][0] - 16]
+    elif case == "no_dtype":
+      del header[a]["dtype"]
+  _edit_header(ckpt, edit, tail=b"\0" * 8 if case == "trailing" else b"")
+  with pytest.raises(ValueError, match=re.escape(os.path.join(str(ckpt), "model.safetensors"))
+                     + ": .*" + message):
     models.load(ckpt)
 
 
