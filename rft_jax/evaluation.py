@@ -22,6 +22,7 @@ import numpy as np
 
 from rft_jax import (
   distributed,
+  errors,
   evaluation_math,
   fileio,
   metrics as metrics_lib,
@@ -192,10 +193,32 @@ def save_rewards(directory: str, round_index: int, rewards: dict[str, np.ndarray
 
 
 def load_rewards(path: str) -> dict:
-  """save_rewards' file back: ids as lists, rewards as float arrays."""
-  with open(path) as f:
-    d = json.load(f)
-  return {k: np.asarray(v) if k in SAMPLE_KEYS else v for k, v in d.items()}
+  """save_rewards' file back: ids as lists, rewards as float arrays. Raises CheckpointReadError
+  naming the file and key for a file that cannot be read, rewards that are not one finite row
+  per question id (a damaged or hand-edited file: paired comparisons would misalign)."""
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except ValueError as e:
+    raise errors.CheckpointReadError(f"{path}: not an evaluation file ({e})") from None
+  out = {}
+  for key, value in d.items():
+    if key not in SAMPLE_KEYS:
+      out[key] = value
+      continue
+    ids = d.get("train_ids" if key == "train" else "test_ids")
+    try:
+      rewards = np.asarray(value, np.float64)
+    except ValueError:  # ragged rows
+      rewards = None
+    if (rewards is None or rewards.ndim == 0 or not np.isfinite(rewards).all()
+        or (ids is not None and rewards.shape[0] != len(ids))):
+      shape = "ragged" if rewards is None else f"shape {list(rewards.shape)}"
+      raise errors.CheckpointReadError(
+          f"{path}: {key!r} ({shape}) is not one finite row per question id "
+          f"({'?' if ids is None else len(ids)} ids)")
+    out[key] = rewards
+  return out
 
 
 def summarize(rewards: dict[str, np.ndarray], pass_k: Sequence[int] = ()) -> dict[str, float]:

@@ -19,11 +19,12 @@ import collections
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from rft_jax import fileio
 
 
 def as_correct(rewards, ndim: int = 2) -> np.ndarray:
@@ -173,18 +174,9 @@ def save_results(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
   """Write `results` as indented JSON (NumPy values converted, NaN -> null), atomically: a
   temporary file in the same folder is renamed over `path`, so no half-written file is left."""
   path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(_jsonable(results), f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  # fileio's write: fsynced, and the umask's mode rather than mkstemp's 0600
+  fileio.write_json_atomic(path, _jsonable(results), indent=2, sort_keys=True)
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:

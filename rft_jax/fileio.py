@@ -5,6 +5,7 @@ Readers (and a run resumed after a crash) see the old file or the new one, never
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -44,7 +45,8 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
-    os.unlink(tmp)
+    with contextlib.suppress(FileNotFoundError):  # a signal right after the rename
+      os.unlink(tmp)
     raise
 
 

@@ -797,6 +797,9 @@ def run(config, workdir: str, log=print, resume_with: Sequence[str] = ()) -> dic
                                 resume_with, RESUME_WITH_KEYS, write=main_process)
     if lock is not None:
       lock.record()
+    # The others' checkpoint check (in _run) reads the fingerprint process 0 has just written
+    # (rewritten under --resume_with): not before it is there.
+    distributed.barrier("claim")
     return _run(config, workdir, task, log, changes, stop, t0)
 
 

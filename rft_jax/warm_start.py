@@ -81,8 +81,12 @@ def base_policy(config, task: Task, workdir: str, mesh=None, log=print) -> tuple
   fingerprint = base_fingerprint(config)
   info_path = os.path.join(directory, INFO_FILE)
   if distributed.agree(os.path.exists(info_path)):  # process 0 may write it meanwhile
-    with open(info_path) as f:
-      info = json.load(f)
+    try:
+      with open(info_path) as f:
+        info = json.load(f)
+    except ValueError as e:  # an empty or cut file (a crash of the machine while it was written)
+      raise errors.CheckpointReadError(f"the base policy's {info_path} cannot be read ({e}); "
+                                       f"delete {directory} to warm-start again") from e
     diff = checkpoint_lib.fingerprint_diff(info.get("fingerprint") or {},
                                            json.loads(json.dumps(fingerprint)))
     if diff:
@@ -159,8 +163,16 @@ def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log
     raise errors.ConfigError("the supervised warm start exists for the embedded arithmetic task "
                              "only; set --config.model.checkpoint to a Hugging Face model "
                              "directory")
+  # The base replaces `directory` when it is made: never a folder holding something else (a
+  # run's workdir named by mistake would be deleted). A crashed warm start leaves nothing there.
+  if os.path.exists(directory) and not (os.path.isdir(directory) and not os.listdir(directory)):
+    raise errors.ConfigError(
+        f"--config.warm_start.dir: {directory} exists and is not a base policy (no {INFO_FILE}); "
+        "name a new folder or a base made before")
   t0 = time.time()
-  tmp = tempfile.mkdtemp(prefix=".base-", dir=os.path.dirname(os.path.abspath(directory)))
+  parent = os.path.dirname(os.path.abspath(directory))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".base-", dir=parent)
   try:
     fileio.chmod_as_created(tmp, directory=True)  # mkdtemp's 0700 would become base/'s mode
     tok = tokenizer_lib.embedded_tokenizer(tmp)
@@ -230,8 +242,8 @@ def _warm_start(config, task: Task, directory: str, fingerprint: dict, mesh, log
         f.write(flax.serialization.to_bytes(host_params))
       with open(os.path.join(tmp, INFO_FILE), "w") as f:
         json.dump(info, f, indent=1)
-      if os.path.exists(directory):  # a run that died before finishing may have left nothing
-        shutil.rmtree(directory)
+      if os.path.isdir(directory):  # empty (checked above); rmdir fails on anything written since
+        os.rmdir(directory)
       os.replace(tmp, directory)
     else:
       shutil.rmtree(tmp)

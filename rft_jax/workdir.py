@@ -74,13 +74,17 @@ class Lock:
   def release(self) -> None:
     if self._fd is None:
       return
-    with contextlib.suppress(OSError):
-      with open(self._info) as f:
-        mine = json.load(f).get("pid") == os.getpid()
-      if mine:
-        os.remove(self._info)
-    os.close(self._fd)  # drops the flock
-    self._fd = None
+    try:
+      # an empty or garbled holder file (a crash while it was written) is not ours to remove,
+      # and must neither keep the lock nor hide the caller's own error
+      with contextlib.suppress(OSError, ValueError, AttributeError):
+        with open(self._info) as f:
+          mine = json.load(f).get("pid") == os.getpid()
+        if mine:
+          os.remove(self._info)
+    finally:
+      os.close(self._fd)  # drops the flock
+      self._fd = None
 
   def __enter__(self) -> Lock:
     self.acquire()

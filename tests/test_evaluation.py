@@ -1,6 +1,8 @@
 """Evaluation through the sampler on GSM8K / MATH test items, and the Wilson interval."""
 
+import json
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from rft_jax import evaluation, evaluation_math
+from rft_jax import errors, evaluation, evaluation_math
 from rft_jax.data import gsm8k, math as math_data
 from rft_jax.models import ModelConfig, Policy, init_params
 
@@ -136,6 +138,33 @@ def test_summarize_by_hand(tmp_path):
   assert back["round"] == 25 and back["train_ids"] == ["q7", "q9"] and back["test_ids"][3] == "d"
   for key, value in rewards.items():
     np.testing.assert_array_equal(back[key], value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(test=[1.0, 0.0]), "'test' (shape [2]) is not one finite row per "
+     "question id (4 ids)"),
+    (lambda d: d.update(train=[[1.0, 0.0], [1.0]]), "'train' (ragged)"),
+    (lambda d: d.update(test_greedy=[0.0, None, 0.0, 1.0]), "'test_greedy' (shape [4]) is not "
+     "one finite row"),
+])
+def test_load_rewards_refuses_rows_that_do_not_match_their_ids(tmp_path, edit, message):
+  """A damaged or hand-edited evaluation file: refused naming the file and the key, not paired
+  against other runs' questions out of line (or a bare numpy error)."""
+  path = evaluation.save_rewards(str(tmp_path), 0, {
+      "train": np.array([[1.0, 0.0], [1.0, 1.0]]), "test": np.array([1.0, 0.0, 0.0, 1.0]),
+      "test_greedy": np.zeros(4)}, ["q7", "q9"], ["a", "b", "c", "d"])
+  with open(path) as f:
+    d = json.load(f)
+  edit(d)
+  with open(path, "w") as f:
+    json.dump(d, f)
+  with pytest.raises(errors.CheckpointReadError, match=re.escape(f"{path}: {message}")):
+    evaluation.load_rewards(path)
+  with open(path, "w") as f:
+    f.write('{"round": 0, "test"')
+  with pytest.raises(errors.CheckpointReadError, match=re.escape(f"{path}: not an evaluation "
+                                                                 "file")):
+    evaluation.load_rewards(path)
 
 
 def test_evaluate_is_summarize_of_the_per_sample_rewards(tasks):

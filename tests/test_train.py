@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import signal
 
@@ -401,6 +402,51 @@ def test_warm_start_is_reused(reference, base_dir, no_retraining):
       "base_policy"]
   assert_same_tree(jax.device_get(policy.params), reference["base_params"], atol=0)
   assert snapshot(base_dir) == reference["base_files"]  # base.json, params, tokenizer as made
+
+
+def test_every_process_waits_for_the_claim_before_reading_checkpoints(tmp_path, monkeypatch):
+  """--multihost --resume_with: process 0's claim rewrites fingerprint.json, which the other
+  processes' checkpoint check reads in _run; a barrier between them (else a legal resume was
+  refused on a race)."""
+  calls = []
+  real_claim = train.workdir_lib.claim
+  monkeypatch.setattr(train.workdir_lib, "claim",
+                      lambda *a, **k: calls.append("claim") or real_claim(*a, **k))
+  monkeypatch.setattr(train.distributed, "barrier", lambda name: calls.append(f"barrier {name}"))
+  monkeypatch.setattr(train, "_run", lambda *a: calls.append("_run"))
+  train.run(common.base_config("runlocal"), str(tmp_path / "w"))
+  assert calls == ["claim", "barrier claim", "_run"]
+
+
+def test_warm_start_never_replaces_a_folder_that_is_not_a_base(base_dir, tmp_path):
+  """--config.warm_start.dir naming a folder with other things in it (a run's workdir, by
+  mistake): refused before any training, the folder untouched (the base replaces its folder
+  when made). An unreadable base.json: a CheckpointReadError naming it, not a JSON traceback."""
+  mine = tmp_path / "my_results"
+  (mine / "l0_seed0").mkdir(parents=True)
+  (mine / "notes.txt").write_text("precious\n")
+  config = make_config(base_dir, warm_start__dir=str(mine))
+  task = train.build_task(config.task)
+  with pytest.raises(errors.ConfigError, match=re.escape(f"{mine} exists and is not a base "
+                                                         "policy (no base.json)")):
+    warm_start.base_policy(config, task, str(tmp_path / "workdir"), log=lambda m: None)
+  assert sorted(os.listdir(mine)) == ["l0_seed0", "notes.txt"]
+  (mine / "base.json").write_text("")
+  with pytest.raises(errors.CheckpointReadError, match=re.escape(f"{mine / 'base.json'} cannot "
+                                                                 "be read")):
+    warm_start.base_policy(config, task, str(tmp_path / "workdir"), log=lambda m: None)
+
+
+def test_warm_start_makes_its_folder_under_a_new_parent(tmp_path):
+  """A base folder whose parent does not exist yet (one supervised step: the path, not the
+  training, is under test)."""
+  config = common.base_config("runlocal")
+  config.warm_start.update(dir=str(tmp_path / "new" / "base"), max_steps=1, eval_every=1,
+                           probe_size=2)
+  _, info = warm_start.base_policy(config, train.build_task(config.task), str(tmp_path / "w"),
+                                   log=lambda m: None)
+  assert info["steps"] == 1 and (tmp_path / "new" / "base" / "base.json").is_file()
+  assert sorted(os.listdir(tmp_path / "new")) == ["base"]  # no temporary folder left
 
 
 def test_difficulty_selection_picks_from_the_bucket(reference, base_dir, tmp_path,

@@ -9,9 +9,10 @@ import sys
 import threading
 import types
 
+import numpy as np
 import pytest
 
-from rft_jax import checkpoint as checkpoint_lib, errors, fileio, workdir
+from rft_jax import checkpoint as checkpoint_lib, errors, evaluation_math, fileio, workdir
 from rft_jax.data.jsonl import DataError
 from tests.test_checkpoint import snapshot
 
@@ -31,6 +32,18 @@ def test_second_lock_is_refused_naming_the_holder(tmp_path):
   assert "in use by another run" in msg and "--workdir" in msg and "\n" not in msg
   assert not (tmp_path / "run" / workdir.LOCK_INFO).exists()  # released: the record goes too
   with workdir.Lock(tmp_path / "run"):  # and the lock is free again
+    pass
+
+
+@pytest.mark.parametrize("holder", ["", "[1, 2]", "{not json"])
+def test_lock_is_released_whatever_its_holder_file_holds(tmp_path, holder):
+  """An empty or garbled holder record (a crash while it was written) neither keeps the flock
+  nor replaces the caller's own error."""
+  with pytest.raises(RuntimeError, match="the run's own error"):
+    with workdir.Lock(tmp_path / "run"):
+      (tmp_path / "run" / workdir.LOCK_INFO).write_text(holder)
+      raise RuntimeError("the run's own error")
+  with workdir.Lock(tmp_path / "run"):  # free again
     pass
 
 
@@ -164,6 +177,32 @@ def test_atomic_files_take_the_umask_not_0600(tmp_path, mask):
   assert os.stat(tmp_path / "a.json").st_mode & 0o777 == plain
   assert os.stat(tmp_path).st_mode & 0o777 == 0o777 & ~mask
   assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")] == []
+
+
+def test_results_files_take_the_umask_too(tmp_path):
+  """evaluation_math.save_results (the difficulty tables) writes through fileio."""
+  old = os.umask(0o022)
+  try:
+    evaluation_math.save_results(tmp_path / "t" / "difficulty.json", {"x": np.float32(0.5)})
+  finally:
+    os.umask(old)
+  assert os.stat(tmp_path / "t" / "difficulty.json").st_mode & 0o777 == 0o644
+  assert evaluation_math.load_results(tmp_path / "t" / "difficulty.json") == {"x": 0.5}
+
+
+def test_a_signal_right_after_the_rename_keeps_its_own_error(tmp_path, monkeypatch):
+  """An interrupt landing between os.replace and the return: the caller sees the interrupt,
+  not a FileNotFoundError from removing the already renamed temporary file."""
+  real_replace = os.replace
+
+  def replace_then_interrupt(src, dst):
+    real_replace(src, dst)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(os, "replace", replace_then_interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    fileio.write_json_atomic(tmp_path / "a.json", {"x": 1})
+  assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
 
 
 def test_closed_loop_noise_is_dropped_and_nothing_else(monkeypatch):

@@ -24,8 +24,13 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"data file not found: {path}")
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{line_no}: not UTF-8 ({e.reason} at byte {e.start} of the "
+                        "line)") from None
       if not line.strip():
         continue
       try:

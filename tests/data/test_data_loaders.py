@@ -16,6 +16,17 @@ def write_lines(path, lines):
 
 # ---- jsonl errors -----------------------------------------------------------------------------
 
+def test_non_utf8_line_names_file_and_line(tmp_path):
+  """A Latin-1 'é' on line 3: a DataError with the file and line, not a UnicodeDecodeError
+  whose position is an offset into a read buffer."""
+  p = tmp_path / "latin1.jsonl"
+  p.write_bytes(b'{"question": "a", "answer": "#### 1"}\n\n{"question": "caf\xe9", '
+                b'"answer": "#### 2"}\n')
+  with pytest.raises(DataError, match=re.escape(f"{p}:3: not UTF-8 (invalid continuation byte "
+                                                "at byte 17 of the line)")):
+    list(read_jsonl(p))
+
+
 def test_malformed_line_names_file_and_line(tmp_path):
   p = write_lines(tmp_path / "bad.jsonl", [{"question": "q", "answer": "#### 1"}, '{"question": "q", "ans'])
   with pytest.raises(DataError, match=re.escape(f"{p}:") + r"2: not valid JSON"):
