@@ -130,6 +130,12 @@ def hf_config_from_metadata(file: GGUFFile) -> dict:
     raise ValueError(f"{file.path}: architecture {arch!r} is not supported; supported: "
                      f"{', '.join(SUPPORTED_ARCHITECTURES)}")
   key = lambda name: f"{arch}.{name}"
+  if file.get(key("expert_count")):
+    raise ValueError(f"{file.path}: a mixture of experts ({file.get(key('expert_count'))} "
+                     "experts) is not supported")
+  for name in ("attention.head_count", "attention.head_count_kv", "feed_forward_length"):
+    if isinstance(file.get(key(name)), (list, tuple)):  # llama.cpp allows one value per layer
+      raise ValueError(f"{file.path}: {key(name)} varies by layer; not supported")
   heads = int(file.require(key("attention.head_count")))
   d_model = int(file.require(key("embedding_length")))
   head_dim = int(file.get(key("attention.key_length"), d_model // heads))

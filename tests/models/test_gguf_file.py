@@ -377,9 +377,9 @@ def write_model(path, arch: str, state: dict[str, np.ndarray], *, d_model=D, ff=
   types: GGUF name -> tensor type (else F32); drop / replace: GGUF names left out / written as
   the given arrays or (bytes, type); declared_arch: general.architecture (arch by default);
   skip_keys: metadata keys (after the arch prefix) not written; extra: GGUF name -> array, more
-  tensors; more_kv: key (after the arch prefix) -> float, more metadata; more_tokens: tokens
-  added to the vocabulary beyond the embedding; token_ids: 'eos' / 'pad' -> id instead of the
-  vocabulary's.
+  tensors; more_kv: key (after the arch prefix) -> float or list, more metadata; more_tokens:
+  tokens added to the vocabulary beyond the embedding; token_ids: 'eos' / 'pad' -> id instead
+  of the vocabulary's.
   """
   declared = declared_arch or arch
   writer = gguf.GGUFWriter(str(path), declared)
@@ -396,7 +396,10 @@ def write_model(path, arch: str, state: dict[str, np.ndarray], *, d_model=D, ff=
     if key not in skip_keys:
       add(value)
   for key, value in (more_kv or {}).items():
-    writer.add_float32(f"{declared}.{key}", value)
+    if isinstance(value, list):
+      writer.add_array(f"{declared}.{key}", value)
+    else:
+      writer.add_float32(f"{declared}.{key}", value)
   tokens, merges = bpe_vocab()
   tokens = tokens + [f"extra{k}" for k in range(more_tokens)]
   writer.add_tokenizer_model("gpt2")
@@ -724,6 +727,19 @@ def test_rope_scaling_by_factor_alone(tmp_path, tiny_state, key, no_tensor_reads
   _raises(path, re.escape("RoPE scaling (linear, factor 4.0) in a GGUF is not supported"))
   write_model(path, "llama", tiny_state, more_kv={key: 1.0})
   assert gguf_file.hf_config_from_metadata(gguf_file.GGUFFile(str(path)))["vocab_size"] == V
+
+
+def test_mixture_of_experts_and_per_layer_counts_are_named(tmp_path, tiny_state,
+                                                           no_tensor_reads):
+  """What llama.cpp's llama architecture also allows but this decoder does not model: refused
+  by name, not as a missing tensor or a TypeError."""
+  path = tmp_path / "moe.gguf"
+  write_model(path, "llama", tiny_state, more_kv={"expert_count": 8.0})
+  _raises(path, re.escape("a mixture of experts (8.0 experts) is not supported"))
+  path = tmp_path / "per_layer.gguf"
+  write_model(path, "llama", tiny_state, skip_keys={"attention.head_count_kv"},
+              more_kv={"attention.head_count_kv": [KV_HEADS] * LAYERS})
+  _raises(path, re.escape("llama.attention.head_count_kv varies by layer; not supported"))
 
 
 def test_token_ids_outside_the_embedding(tmp_path, tiny_state, no_tensor_reads):
