@@ -226,6 +226,10 @@ def training_examples(config, task: Task, policy: Policy, workdir: str, mesh,
     table = selection.load_table(path)
   elif distributed.agree(bool(ex.table) and os.path.exists(ex.table)):  # another run's
     table = selection.load_table(ex.table)
+    try:
+      selection.check_table(table, pool[:ex.candidates], ex.samples, ex.table)
+    except ValueError as e:
+      raise errors.ConfigError(f"--config.example.table: {e}") from None
     if distributed.is_main():
       selection.save_table(path, table)
     log(f"difficulty table from {ex.table}: {table['counts']}")

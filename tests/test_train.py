@@ -418,6 +418,21 @@ def test_every_process_waits_for_the_claim_before_reading_checkpoints(tmp_path, 
   assert calls == ["claim", "barrier claim", "_run"]
 
 
+def test_a_shared_difficulty_table_of_other_questions_is_refused(tmp_path):
+  """--config.example.table made for other candidates: a ConfigError before anything is
+  sampled, never a question drawn by other questions' difficulty."""
+  config = common.base_config("runlocal")
+  task = train.build_task(config.task)
+  others = list(task.train)[1:config.example.candidates + 1]
+  table = tmp_path / "table.json"
+  selection.save_table(table, selection.difficulty_table(
+      others, np.zeros((len(others), config.example.samples))))
+  config.example.update(selection="hard", table=str(table))
+  with pytest.raises(errors.ConfigError, match=re.escape(f"--config.example.table: {table}: the "
+                                                         "difficulty table scores")):
+    train.training_examples(config, task, None, str(tmp_path / "w"), None, log=lambda m: None)
+
+
 def test_warm_start_never_replaces_a_folder_that_is_not_a_base(base_dir, tmp_path):
   """--config.warm_start.dir naming a folder with other things in it (a run's workdir, by
   mistake): refused before any training, the folder untouched (the base replaces its folder

@@ -98,6 +98,24 @@ def load_table(path: str | os.PathLike) -> dict[str, Any]:
   return table
 
 
+def check_table(table: Mapping[str, Any], candidates: Sequence[Example], samples: int,
+                path: str) -> None:
+  """Raises ValueError unless `table` scores exactly `candidates` (ids, in any order) with
+  `samples` samples each: a table made for another task, candidate list or sample count would
+  pick the training question by other questions' difficulty."""
+  want = {ex.id for ex in candidates}
+  have = [row.get("id") for row in table["rows"]]
+  if set(have) != want or len(have) != len(want):
+    unknown = sorted(set(have) - want)[:3]
+    raise ValueError(f"{path}: the difficulty table scores {len(have)} questions, not this run's "
+                     f"{len(want)} candidates" + (f" (e.g. {', '.join(map(str, unknown))} is not "
+                                                   "among them)" if unknown else ""))
+  other = sorted({row.get("n") for row in table["rows"]} - {samples})
+  if other:
+    raise ValueError(f"{path}: the difficulty table has {other[0]} samples per question, not "
+                     f"example.samples={samples}")
+
+
 def select(
     table: Mapping[str, Any],
     *,

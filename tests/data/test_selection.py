@@ -55,6 +55,22 @@ def test_estimate_difficulty_table_and_save(tmp_path):
   assert selection.load_table(path) == table
 
 
+def test_a_table_of_other_candidates_or_samples_is_refused():
+  """A shared table is reused only for the candidates and sample count it scored."""
+  exs = make_examples(6)
+  table = selection.difficulty_table(exs, np.zeros((6, 4)))
+  selection.check_table(table, list(reversed(exs)), 4, "t.json")  # order does not matter
+  with pytest.raises(ValueError, match=r"t.json: the difficulty table scores 6 questions, not "
+                     r"this run's 5 candidates \(e.g. q5 is not among them\)"):
+    selection.check_table(table, exs[:5], 4, "t.json")
+  other = make_examples(7)[1:]  # q1..q6: one unknown id, one missing
+  with pytest.raises(ValueError, match="e.g. q0 is not among them"):
+    selection.check_table(table, other, 4, "t.json")
+  with pytest.raises(ValueError, match="t.json: the difficulty table has 4 samples per "
+                     "question, not example.samples=8"):
+    selection.check_table(table, exs, 8, "t.json")
+
+
 def test_sampler_shape_is_checked():
   with pytest.raises(ValueError, match=r"returned shape \(2, 3\), expected \(2, 4\)"):
     selection.estimate_difficulty(make_examples(2), lambda exs, n: np.zeros((2, 3)), n=4)
