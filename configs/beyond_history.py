@@ -26,6 +26,8 @@ def get_config(arg: str | None = None):
   c = l2_advantage.get_config(rest)
   c.loss.chain = "history_baseline,clipped_ratio,token_mean"
   c.loss.history_baseline.window = own.window
-  # A reference, so that --config.example.num_examples=N gives N windows.
-  c.loss.history_baseline.num_prompts = c.example.get_ref("num_examples")
+  # A derived reference, so that --config.example.num_examples=N gives N windows, and an
+  # override of num_prompts alone does not write through to num_examples (a plain get_ref is
+  # two-way: it would change the training set).
+  c.loss.history_baseline.num_prompts = c.example.get_ref("num_examples") + 0
   return c

@@ -89,10 +89,42 @@ def parse_flags(argv: list[str]) -> list[str]:
     key = lines[0].strip("'\"")
     names = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
     bad = [n for n in names if key in n.split(".")[1:]]
+    # Of several overrides naming the key (--config.train.rounds, --config.rollout.rounds), the
+    # one the loaded config cannot resolve.
+    unresolved = [n for n in bad if not _resolves(_loaded_config(), n.split(".")[1:])]
+    bad = unresolved or bad
     if not key or not bad:
       raise
     hint = " ".join(line.strip() for line in lines[1:])
     _fatal(f"--{bad[0]}: the config has no key {key!r}{'. ' + hint if hint else ''}")
+
+
+def _loaded_config():
+  """The config file's ConfigDict as far as flag parsing got, or None. During parsing the
+  --config flag has no value yet; its per-field override flags hold the loaded dict."""
+  try:
+    for name in flags.FLAGS:
+      config = getattr(flags.FLAGS[name], "_config", None) if name.startswith("config.") else None
+      if config is not None:
+        return config
+  except Exception:  # only a better error message depends on it
+    pass
+  return None
+
+
+def _resolves(config, path: list[str]) -> bool:
+  """Whether config.<path> exists (True when there is no config to ask)."""
+  if config is None:
+    return True
+  node = config
+  for part in path:
+    try:
+      if part not in node:
+        return False
+      node = node[part]
+    except TypeError:  # a leaf value: nothing below it
+      return False
+  return True
 
 
 def _load_config():
@@ -117,6 +149,11 @@ def main(argv):
 
   errors.quiet_closed_loop_noise()
   log = print
+  given = [f"--{flag.name}" for flag in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)
+           if flag.value is not None]
+  if given and not _MULTIHOST.value:  # else a one-process run would start, ignoring them
+    sys.stderr.write(f"error: {', '.join(given)} given without --multihost\n")
+    return 2
   try:
     config = _load_config()
     if _MULTIHOST.value:

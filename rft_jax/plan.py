@@ -36,9 +36,11 @@ import sys
 
 def _force_devices(argv: list[str]) -> None:
   """--devices=N -> N forced host devices (XLA reads this once, when jax initializes)."""
-  for a in argv:
-    if a.startswith("--devices="):
-      n = int(a.split("=", 1)[1])
+  for i, a in enumerate(argv):
+    value = a.split("=", 1)[1] if a.startswith("--devices=") else (
+        argv[i + 1] if a == "--devices" and i + 1 < len(argv) else None)  # absl takes both forms
+    if value is not None:
+      n = int(value)
       flag = f"--xla_force_host_platform_device_count={n}"
       os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
 

@@ -125,3 +125,9 @@ def test_history_windows_follow_the_training_set_size():
   c = layers.get("history").get_config()
   c.example.num_examples = 5
   assert c.loss.history_baseline.num_prompts == 5
+  # ... and an override of the windows alone leaves the training set as it was (a two-way
+  # reference wrote it through to example.num_examples)
+  c = layers.get("history").get_config()
+  before = c.example.num_examples
+  c.loss.history_baseline.num_prompts = before + 3
+  assert c.example.num_examples == before and c.loss.history_baseline.num_prompts == before + 3

@@ -93,6 +93,24 @@ def test_misspelled_config_key_fails_naming_it(tmp_path, override, key, hint):
   assert not workdir.exists() or not any(workdir.iterdir())
 
 
+def test_the_override_that_fails_is_the_one_named(tmp_path):
+  """Two overrides ending in the same key, the valid one first: the one the config cannot
+  resolve is named (the first match was, though it is valid)."""
+  proc = _main("--config=configs/l0_minimal.py:runlocal", f"--workdir={tmp_path / 'w'}",
+               "--config.train.rounds=3", "--config.rollout.rounds=5", timeout=120)
+  assert proc.returncode != 0
+  assert "--config.rollout.rounds: the config has no key 'rounds'" in proc.stderr, proc.stderr
+
+
+def test_multihost_flags_without_multihost_are_refused(tmp_path):
+  """--process_id and friends without --multihost would start a one-process run."""
+  proc = _main("--config=configs/l0_minimal.py:runlocal", f"--workdir={tmp_path / 'w'}",
+               "--process_id=1", "--num_processes=2", timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == "error: --num_processes, --process_id given without --multihost"
+  assert not (tmp_path / "w").exists()
+
+
 def test_curves_png_and_file_modes(finished):
   """The curves next to summary.json; files written atomically get the umask's mode, as any
   other output (not mkstemp's 0600), and so do the warm start's folders (not mkdtemp's 0700)."""

@@ -1,5 +1,7 @@
 """rft_jax.plan: the per-device bytes it counts equal those of the real arrays it stands for."""
 
+import os
+
 import jax
 import pytest
 
@@ -81,3 +83,11 @@ def test_paper_shapes_have_their_published_sizes():
   assert shapes.canonical("Qwen/Qwen2.5-1.5B-Instruct") == "qwen2.5-1.5b"
   with pytest.raises(ValueError, match="unknown model shape 'gpt2'.*known: qwen2.5-0.5b"):
     shapes.model_config("gpt2")
+
+
+@pytest.mark.parametrize("argv", [["--devices=8"], ["--devices", "8"], ["--x", "--devices", "8"]])
+def test_devices_flag_forces_host_devices_in_both_forms(argv, monkeypatch):
+  """absl accepts --devices=8 and --devices 8; the second was ignored (the plan ran on 1)."""
+  monkeypatch.setenv("XLA_FLAGS", "")
+  plan_lib._force_devices(["plan.py", *argv])
+  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"

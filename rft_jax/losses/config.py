@@ -14,7 +14,7 @@ command line:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from rft_jax.losses import advantages, aggregation, regularizers, reward_maps, surrogates
@@ -49,6 +49,11 @@ REGISTRY: dict[str, Callable[..., LossTransform]] = {
     "seq_mean_token_sum": aggregation.seq_mean_token_sum,
     "seq_mean_token_sum_norm": aggregation.seq_mean_token_sum_norm,
 }
+
+# What a chain needs (build_chain): a surrogate, then exactly one aggregation, at the end.
+SURROGATES = ("policy_gradient", "clipped_ratio", "dual_clip", "sequence_ratio")
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
+                "seq_mean_token_sum_norm")
 
 _PLAIN = (bool, int, float, str)
 
@@ -110,10 +115,25 @@ def build(name: str, kwargs: Mapping[str, Any] | None = None) -> LossTransform:
     raise ValueError(f"bad settings for loss transform {name!r}: {kwargs}: {e}") from e
 
 
+def check_order(names: Sequence[str]) -> None:
+  """A chain of registry names computes what it says: a surrogate, then one aggregation, last.
+  A transform after the aggregation would never reach the loss (kl_loss there is paid for by a
+  reference forward pass every round, and logged, but not trained on), a second aggregation
+  would replace the first, and without a surrogate the gradient is zero."""
+  where = [i for i, n in enumerate(names) if n in AGGREGATIONS]
+  if len(where) != 1 or where[0] != len(names) - 1:
+    raise ValueError(f"the loss chain {','.join(names)} must end in exactly one aggregation "
+                     f"({', '.join(AGGREGATIONS)}); a transform after it never reaches the loss")
+  if not any(n in SURROGATES for n in names):
+    raise ValueError(f"the loss chain {','.join(names)} has no surrogate ({', '.join(SURROGATES)})"
+                     ": its loss would carry no policy gradient")
+
+
 def build_chain(spec: Iterable[tuple[str, Mapping[str, Any]]]) -> LossTransform:
-  """named_chain from [(name, kwargs), ...]."""
+  """named_chain from [(name, kwargs), ...], its order checked (check_order)."""
   spec = list(spec)
-  parse_chain([n for n, _ in spec])
+  names = parse_chain([n for n, _ in spec])
+  check_order(names)
   return named_chain(*[(n, build(n, kw)) for n, kw in spec])
 
 

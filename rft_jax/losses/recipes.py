@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rft_jax.losses.base import LossTransform
-from rft_jax.losses.config import build_chain, default_settings
+from rft_jax.losses.config import AGGREGATIONS, build_chain, default_settings
 
 Spec = list[tuple[str, dict[str, Any]]]
 RECIPES: dict[str, Callable[..., Spec]] = {}
@@ -173,8 +173,7 @@ def verl_dr_grpo(eps: float = 0.2, eps_high: float = -1.0, clip_c: float = 3.0,
       ("seq_mean_token_sum_norm", {"max_len": max_len, "divide_by_seqs": divide_by_seqs})]
 
 
-VERL_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
-                     "seq_mean_token_sum_norm")
+VERL_AGGREGATIONS = AGGREGATIONS
 
 
 @_recipe

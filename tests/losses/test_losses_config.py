@@ -5,6 +5,7 @@ import inspect
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import pytest
 from losses_testlib import random_batch
 
 import rft_jax.losses as rl
+from rft_jax.losses import config as losses_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -164,9 +166,24 @@ def test_import_is_light():
     assert heavy not in modules, heavy
 
 
+@pytest.mark.parametrize("chain, message", [
+    ("group_mean,clipped_ratio,token_mean,kl_loss", "must end in exactly one aggregation"),
+    ("group_mean,clipped_ratio,token_mean,seq_mean_token_sum", "must end in exactly one"),
+    ("group_mean,clipped_ratio", "must end in exactly one aggregation"),
+    ("raw_reward,kl_loss,token_mean", "has no surrogate"),
+])
+def test_chains_that_would_not_compute_what_they_name_are_refused(chain, message):
+  """A KL term after the aggregation never reached the loss (its reference pass was paid for
+  and its value logged), a second aggregation replaced the first, and a chain without a
+  surrogate trained on a zero gradient; all built without a word."""
+  with pytest.raises(ValueError, match=re.escape(f"the loss chain {chain} ") + ".*" + message):
+    rl.from_config({"chain": chain})
+  rl.from_config({"chain": "group_mean,clipped_ratio,kl_loss,token_mean"})  # the right order
+
+
 def test_every_registered_transform_builds_with_its_defaults():
   for name in rl.REGISTRY:
-    t = rl.from_config({"chain": name, **rl.default_settings()})
+    t = rl.named_chain((name, losses_config.build(name, rl.default_settings().get(name))))
     assert isinstance(t, rl.LossTransform)
     state = t.init()
     assert set(state) == {name}

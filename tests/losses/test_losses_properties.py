@@ -82,10 +82,10 @@ def _loss(names, batch=None, entropy=None, settings=None):
 @pytest.mark.parametrize("names,match", [
     (["clipped_ratio", "token_mean"], "clipped_ratio needs advantages"),
     (["policy_gradient", "token_mean"], "policy_gradient needs advantages"),
-    (["group_std", "token_mean"], "group_std needs advantages"),
+    (["group_std", "policy_gradient", "token_mean"], "group_std needs advantages"),
     (["raw_reward", "affine_reward", "policy_gradient", "token_mean"], "before the advantage"),
     (["raw_reward", "kl_reward", "policy_gradient", "token_mean"], "put it before the advantage"),
-    (["raw_reward", "policy_gradient"], "no aggregation transform"),
+    (["raw_reward", "policy_gradient"], "must end in exactly one aggregation"),  # when built
     (["raw_reward", "policy_gradient", "entropy_bonus", "token_mean"], "needs per-token entropy"),
 ])
 def test_chain_errors(names, match):
