@@ -89,10 +89,21 @@ def _os_message(e: OSError) -> str:
   return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def _unretrieved_restore_reads(record) -> bool:
+  """False (drop) for asyncio's log of an orbax array read whose failure nobody awaited."""
+  text = record.getMessage()
+  return not (text.startswith("Task exception was never retrieved") and
+              "async_deserialize" in text)
+
+
 def quiet_closed_loop_noise() -> None:
   """Drops the "RuntimeError: Event loop is closed" tracebacks a failed orbax restore leaves:
   its reads still in flight call back into the event loop orbax closed when the error surfaced,
-  printing a traceback per array around the one-line message. Every other error still prints."""
+  printing a traceback per array around the one-line message; and asyncio's "Task exception
+  was never retrieved" log of those reads, when the loop collects them after the restore has
+  raised the first read's error (same cause, already reported). Every other error still
+  prints."""
+  import logging
   import sys
   import threading
 
@@ -101,6 +112,7 @@ def quiet_closed_loop_noise() -> None:
 
   if getattr(sys.excepthook, "_quiet_closed_loop", False):
     return
+  logging.getLogger("asyncio").addFilter(_unretrieved_restore_reads)
   previous = (sys.excepthook, sys.unraisablehook, threading.excepthook)
 
   def excepthook(kind, value, tb):

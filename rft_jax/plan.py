@@ -152,7 +152,9 @@ def plan(config, shape: str | decoder_lib.ModelConfig, prompt_len: int,
                            params=trained, opt_state=opt_state, loss_state=loss_state)
 
   ro = config.rollout
-  questions, g, n, p = ro.prompts_per_round, ro.num_samples, ro.max_new_tokens, prompt_len
+  questions = train.questions_per_round(ro.prompts_per_round, config.example.selection,
+                                       config.example.num_examples)
+  g, n, p = ro.num_samples, ro.max_new_tokens, prompt_len
   rows = questions * g
   uses_ref = train._uses_reference(config.loss.chain)
   f32 = jnp.float32

@@ -417,9 +417,7 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array,
     metrics = {**aux["metrics"], "loss": loss, "grad_norm": optax.global_norm(grads)}
     # what each metric averages over (loss tokens unless it says otherwise), so that the
     # updates of a round combine as one batch would
-    tokens = jnp.sum(mb.loss.loss_mask).astype(jnp.float32)
-    weights = {k: jnp.asarray(aux.get("metric_weights", {}).get(k, tokens), jnp.float32)
-               for k in metrics}
+    weights = losses.metric_weights(aux, metrics, jnp.sum(mb.loss.loss_mask))
     return (optax.apply_updates(params, updates), opt_state), (metrics, weights)
 
   if epochs * mini_batches == 1:
@@ -434,8 +432,7 @@ def train_step(state: TrainState, batch: RolloutBatch, temperature: jax.Array,
     # A token mean over every update's tokens (each at the params it was updated from); the
     # gradient norm a plain mean over updates, and the last one besides.
     grad_norm = jnp.mean(metrics["grad_norm"])
-    metrics = {k: jnp.sum(v * weights[k]) / jnp.maximum(jnp.sum(weights[k]), 1.0)
-               for k, v in metrics.items()}
+    metrics = losses.combine_metrics(metrics, weights)
     metrics.update(loss=last["loss"], grad_norm=grad_norm, grad_norm_last=last["grad_norm"])
 
   # Bandit diagnostics: how much of the round carries a learning signal.
@@ -518,6 +515,13 @@ def fingerprint(config) -> dict:
   for key in RESUMABLE_KEYS:
     _pop_path(d, key)  # a section of resumable keys only goes too (runs from before it match)
   return d
+
+
+def questions_per_round(prompts_per_round: int, selection_name: str, num_examples: int) -> int:
+  """How many questions a round samples: prompts_per_round, at most the training set's size
+  (1 question for example.selection=id, else example.num_examples; a bucket holding fewer
+  questions gives fewer, so this is an upper bound there)."""
+  return min(prompts_per_round, 1 if selection_name == "id" else num_examples)
 
 
 def _round_questions(train_examples, round_index: int, seed: int, per_round: int):
@@ -618,13 +622,14 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
   if get("example.selection") == "id":
     check("example.example_id", bool, "must name a training problem (example.selection=id)")
   # Rollouts per round: the round's questions x num_samples; the mini-batches split them.
-  questions = 1 if get("example.selection") == "id" else get("example.num_examples")
-  per_round, g, parts = (get(k) for k in ("rollout.prompts_per_round", "rollout.num_samples",
-                                           "train.mini_batches"))
-  if all(isinstance(v, int) and v >= 1 for v in (questions, per_round, g, parts)):
-    rows = min(per_round, questions) * g
+  examples, per_round, g, parts = (get(k) for k in (
+      "example.num_examples", "rollout.prompts_per_round", "rollout.num_samples",
+      "train.mini_batches"))
+  if all(isinstance(v, int) and v >= 1 for v in (examples, per_round, g, parts)):
+    questions = questions_per_round(per_round, get("example.selection"), examples)
+    rows = questions * g
     check("train.mini_batches", lambda v: rows % v == 0,
-          f"must divide the {rows} rollouts of a round ({min(per_round, questions)} question(s) "
+          f"must divide the {rows} rollouts of a round ({questions} question(s) "
           f"x rollout.num_samples={g})")
     if rows % parts == 0:
       per_update = rows // parts

@@ -227,8 +227,10 @@ def test_corrupt_checkpoint_is_one_line(finished, tmp_path):
       path.write_bytes(b"\0garbage" * 4)
   before = snapshot(workdir)
   proc = _main("--config=configs/l0_minimal.py:runlocal", f"--workdir={workdir}", timeout=120)
-  assert proc.returncode == 1
-  (line,) = proc.stderr.splitlines()
+  assert proc.returncode == 1, proc.stderr[-5000:]
+  lines = proc.stderr.splitlines()
+  assert len(lines) == 1, proc.stderr[-5000:]  # show what else came out
+  (line,) = lines
   assert line.startswith(f"error: checkpoint round {rounds} in {workdir / 'checkpoints'} cannot "
                          "be read (ValueError: "), line
   assert line.endswith(f"delete {workdir / 'checkpoints'}/{rounds} to resume from the one before "

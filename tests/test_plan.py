@@ -91,3 +91,16 @@ def test_devices_flag_forces_host_devices_in_both_forms(argv, monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "")
   plan_lib._force_devices(["plan.py", *argv])
   assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+
+
+def test_a_round_plans_no_more_questions_than_the_training_set_has():
+  """prompts_per_round 4 over one training question samples that question only (as the round
+  does): 1 x G rollouts; with 4 questions, all 4 x G; by id, always one."""
+  c = config(g=2)
+  c.rollout.prompts_per_round = 4
+  devices = jax.devices()[:1]
+  assert plan_lib.plan(c, TINY, prompt_len=8, devices=devices).rows == 2
+  c.example.num_examples = 4
+  assert plan_lib.plan(c, TINY, prompt_len=8, devices=devices).rows == 8
+  assert train.questions_per_round(4, "id", 4) == 1
+  assert train.questions_per_round(3, "hard", 8) == 3

@@ -111,20 +111,30 @@ def accumulate_gradients(
     mb = xs[0]
     (loss, aux), grads = call(params, xs)
     metrics = aux.get("metrics", {}) if isinstance(aux, dict) else {}
-    own = aux.get("metric_weights", {}) if isinstance(aux, dict) else {}
-    weight = jnp.sum(mb.loss_mask)
     carry = (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads))
     return carry, ({k: jnp.asarray(v, loss.dtype) for k, v in metrics.items()},
-                   {k: jnp.asarray(own.get(k, weight), jnp.float32) for k in metrics})
+                   metric_weights(aux, metrics, jnp.sum(mb.loss_mask)))
 
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), grads_shape)
   init = (jnp.zeros(loss_shape.shape, loss_shape.dtype), zeros)
   (loss, grads), (metrics, weights) = jax.lax.scan(body, init, (micro, micro_inputs))
-  metrics = {k: jnp.sum(v * (weights[k] / jnp.maximum(jnp.sum(weights[k]), 1.0)).astype(v.dtype))
-             for k, v in metrics.items()}
-  metrics = {**metrics, **_advantage_metrics(pre_metrics, metrics), "loss": loss}
+  metrics = {**combine_metrics(metrics, weights), **_advantage_metrics(pre_metrics, metrics), "loss": loss}
   return loss, grads, {"metrics": metrics, "state": new_state,
                        "metric_weights": {k: jnp.sum(w) for k, w in weights.items()}}
+
+
+def metric_weights(aux, metrics: dict, default) -> dict:
+  """What each of `metrics` averages over, as a float32 weight: its own count from
+  aux["metric_weights"] where the loss function gives one, else `default` (the loss tokens)."""
+  own = aux.get("metric_weights", {}) if isinstance(aux, dict) else {}
+  return {k: jnp.asarray(own.get(k, default), jnp.float32) for k in metrics}
+
+
+def combine_metrics(metrics: dict, weights: dict) -> dict:
+  """Per-piece metrics [n] -> one value each, sum_i w_i m_i / max(sum_i w_i, 1): the mean one
+  batch of all the pieces' tokens would give (pieces with no tokens count for nothing)."""
+  return {k: jnp.sum(v * (weights[k] / jnp.maximum(jnp.sum(weights[k]), 1.0)).astype(v.dtype))
+          for k, v in metrics.items()}
 
 
 def _split_rows(tree, m: int):

@@ -243,3 +243,19 @@ def test_sequence_counts_are_exact_in_any_mask_dtype():
   mask = jnp.ones((301, 2), jnp.bfloat16)
   count = rl.base.count_seqs(mask)
   assert count.dtype == jnp.float32 and int(count) == 301
+
+
+def test_combine_metrics_is_the_token_weighted_mean():
+  """Pieces' means combine as one batch of their tokens would: (0.5*2 + 1.0*6) / 8 = 0.875; a
+  metric with its own count takes that count (aux["metric_weights"]); no tokens at all give 0."""
+  aux = {"metric_weights": {"entropy": jnp.asarray(3)}}
+  weights = rl.metric_weights(aux, {"ratio_mean": 0.0, "entropy": 0.0}, jnp.asarray(2))
+  assert float(weights["ratio_mean"]) == 2.0 and float(weights["entropy"]) == 3.0
+  assert weights["ratio_mean"].dtype == jnp.float32
+  combined = rl.combine_metrics(
+      {"ratio_mean": jnp.asarray([0.5, 1.0]), "entropy": jnp.asarray([0.2, 0.4])},
+      {"ratio_mean": jnp.asarray([2.0, 6.0]), "entropy": jnp.asarray([1.0, 3.0])})
+  np.testing.assert_allclose(float(combined["ratio_mean"]), 0.875, rtol=1e-6)
+  np.testing.assert_allclose(float(combined["entropy"]), (0.2 + 1.2) / 4, rtol=1e-6)
+  empty = rl.combine_metrics({"x": jnp.asarray([0.3, 0.7])}, {"x": jnp.zeros(2)})
+  assert float(empty["x"]) == 0.0
