@@ -519,8 +519,8 @@ def fingerprint(config) -> dict:
 
 def questions_per_round(prompts_per_round: int, selection_name: str, num_examples: int) -> int:
   """How many questions a round samples: prompts_per_round, at most the training set's size
-  (1 question for example.selection=id, else example.num_examples; a bucket holding fewer
-  questions gives fewer, so this is an upper bound there)."""
+  (1 question for example.selection=id, else example.num_examples, which training_examples
+  returns exactly or refuses)."""
   return min(prompts_per_round, 1 if selection_name == "id" else num_examples)
 
 
@@ -622,9 +622,9 @@ def validate_config(config, resume_with: Sequence[str] = ()) -> None:
   if get("example.selection") == "id":
     check("example.example_id", bool, "must name a training problem (example.selection=id)")
   # Rollouts per round: the round's questions x num_samples; the mini-batches split them.
-  examples, per_round, g, parts = (get(k) for k in (
-      "example.num_examples", "rollout.prompts_per_round", "rollout.num_samples",
-      "train.mini_batches"))
+  examples = 1 if get("example.selection") == "id" else get("example.num_examples")
+  per_round, g, parts = (get(k) for k in ("rollout.prompts_per_round", "rollout.num_samples",
+                                           "train.mini_batches"))
   if all(isinstance(v, int) and v >= 1 for v in (examples, per_round, g, parts)):
     questions = questions_per_round(per_round, get("example.selection"), examples)
     rows = questions * g

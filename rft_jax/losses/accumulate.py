@@ -118,7 +118,8 @@ def accumulate_gradients(
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), grads_shape)
   init = (jnp.zeros(loss_shape.shape, loss_shape.dtype), zeros)
   (loss, grads), (metrics, weights) = jax.lax.scan(body, init, (micro, micro_inputs))
-  metrics = {**combine_metrics(metrics, weights), **_advantage_metrics(pre_metrics, metrics), "loss": loss}
+  metrics = {**combine_metrics(metrics, weights), **_advantage_metrics(pre_metrics, metrics),
+             "loss": loss}
   return loss, grads, {"metrics": metrics, "state": new_state,
                        "metric_weights": {k: jnp.sum(w) for k, w in weights.items()}}
 
@@ -132,9 +133,12 @@ def metric_weights(aux, metrics: dict, default) -> dict:
 
 def combine_metrics(metrics: dict, weights: dict) -> dict:
   """Per-piece metrics [n] -> one value each, sum_i w_i m_i / max(sum_i w_i, 1): the mean one
-  batch of all the pieces' tokens would give (pieces with no tokens count for nothing)."""
-  return {k: jnp.sum(v * (weights[k] / jnp.maximum(jnp.sum(weights[k]), 1.0)).astype(v.dtype))
-          for k, v in metrics.items()}
+  batch of all the pieces' tokens would give (pieces with no tokens count for nothing). Integer
+  and bool metrics (counts, flags) average in float32."""
+  def mean(v, w):
+    v = v if jnp.issubdtype(v.dtype, jnp.floating) else v.astype(jnp.float32)
+    return jnp.sum(v * (w / jnp.maximum(jnp.sum(w), 1.0)).astype(v.dtype))
+  return {k: mean(jnp.asarray(v), weights[k]) for k, v in metrics.items()}
 
 
 def _split_rows(tree, m: int):

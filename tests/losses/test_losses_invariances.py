@@ -259,3 +259,8 @@ def test_combine_metrics_is_the_token_weighted_mean():
   np.testing.assert_allclose(float(combined["entropy"]), (0.2 + 1.2) / 4, rtol=1e-6)
   empty = rl.combine_metrics({"x": jnp.asarray([0.3, 0.7])}, {"x": jnp.zeros(2)})
   assert float(empty["x"]) == 0.0
+  # counts and flags average as numbers: (3*2 + 5*6) / 8 = 4.5; (1*2 + 0*6) / 8 = 0.25
+  counts = rl.combine_metrics({"n": jnp.asarray([3, 5]), "flag": jnp.asarray([True, False])},
+                              {"n": jnp.asarray([2.0, 6.0]), "flag": jnp.asarray([2.0, 6.0])})
+  np.testing.assert_allclose(float(counts["n"]), 4.5, rtol=1e-6)
+  np.testing.assert_allclose(float(counts["flag"]), 0.25, rtol=1e-6)
