@@ -560,6 +560,7 @@ def difficulty_path(directory: str, config) -> str:
          if not any(k == n or k.startswith(n + ".") for n in _NOT_IN_DIFFICULTY)}
   if not config.model.checkpoint:
     key["base"] = warm_start.base_fingerprint(config)
+  key.update(train.grader_revision_key(config.task))  # a table graded by older rules is stale
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
   return os.path.join(directory, f"{digest}.json")
 
@@ -1222,6 +1223,15 @@ def parent_spec(spec: str) -> str:
   return layer.parent + (f":{parent_arg}" if parent_arg else "")
 
 
+def _report_config(spec: str, settings: dict | None = None):
+  """The layer config of `spec` built as the report's runs were (`settings`: base model, quick,
+  runlocal, --set overrides; layer_config)."""
+  settings = settings or {}
+  return layer_config(spec, base=settings.get("base", ""), quick=settings.get("quick", False),
+                      runlocal=settings.get("runlocal", False),
+                      overrides=settings.get("overrides"))
+
+
 def _changes(spec: str, settings: dict | None = None) -> tuple[str, list[str]]:
   """(parent spec, ['field: parent value -> value', ...]) of a layer spec, both configs built as
   the report's runs were (`settings`: base model, quick, runlocal, --set overrides; layer_config).
@@ -1231,10 +1241,7 @@ def _changes(spec: str, settings: dict | None = None) -> tuple[str, list[str]]:
   parent = parent_spec(spec)
   if not parent:
     return "", []
-  settings = settings or {}
-  kwargs = dict(base=settings.get("base", ""), quick=settings.get("quick", False),
-                runlocal=settings.get("runlocal", False), overrides=settings.get("overrides"))
-  a, b = (_flat(json.loads(layer_config(s, **kwargs).to_json())) for s in (parent, spec))
+  a, b = (_flat(json.loads(_report_config(s, settings).to_json())) for s in (parent, spec))
   lines = [f"`{k}`: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
            if a.get(k) != b.get(k)]
   return parent, lines
@@ -1258,8 +1265,11 @@ def write_report(root: str, specs: Sequence[str], seeds: int, *,
           f"runlocal={settings.get('runlocal', False)}"
           + (f", overrides {settings['overrides']}" if settings.get("overrides") else "")
           + f"; total run time {sum(walls) / 60:.1f} min.", ""]
+  temperatures = sorted({float(_report_config(spec, settings).eval.temperature)
+                         for spec in specs})
   out += [
-      "Pass@1 = mean reward of temperature-1 samples: training Pass@1 on the training "
+      f"Pass@1 = mean reward of samples at temperature {' / '.join(f'{t:g}' for t in temperatures)}"
+      " (eval.temperature): training Pass@1 on the training "
       "question(s), test Pass@1 one sample per test question. Values are mean ± std over seeds "
       "(std with ddof 1). *rounds to 0.9*: first evaluated round with training Pass@1 >= 0.9, "
       "mean over the seeds that reached it (k/n). *seed spread*: std over seeds of the final "

@@ -196,6 +196,22 @@ def build_task(task_cfg) -> Task:
   return task
 
 
+def grader_name(task_cfg) -> str:
+  """The grader build_task's task uses: task.grader, else the task's own, which every task
+  names after itself (arithmetic, gsm8k, math)."""
+  return task_cfg.get("grader") or task_cfg.name
+
+
+def grader_revision_key(task_cfg) -> dict:
+  """{'grader_revision': n} when the run's grader is past its first revision (rewards.REVISIONS),
+  else {}: a stored result's key names the rules it was graded by, and keys of graders never
+  revised stay as they were, so their stored files keep their names."""
+  from rft_jax import rewards
+
+  n = rewards.revision(grader_name(task_cfg))
+  return {"grader_revision": n} if n > 1 else {}
+
+
 def training_examples(config, task: Task, policy: Policy, workdir: str, mesh,
                       log=print) -> list[Example]:
   """The training question(s): by id, by index, or drawn from a difficulty bucket of the base.
@@ -1072,8 +1088,8 @@ def base_test_key(config) -> dict:
   """What the base policy's test rewards depend on: the base (warm_start.base_fingerprint, the
   whole model section: dtype and LoRA options too), the task and test set, the evaluation rng
   (seed), every sampling setting, the devices the batches split over (the mesh's data=-1 and the
-  batch rounding follow them), the sampler's draw scheme (sampling.DRAWS) and
-  BASE_TEST_VERSION. Not the loss, optimizer, training question or rollouts per round, so every
+  batch rounding follow them), the sampler's draw scheme (sampling.DRAWS), the
+  grader's revision (grader_revision_key) and BASE_TEST_VERSION. Not the loss, optimizer, training question or rollouts per round, so every
   layer of one seed has the same key."""
   ev, ro = config.eval, config.rollout
   return {"version": BASE_TEST_VERSION, "draws": sampling.DRAWS,
@@ -1083,7 +1099,8 @@ def base_test_key(config) -> dict:
           "rollout": {k: ro[k] for k in ("max_new_tokens", "top_k", "top_p", "prompt_bucket")},
           "mesh": config.mesh.to_dict(),
           "runtime": {"backend": jax.default_backend(), "devices": jax.device_count(),
-                      "processes": jax.process_count()}}
+                      "processes": jax.process_count()},
+          **grader_revision_key(config.task)}
 
 
 def base_test_path(config) -> str:

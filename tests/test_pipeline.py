@@ -115,6 +115,9 @@ def test_what_a_layer_changes_is_read_on_its_base_model(tmp_path):
   smollm2 = open(pipeline.write_report(str(tmp_path / "smollm2"), specs, 1,
                                        settings={"base": "smollm2"})).read()
   assert "changes over l1: `example.selection`: 'hard' → 'medium'." in smollm2
+  # the sampling temperature the Pass@1 columns were measured at: the base's (configs/smollm2.py)
+  assert "Pass@1 = mean reward of samples at temperature 1 (eval.temperature)" in toy
+  assert "Pass@1 = mean reward of samples at temperature 0.6 (eval.temperature)" in smollm2
 
 
 def test_what_a_layer_changes_is_read_with_the_runs_overrides(tmp_path):

@@ -31,6 +31,8 @@ from rft_jax import (
   fileio,
   losses,
   metrics,
+  pipeline,
+  rewards,
   sharding,
   train,
   warm_start,
@@ -270,6 +272,28 @@ def test_base_test_key_leaves_out_what_only_training_changes(base_dir):
   for change in other:
     assert train.base_test_path(make_config(base_dir, eval__shared_base=shared, **change)) \
         != path, change
+
+
+def test_a_revised_grader_renames_the_stored_base_test_and_difficulty_table(base_dir, tmp_path,
+                                                                             monkeypatch):
+  """Results graded by a grader's older rules are not reused once its rules change
+  (rewards.REVISIONS): the shared base test file and the difficulty table get new names. A
+  grader never revised adds nothing to the keys, so files stored before revisions existed keep
+  theirs."""
+  config = make_config(base_dir, eval__shared_base="/shared/base_eval")
+  assert train.grader_name(config.task) == train.build_task(config.task).grader == "arithmetic"
+  assert "grader_revision" not in train.base_test_key(config)
+  path, table = train.base_test_path(config), pipeline.difficulty_path(str(tmp_path), config)
+  monkeypatch.setitem(rewards.REVISIONS, "arithmetic", 2)
+  assert train.base_test_key(config)["grader_revision"] == 2
+  assert train.base_test_path(config) != path
+  assert pipeline.difficulty_path(str(tmp_path), config) != table
+  # task.grader names the grader whose revision counts
+  smollm2 = make_config(base_dir, task__grader="final_answer")
+  assert train.grader_name(smollm2.task) == train.build_task(smollm2.task).grader == "final_answer"
+  assert train.base_test_key(smollm2)["grader_revision"] == rewards.revision("final_answer") == 2
+  legacy = make_config(base_dir, task__grader="final_answer_legacy")
+  assert "grader_revision" not in train.base_test_key(legacy)
 
 
 def test_shared_base_test_rewards_are_sampled_once(reference, base_dir, tmp_path, no_retraining):

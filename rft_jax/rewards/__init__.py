@@ -4,7 +4,8 @@ Each grader module exposes `grade(response, gold) -> Outcome`. Graders never rai
 response: anything unexpected is Outcome.ERROR (reward 0) so training goes on.
 
 Graders: 'arithmetic' (the embedded task), 'gsm8k' ('#### N' or \\boxed{N}, exact number),
-'final_answer' (gsm8k's, and 'the answer is N' as a third marker),
+'final_answer' (gsm8k's, and 'the answer is N' as a third marker; 'final_answer_legacy' its
+rules before 2026-12-07),
 'math' (\\boxed{} by normalized string, guards, then math-verify in a process pool with a hard
 timeout). A grader with a batched form (BATCH_GRADERS) grades a whole batch at once, so the
 math-verify work of a batch runs in parallel across the pool. docs/tasks.md has the rules.
@@ -26,13 +27,27 @@ GRADERS: dict[str, Callable[[str, str], Outcome]] = {
     "arithmetic": arithmetic.grade,
     "gsm8k": gsm8k.grade,
     # gsm8k's rules plus 'the (final) answer is N' as a marker (small models; configs/smollm2.py).
-    # Frozen for issue 13's SmolLM2 layers while they run (17 of 27 graded before the change):
-    # the last '####' counts whatever follows it, so a quoted '"####"' or a '#### Heading' after
-    # the answer reads as no answer, and '\ ', '~', '\textrm{}' are not cleaned (7 of the 1265
-    # kept rollout texts of those runs would grade otherwise: experiments/smollm2/README.md).
-    "final_answer": functools.partial(gsm8k.grade, phrase=True, strict=False),
+    "final_answer": functools.partial(gsm8k.grade, phrase=True),
+    # final_answer before 2026-12-07 (revision 1), which graded issue 13's SmolLM2 layers: the
+    # last '####' counts whatever follows it, so a quoted '"####"' or a '#### Heading' after the
+    # answer reads as no answer, and '\ ', '~', '\textrm{}' are not cleaned. Kept so the
+    # published layers can be run again as they were (experiments/smollm2/README.md).
+    "final_answer_legacy": functools.partial(gsm8k.grade, phrase=True, strict=False),
     "math": math.grade,
 }
+
+# A grader's revision goes up when its rules change what it returns for some response, so that
+# base evaluations and difficulty tables graded by the old rules are not reused under its name
+# (train.base_test_key, pipeline.difficulty_path). Graders not listed are at revision 1.
+REVISIONS: dict[str, int] = {
+    "final_answer": 2,  # 2026-12-07: gsm8k's strict '####' rule and its newer cleaning
+}
+
+
+def revision(grader: str) -> int:
+  """The revision of the rules of grader `grader` (REVISIONS; 1 when unlisted)."""
+  return REVISIONS.get(grader, 1)
+
 
 # Graders with a batched form `(responses, golds) -> list[Outcome]` that never raises.
 BATCH_GRADERS: dict[str, Callable[[Sequence[str], Sequence[str]], list[Outcome]]] = {

@@ -84,8 +84,8 @@ def extract(response: str, *, strict: bool = True) -> str | None:
 
 def grade(response: str, gold: str, *, phrase: bool = False, strict: bool = True) -> Outcome:
   """phrase: 'the (final) answer is N' counts as a final marker too (grader 'final_answer').
-  strict=False: the rules before 2026-12-01, kept for issue 13's SmolLM2 layers (graded so
-  from their first run): the last '####' is the marker whatever follows it, and '\\ ', '~',
+  strict=False: the rules before 2026-12-01, with which issue 13's SmolLM2 layers were graded
+  (grader 'final_answer_legacy'): the last '####' is the marker whatever follows it, and '\\ ', '~',
   '\\textrm{}' are not cleaned."""
   gold_value = parse_number(gold)
   if gold_value is None:

@@ -21,24 +21,30 @@ from rft_jax.rewards.base import Outcome
     ("answer is \\boxed{12}", "12", Outcome.CORRECT),                   # box after the phrase
     ("ANSWER IS 1,080", "1080", Outcome.CORRECT),                       # case, thousands comma
 ])
-def test_final_answer_cases(response, gold, want):
-  assert rewards.grade_outcome("final_answer", response, gold) == want
+@pytest.mark.parametrize("grader", ["final_answer", "final_answer_legacy"])
+def test_final_answer_cases(grader, response, gold, want):
+  assert rewards.grade_outcome(grader, response, gold) == want
 
 
-def test_final_answer_keeps_the_last_hash_whatever_follows_it():
-  """Frozen for issue 13's SmolLM2 layers: 'final_answer' still takes the last '####' as the
-  marker (a heading or a quoted marker after the answer reads as no answer), where 'gsm8k'
-  skips a '####' without a number."""
+def test_final_answer_skips_a_hash_without_a_number_and_legacy_does_not():
+  """'final_answer' takes gsm8k's strict '####' rule (revision 2): a heading or a quoted marker
+  after the answer is no marker. 'final_answer_legacy', the rules issue 13's SmolLM2 layers
+  were graded by, takes the last '####' whatever follows it and reads them as no answer."""
   heading = "#### 18\n\n#### Explanation\nShe sells 9 eggs twice."
   quoted = "9 + 28 = 37\n#### 37\nThe number after \"####\" is the answer."
-  assert rewards.grade_outcome("final_answer", heading, "18") == Outcome.NO_ANSWER
-  assert rewards.grade_outcome("final_answer", quoted, "37") == Outcome.NO_ANSWER
-  assert rewards.grade_outcome("gsm8k", heading, "18") == Outcome.CORRECT
-  assert rewards.grade_outcome("gsm8k", quoted, "37") == Outcome.CORRECT
-  # nor the later cleaning of '\ ', '~' and '\textrm{}'
+  for grader in ("final_answer", "gsm8k"):
+    assert rewards.grade_outcome(grader, heading, "18") == Outcome.CORRECT, grader
+    assert rewards.grade_outcome(grader, quoted, "37") == Outcome.CORRECT, grader
+  assert rewards.grade_outcome("final_answer_legacy", heading, "18") == Outcome.NO_ANSWER
+  assert rewards.grade_outcome("final_answer_legacy", quoted, "37") == Outcome.NO_ANSWER
+  # the cleaning of '\ ', '~' and '\textrm{}': gsm8k's since 2026-12-01, not legacy's
   for spaced in ("#### 18\\ eggs", "#### 18~eggs", "\\boxed{18 \\textrm{ eggs}}"):
-    assert rewards.grade_outcome("final_answer", spaced, "18") == Outcome.NO_ANSWER, spaced
-    assert rewards.grade_outcome("gsm8k", spaced, "18") == Outcome.CORRECT, spaced
+    assert rewards.grade_outcome("final_answer", spaced, "18") == Outcome.CORRECT, spaced
+    assert rewards.grade_outcome("final_answer_legacy", spaced, "18") == Outcome.NO_ANSWER, spaced
+  # the phrase marker is the same in both
+  assert rewards.grade_outcome("final_answer_legacy", "so the answer is 7.", "7") == Outcome.CORRECT
+  assert (rewards.revision("final_answer"), rewards.revision("final_answer_legacy"),
+          rewards.revision("gsm8k")) == (2, 1, 1)
 
 
 def test_gsm8k_grader_ignores_the_phrase():
