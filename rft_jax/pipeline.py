@@ -198,8 +198,8 @@ def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
          quick: bool = False, overrides: dict | None = None, base: str = "",
          tables: str = "") -> list[tuple[Run, object]]:
   """[(run, its config)], each config with its seed, the shared base directory, the shared
-  difficulty table and the shared base test evaluations (in `tables`, default <root>/difficulty;
-  train.base_test_path) set."""
+  difficulty table (unless the overrides name one) and the shared base test evaluations (in
+  `tables`, default <root>/difficulty; train.base_test_path) set."""
   from rft_jax.data import selection
 
   shared = tables or os.path.join(root, "difficulty")
@@ -210,7 +210,9 @@ def plan(specs: Sequence[str], seeds: int, root: str, *, runlocal: bool = False,
       config.seed = seed
       if not config.model.checkpoint:
         config.warm_start.dir = base_dir(root, config)
-      if config.example.selection in selection.BUCKETS:
+      # An example.table of the overrides is kept: a run that must draw its question from a
+      # given table (experiments/smollm2/run.sh, l0_medium) names it.
+      if config.example.selection in selection.BUCKETS and not config.example.table:
         config.example.table = difficulty_path(shared, config)
       config.eval.shared_base = os.path.join(shared, BASE_TEST_DIR)
       out.append((Run(spec, seed, os.path.join(root, spec_dir(spec), f"seed{seed}")), config))
@@ -552,7 +554,7 @@ def difficulty_path(directory: str, config) -> str:
   """<directory>/<hash>.json: the difficulty table every run with these settings shares (L0
   and L4's buckets draw from one table; config example.table), so it is sampled once, not once
   per run."""
-  from rft_jax import train, warm_start
+  from rft_jax import sampling, train, warm_start
 
   # Keys added since at their defaults count as absent: a table keeps its name across commits.
   d = _flat(train.drop_later_defaults(json.loads(config.to_json())))
@@ -561,6 +563,7 @@ def difficulty_path(directory: str, config) -> str:
   if not config.model.checkpoint:
     key["base"] = warm_start.base_fingerprint(config)
   key.update(train.grader_revision_key(config.task))  # a table graded by older rules is stale
+  key["draws"] = sampling.DRAWS  # the random numbers it was sampled with (as train.base_test_key)
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
   return os.path.join(directory, f"{digest}.json")
 

@@ -587,6 +587,22 @@ def test_layers_share_one_difficulty_table_unless_it_would_differ(tmp_path):
   assert path("l0", **{"model.lora.rank": 2}) != one  # not at its default: another setting
 
 
+def test_the_difficulty_table_names_its_draws_and_an_override_names_the_table(tmp_path,
+                                                                             monkeypatch):
+  """A table sampled with another draw scheme (sampling.DRAWS) is another table; an
+  example.table among the overrides is the table the runs read, whatever the settings' hash."""
+  from rft_jax import sampling
+
+  one = pipeline.difficulty_path(str(tmp_path), pipeline.layer_config("l0"))
+  monkeypatch.setattr(sampling, "DRAWS", "one draw of shape [B]")
+  assert pipeline.difficulty_path(str(tmp_path), pipeline.layer_config("l0")) != one
+  given = str(tmp_path / "given.json")
+  planned = pipeline.plan(["l0", "l4:bucket=medium"], 2, "r", tables="t",
+                          overrides={"example.table": given})
+  assert {config.example.table for _, config in planned} == {given}
+  assert pipeline.plan(["l0"], 1, "r", tables="t")[0][1].example.table.startswith("t/")
+
+
 def test_remaining_time_by_hand():
   assert pipeline.remaining_time([], [100.0] * 5) == ""
   assert pipeline.remaining_time([(100.0, 600.0), (100.0, 1200.0)], []) == ""

@@ -70,13 +70,15 @@ fi
 #    question for 300 rounds, issue 13's rule for the rounds ("enough that L0 reaches training
 #    Pass@1 0.9 on the medium question in most seeds"), which the preset's 100 rounds on the hard
 #    question did not meet. Graded by the layers' rules (final_answer_legacy), so that its
-#    evaluations pair with theirs. Choices and how it is judged: README, "L0 on the medium
-#    question, 300 rounds".
+#    evaluations pair with theirs, its question drawn from their difficulty table (sampled with
+#    the earlier draw scheme: README, "Sampler draws"). Choices and how it is judged: README,
+#    "L0 on the medium question, 300 rounds".
 if [[ "$what" == all || "$what" == l0_medium ]]; then
   lr="$(python experiments/smollm2/pick_lr.py --print)"
   python -m rft_jax.pipeline --base=smollm2 --seeds=3 --layers=l0 \
     --root=runs/smollm2/l0_medium --set optimizer.learning_rate="$lr" --set train.rounds=300 \
     --set example.selection=medium --set task.grader=final_answer_legacy \
+    --set example.table=experiments/smollm2/tables/8fff97d576.json \
     --set train.eval_every=50 --set train.checkpoint_every=10 --set train.completion_bucket=32 \
     --set train.texts_every=50 --set eval.curve_greedy=false \
     --tables=experiments/smollm2/tables --publish=experiments/smollm2/l0_medium \
