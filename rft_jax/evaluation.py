@@ -66,7 +66,8 @@ def _rollouts(policy: Policy, prompts: Sequence[Sequence[int]], rng: jax.Array, 
       tokens, mask = sharding.shard_batch((tokens, mask), mesh)
     rollout = policy.generate(tokens, max_new_tokens, temperature=temperature, top_k=top_k,
                               top_p=top_p, prompt_mask=mask, num_samples=num_samples,
-                              rng=jax.random.fold_in(rng, i), compact=compact, row_multiple=unit)
+                              rng=jax.random.fold_in(rng, i), compact=compact, row_multiple=unit,
+                              mesh=mesh)
     yield (np.repeat(index, num_samples), np.repeat(np.arange(batch_size) < real, num_samples),
            rollout)
     if bar is not None:

@@ -194,7 +194,7 @@ def plan(config, shape: str | decoder_lib.ModelConfig, prompt_len: int,
         decoder, full, _batch_struct(mesh, (questions, p), jnp.int32),
         _batch_struct(mesh, (questions, p), jnp.bool_), jax.random.PRNGKey(0),
         max_new_tokens=n, num_samples=g, temperature=scalar(f32), top_k=scalar(jnp.int32),
-        top_p=scalar(f32), eos_ids=np.zeros((2,), np.int32), pad_id=0).compile()
+        top_p=scalar(f32), eos_ids=np.zeros((2,), np.int32), pad_id=0, mesh=mesh).compile()
   finally:
     sampling.CPU_HEAD_COPY = old
   sample_s = time.time() - t0

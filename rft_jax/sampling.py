@@ -24,7 +24,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rft_jax import sharding
 from rft_jax.logprobs import scale_logits
 from rft_jax.models.decoder import Decoder, KVCache, positions_from_mask
 
@@ -240,10 +242,27 @@ def _decoding_head(decoder: Decoder, params):
   return decoder, params
 
 
+def _split_rows(tree, mesh: Mesh | None):
+  """Each array of `tree` split along its rows (leading axis) over the mesh's batch axes, as far
+  as they divide it, its other axes left to XLA. Why: one prompt's G rollouts are repeats of a
+  replicated row (a batch of 1 cannot split), and without this constraint every device would
+  decode all G of them."""
+  if mesh is None:
+    return tree
+
+  def split(x):
+    rows = sharding.batch_sharding(mesh, x.shape[:1]).spec[0]
+    spec = PartitionSpec(rows, *[PartitionSpec.UNCONSTRAINED] * (x.ndim - 1))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+  return jax.tree.map(split, tree)
+
+
 def _prefill(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array, rng: Array,
-             max_new_tokens: int, num_samples: int, pad_id) -> tuple[_DecodeState, Array, Array]:
+             max_new_tokens: int, num_samples: int, pad_id,
+             mesh: Mesh | None = None) -> tuple[_DecodeState, Array, Array]:
   """The prompts through the decoder once, their cache repeated for the G rollouts of each:
-  (the loop's first state, prompt tokens [BG, P], prompt mask [BG, P])."""
+  (the loop's first state, prompt tokens [BG, P], prompt mask [BG, P]); with a mesh, the
+  BG rows split over its batch axes (_split_rows)."""
   b, p = prompt_tokens.shape
   n, g = max_new_tokens, num_samples
   prompt_mask = prompt_mask.astype(bool)
@@ -266,6 +285,9 @@ def _prefill(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array,
                        next_logits=logits[:, 0], cache=cache, kv_valid=kv_valid,
                        next_position=jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32),
                        row=jnp.arange(b * g, dtype=jnp.int32), rng=rng)
+  if mesh is not None:
+    state = state.replace(**_split_rows(_per_row(state), mesh))
+    prompt_tokens, prompt_mask = _split_rows((prompt_tokens, prompt_mask), mesh)
   return state, prompt_tokens, prompt_mask
 
 
@@ -302,38 +324,46 @@ def _settings(temperature, top_k, top_p, eos_ids):
           jnp.asarray(top_p, jnp.float32), jnp.asarray(eos_ids, jnp.int32).reshape(-1))
 
 
-@functools.partial(jax.jit, static_argnames=("decoder", "max_new_tokens", "num_samples"))
+@functools.partial(jax.jit, static_argnames=("decoder", "max_new_tokens", "num_samples", "mesh"))
 def sample(decoder: Decoder, params, prompt_tokens: Array, prompt_mask: Array, rng: Array, *,
            max_new_tokens: int, num_samples: int = 1, temperature: Array | float = 1.0,
            top_k: Array | int = 0, top_p: Array | float = 1.0, eos_ids: Array,
-           pad_id: Array | int = 0) -> Rollout:
+           pad_id: Array | int = 0, mesh: Mesh | None = None) -> Rollout:
   """G = num_samples rollouts of N = max_new_tokens tokens for each left-padded prompt.
 
   prompt_tokens, prompt_mask [B, P]; eos_ids [E] int (entries < 0 ignored); rng a PRNG key.
   Left padding is not checked inside the jit (check_left_padded does it on the host).
+  mesh: the B x G rows split over its batch axes (as far as they divide), whatever the prompts'
+  sharding; the draws do not depend on it (each row's come from its index: row_uniforms).
   """
   temperature, top_k, top_p, eos_ids = _settings(temperature, top_k, top_p, eos_ids)
   decoder, params = _decoding_head(decoder, params)
   state, prompt_tokens, prompt_mask = _prefill(decoder, params, prompt_tokens, prompt_mask, rng,
-                                               max_new_tokens, num_samples, pad_id)
+                                               max_new_tokens, num_samples, pad_id, mesh)
   state = _decode(decoder, params, state, jnp.int32(max_new_tokens), temperature, top_k, top_p,
                   eos_ids, pad_id)
   return Rollout(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, tokens=state.tokens,
                  mask=state.mask, logp=state.logp, sampler_logp=state.sampler_logp)
 
 
-_prefill_jit = jax.jit(_prefill, static_argnames=("decoder", "max_new_tokens", "num_samples"))
+_prefill_jit = jax.jit(_prefill,
+                       static_argnames=("decoder", "max_new_tokens", "num_samples", "mesh"))
 _decode_jit = jax.jit(_decode, static_argnames=("decoder",))
 
 
 _NOT_PER_ROW = ("step", "rng")  # the _DecodeState fields without the batch first
 
 
-@jax.jit
-def _take_rows(state: _DecodeState, index: Array) -> _DecodeState:
+def _per_row(state: _DecodeState) -> dict:
+  """The fields of `state` with the batch first, by name (the cache a pytree of them)."""
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+          if f.name not in _NOT_PER_ROW}
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def _take_rows(state: _DecodeState, index: Array, mesh: Mesh | None = None) -> _DecodeState:
   take = lambda x: jnp.take(x, index, axis=0)
-  return state.replace(**{f.name: jax.tree.map(take, getattr(state, f.name))
-                          for f in dataclasses.fields(state) if f.name not in _NOT_PER_ROW})
+  return state.replace(**_split_rows(jax.tree.map(take, _per_row(state)), mesh))
 
 
 _RESULTS = ("tokens", "mask", "logp", "sampler_logp")
@@ -354,7 +384,7 @@ def sample_compacting(decoder: Decoder, params, prompt_tokens: Array, prompt_mas
                       temperature: Array | float = 1.0, top_k: Array | int = 0,
                       top_p: Array | float = 1.0, eos_ids: Array, pad_id: Array | int = 0,
                       stage_tokens: int = 32, min_rows: int = 16, row_multiple: int = 1,
-                      on_stage=None) -> Rollout:
+                      mesh: Mesh | None = None, on_stage=None) -> Rollout:
   """`sample`, with the rows that have ended dropped from the decode batch as it goes.
 
   The loop runs stage_tokens steps at a time; after a stage in which at least half of the rows
@@ -367,7 +397,8 @@ def sample_compacting(decoder: Decoder, params, prompt_tokens: Array, prompt_mas
   row_uniforms), so the tokens are sample's except where a matmul over fewer rows rounds a
   logit across a draw's boundary (XLA:CPU's results differ by ~1e-6 relative between batch
   sizes; such a flip changes that row's rest, rarely); log-probs agree to float rounding. One
-  process only: the host reads which rows have ended.
+  process only: the host reads which rows have ended. mesh: as in `sample`, the rows split over
+  its batch axes after the prefill and after each compaction (row_multiple: their split).
   on_stage(step, rows, live): called after each stage (tests, progress).
   """
   if stage_tokens < 1 or min_rows < 1 or row_multiple < 1:
@@ -378,7 +409,7 @@ def sample_compacting(decoder: Decoder, params, prompt_tokens: Array, prompt_mas
   settings = _settings(temperature, top_k, top_p, eos_ids)
   decoder, params = _decoding_head(decoder, params)
   state, prompt_tokens, prompt_mask = _prefill_jit(decoder, params, prompt_tokens, prompt_mask,
-                                                   rng, n, num_samples, pad_id)
+                                                   rng, n, num_samples, pad_id, mesh)
   total = state.tokens.shape[0]
   out = {name: np.empty((total, n), getattr(state, name).dtype) for name in _RESULTS}
 
@@ -403,7 +434,7 @@ def sample_compacting(decoder: Decoder, params, prompt_tokens: Array, prompt_mas
       store(ended)
       # Ended rows fill the batch up to its size: they stay ended and write nothing new.
       keep = np.concatenate([np.flatnonzero(~done), ended[:size - live]])
-      state = _take_rows(state, jnp.asarray(keep, jnp.int32))
+      state = _take_rows(state, jnp.asarray(keep, jnp.int32), mesh)
       rows = size
   store(np.arange(rows))
   return Rollout(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,

@@ -954,7 +954,8 @@ def rollout_phase(loop: Loop, params, round_index: int) -> tuple[list[int], samp
                             max_new_tokens=ro.max_new_tokens, num_samples=ro.num_samples,
                             temperature=jnp.float32(ro.temperature), top_k=jnp.int32(ro.top_k),
                             top_p=jnp.float32(ro.top_p),
-                            eos_ids=np.asarray(policy.eos_ids, np.int32), pad_id=policy.pad_id)
+                            eos_ids=np.asarray(policy.eos_ids, np.int32), pad_id=policy.pad_id,
+                            mesh=loop.mesh)
   return questions, rollout
 
 

@@ -253,6 +253,39 @@ def test_compacting_sampler_equals_the_sampler(model, kw):
   np.testing.assert_allclose(got.sampler_logp, want.sampler_logp, atol=1e-5)
 
 
+def test_one_prompts_rollouts_split_over_the_mesh(model):
+  """One question's G = 8 rollouts start from a replicated prompt row (a batch of 1 cannot
+  split); with the mesh each of its 8 devices decodes one of them (conftest forces 8 CPU
+  devices), the tokens the unsplit sampler draws, log-probs to float rounding."""
+  from rft_jax import sharding
+
+  if jax.device_count() < 8:
+    pytest.skip(f"needs 8 devices (conftest forces 8 CPU devices), have {jax.device_count()}")
+  decoder, params = model
+  mesh = sharding.build_mesh()
+  tokens, mask = sampling.left_pad([[1, 5, 6]], pad_id=0, bucket=8)
+  tokens, mask = sharding.shard_batch((tokens, mask), mesh)
+  assert tokens.sharding.shard_shape(tokens.shape) == tokens.shape  # replicated
+  args = dict(max_new_tokens=6, num_samples=8, eos_ids=np.array([EOS]), pad_id=0)
+  want = sampling.sample(decoder, params, tokens, mask, jax.random.PRNGKey(1), **args)
+  got = sampling.sample(decoder, params, tokens, mask, jax.random.PRNGKey(1), mesh=mesh, **args)
+  for name in ("tokens", "logp", "prompt_tokens"):
+    assert getattr(want, name).sharding.shard_shape((8, 6))[0] == 8, name  # all rows on each
+    assert getattr(got, name).sharding.shard_shape(getattr(got, name).shape)[0] == 1, name
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  np.testing.assert_array_equal(got.mask, want.mask)
+  np.testing.assert_allclose(got.logp, want.logp, atol=1e-5)
+  # the prefill's state (the KV cache too) and each compaction's batch split the same way
+  state, _, _ = sampling._prefill_jit(decoder, params, tokens, mask, jax.random.PRNGKey(1), 6, 8,
+                                      0, mesh)
+  assert state.cache.k[0].sharding.shard_shape(state.cache.k[0].shape)[0] == 1
+  kept = sampling._take_rows(state, jnp.arange(8)[::-1], mesh)
+  assert kept.cache.v[1].sharding.shard_shape(kept.cache.v[1].shape)[0] == 1
+  compacted = sampling.sample_compacting(decoder, params, tokens, mask, jax.random.PRNGKey(1),
+                                         min_rows=1, row_multiple=8, mesh=mesh, **args)
+  np.testing.assert_array_equal(compacted.tokens, want.tokens)
+
+
 def test_generate_pads_only_the_leading_pad_tokens(model):
   """pad_id inside a prompt is a real token (SmolLM2's pad is its end-of-turn token, in every
   chat prompt): without prompt_mask, generate masks only each row's leading pad tokens."""

@@ -78,12 +78,14 @@ class Policy:
 
   def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, prompt_mask=None, num_samples: int = 1,
-               rng: jax.Array | None = None, compact: bool = False, row_multiple: int = 1):
+               rng: jax.Array | None = None, compact: bool = False, row_multiple: int = 1,
+               mesh=None):
     """Completions of left-padded prompts [B, P] (temperature 0 = greedy) via the sampler;
     compact: rows that have ended leave the decode batch as it goes (sample's draws, one
     process only: sampling.sample_compacting; row_multiple = the mesh's batch split).
     Without prompt_mask a row's padding is its leading pad_id tokens only: pad_id can occur
-    inside a prompt (SmolLM2's pad is its end-of-turn token, twice in every chat prompt)."""
+    inside a prompt (SmolLM2's pad is its end-of-turn token, twice in every chat prompt).
+    mesh: the rows (prompts x samples) split over its batch axes (sampling.sample)."""
     from rft_jax import sampling  # sampling imports the decoder: import at call time
 
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
@@ -92,7 +94,7 @@ class Policy:
     rng = jax.random.PRNGKey(0) if rng is None else rng
     kwargs = dict(max_new_tokens=max_new_tokens, num_samples=num_samples,
                   temperature=temperature, top_k=top_k, top_p=top_p,
-                  eos_ids=np.asarray(self.eos_ids, np.int32), pad_id=self.pad_id)
+                  eos_ids=np.asarray(self.eos_ids, np.int32), pad_id=self.pad_id, mesh=mesh)
     if compact:
       return sampling.sample_compacting(self.decoder, self.params, prompt_tokens,
                                         jnp.asarray(prompt_mask), rng, row_multiple=row_multiple,
