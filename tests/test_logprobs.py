@@ -278,7 +278,10 @@ def test_completion_logprobs_chunked_equals_unchunked_through_the_decoder(tied):
   assert ("lm_head" in grad) is not tied
   flat, want_flat = jax.tree_util.tree_leaves_with_path(grad), jax.tree.leaves(want_grad)
   for (path, g), w in zip(flat, want_flat):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    # chunks sum the gradient in another order: rounding relative to the leaf's scale (an
+    # entry near 0 in a leaf of entries ~4 is off by ~1e-6 on some CPUs' kernels)
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * max(1.0, np.abs(w).max()),
+                               err_msg=jax.tree_util.keystr(path))
   assert float(jnp.abs(grad["embedding"]).sum()) > 0
   # N <= chunk is one chunk: the logits path itself, bit for bit.
   (loss_one, _), _ = run(10)
