@@ -556,7 +556,8 @@ def difficulty_path(directory: str, config) -> str:
   per run."""
   from rft_jax import sampling, train, warm_start
 
-  # Keys added since at their defaults count as absent: a table keeps its name across commits.
+  # Config keys added since at their defaults count as absent, so a table keeps its name across
+  # commits; the draw scheme (added 2026-12-07) renamed the tables then (bottom_up's by git mv).
   d = _flat(train.drop_later_defaults(json.loads(config.to_json())))
   key = {k: v for k, v in d.items()
          if not any(k == n or k.startswith(n + ".") for n in _NOT_IN_DIFFICULTY)}

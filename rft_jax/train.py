@@ -202,13 +202,14 @@ def grader_name(task_cfg) -> str:
   return task_cfg.get("grader") or task_cfg.name
 
 
-def grader_revision_key(task_cfg) -> dict:
-  """{'grader_revision': n} when the run's grader is past its first revision (rewards.REVISIONS),
-  else {}: a stored result's key names the rules it was graded by, and keys of graders never
-  revised stay as they were, so their stored files keep their names."""
+def grader_revision_key(task_cfg, revision: int | None = None) -> dict:
+  """{'grader_revision': n} when the run's grader is past its first revision (rewards.REVISIONS;
+  `revision` in its place: a file stored under an earlier one), else {}: a stored result's key
+  names the rules it was graded by, and keys of graders never revised stay as they were, so
+  their stored files keep their names."""
   from rft_jax import rewards
 
-  n = rewards.revision(grader_name(task_cfg))
+  n = rewards.revision(grader_name(task_cfg)) if revision is None else revision
   return {"grader_revision": n} if n > 1 else {}
 
 
@@ -1085,7 +1086,7 @@ def checkpoint_phase(loop: Loop, ckpt: checkpoint_lib.Checkpointer, state: Train
 BASE_TEST_VERSION = 1
 
 
-def base_test_key(config) -> dict:
+def base_test_key(config, grader_revision: int | None = None) -> dict:
   """What the base policy's test rewards depend on: the base (warm_start.base_fingerprint, the
   whole model section: dtype and LoRA options too), the task and test set, the evaluation rng
   (seed), every sampling setting, the devices the batches split over (the mesh's data=-1 and the
@@ -1101,14 +1102,14 @@ def base_test_key(config) -> dict:
           "mesh": config.mesh.to_dict(),
           "runtime": {"backend": jax.default_backend(), "devices": jax.device_count(),
                       "processes": jax.process_count()},
-          **grader_revision_key(config.task)}
+          **grader_revision_key(config.task, grader_revision)}
 
 
-def base_test_path(config) -> str:
+def base_test_path(config, grader_revision: int | None = None) -> str:
   """<eval.shared_base>/<hash of base_test_key>.json, or '' when eval.shared_base is unset."""
   if not config.eval.get("shared_base"):
     return ""
-  key = json.dumps(base_test_key(config), sort_keys=True)
+  key = json.dumps(base_test_key(config, grader_revision), sort_keys=True)
   return os.path.join(config.eval.shared_base,
                       hashlib.sha256(key.encode()).hexdigest()[:12] + ".json")
 

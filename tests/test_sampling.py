@@ -281,8 +281,16 @@ def test_one_prompts_rollouts_split_over_the_mesh(model):
   assert state.cache.k[0].sharding.shard_shape(state.cache.k[0].shape)[0] == 1
   kept = sampling._take_rows(state, jnp.arange(8)[::-1], mesh)
   assert kept.cache.v[1].sharding.shard_shape(kept.cache.v[1].shape)[0] == 1
+  # 2 prompts x 16 rows, stages of 2 tokens: the batch halves while rows end, in multiples of 8
+  tokens, mask = sharding.shard_batch(sampling.left_pad([[1, 5, 6], [1, 7]], pad_id=0, bucket=8),
+                                      mesh)
+  args = dict(max_new_tokens=12, num_samples=16, eos_ids=MANY_EOS, pad_id=0)
+  want = sampling.sample(decoder, params, tokens, mask, jax.random.PRNGKey(1), **args)
+  stages = []
   compacted = sampling.sample_compacting(decoder, params, tokens, mask, jax.random.PRNGKey(1),
-                                         min_rows=1, row_multiple=8, mesh=mesh, **args)
+                                         stage_tokens=2, min_rows=1, row_multiple=8, mesh=mesh,
+                                         on_stage=lambda *a: stages.append(a), **args)
+  assert min(rows for _, rows, _ in stages) < 32, stages  # it did compact
   np.testing.assert_array_equal(compacted.tokens, want.tokens)
 
 

@@ -294,6 +294,8 @@ def test_a_revised_grader_renames_the_stored_base_test_and_difficulty_table(base
   assert train.base_test_key(smollm2)["grader_revision"] == rewards.revision("final_answer") == 2
   legacy = make_config(base_dir, task__grader="final_answer_legacy")
   assert "grader_revision" not in train.base_test_key(legacy)
+  # a file stored under an earlier revision is found by naming it (base_no_answer.py)
+  assert "grader_revision" not in train.base_test_key(smollm2, grader_revision=1)
 
 
 def test_shared_base_test_rewards_are_sampled_once(reference, base_dir, tmp_path, no_retraining):

@@ -57,7 +57,9 @@ class BackfillError(Exception):
 def add_flags(config, log=print) -> str:
   """Samples seed `config.seed`'s base test evaluation again and adds its flags to the shared
   file; returns what it did."""
-  path = train.base_test_path(config)
+  # The layers ran under 'final_answer' revision 1 (its rules are 'final_answer_legacy' now):
+  # the files carry that revision's names and grades.
+  path = train.base_test_path(config, grader_revision=1)
   if not os.path.exists(path):
     raise BackfillError(f"{path}: no shared base evaluation of seed {config.seed} with these "
                         "settings here (another machine's or runtime's key?)")
@@ -69,6 +71,8 @@ def add_flags(config, log=print) -> str:
     raise BackfillError(f"{path}: holds no greedy evaluation (eval.greedy off)")
   config = config.copy_and_resolve_references()
   config.eval.shared_base = ""  # sample it here, do not read the stored one
+  if config.task.get("grader") == "final_answer":
+    config.task.grader = "final_answer_legacy"
   with tempfile.TemporaryDirectory() as workdir:
     task = train.build_task(config.task)
     loop = train.make_loop(config, workdir, task, sharding.build_mesh(**config.mesh), log=log)
