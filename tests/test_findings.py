@@ -279,6 +279,38 @@ def test_the_per_seed_table_against_the_parent_layer(tmp_path, capsys):
       findings.load(str(tmp_path), ["l3"])["l3"])
 
 
+def test_the_rounds_check_counts_seeds_reaching_the_threshold(tmp_path, capsys):
+  """run.sh l0_medium's rule on hand-set records: seed 0 reaches 0.9 at the end (round 100),
+  seed 1 at round 50 and falls back to 0.5, seed 2 never; test Pass@1 0.1 -> 0.3 in every seed
+  (a gain of exactly +0.200, shown), L4 medium ending at 0.2 (+0.100 against it)."""
+  root, layers = tmp_path / "l0_medium", tmp_path / "layers"
+  for k, (mid, end) in enumerate(((0.5, 0.95), (0.92, 0.5), (0.3, 0.2))):
+    write_run(root, "l0", k, train=(0.06, end), mid=(mid, 0.2), test=(0.1, 0.3))
+  for k in range(3):
+    write_run(layers, "l4:bucket=medium", k, test=(0.1, 0.2))
+  assert findings.main(["--root", str(layers), "--rounds_check", str(root),
+                        "--boots", "200"]) == 0
+  out = capsys.readouterr().out
+  assert "at an evaluation: 2 of 3 seeds (first evaluated round per seed: 0: 100, 1: 50, " \
+         "2: never); at the end: 1 of 3 (0: 0.938, 1: 0.500, 2: 0.188)" in out
+  assert "(at least 2 of 3 reach it): met." in out
+  assert "final - base test Pass@1: +0.200 [" in out and "t over the seeds +0.200 [" in out
+  assert out.count(", shown") == 2
+  assert "minus L4 medium's (same seeds and questions): +0.100 [" in out
+  assert "unpaired" not in out
+  assert "| 1 | 1 | 100 of 100 | 0.06, 0.91, 0.50 |" in out  # the per-seed table follows
+  # one seed reaching it: not met
+  fewer = tmp_path / "fewer"
+  for k, end in enumerate((0.95, 0.5, 0.2)):
+    write_run(fewer, "l0", k, train=(0.06, end), mid=(0.5, 0.2), test=(0.1, 0.3))
+  results = findings.load(str(fewer), ["l0"])["l0"]
+  assert "at an evaluation: 1 of 3 seeds" in findings.rounds_check(results, boots=50)
+  assert "(at least 2 of 3 reach it): not met." in findings.rounds_check(results, boots=50)
+  # a seed still running: waits
+  results[2] = {**results[2], "status": "partial"}
+  assert findings.rounds_check(results, boots=50) == "waiting: 2 of 3 seeds ended, 2 finished"
+
+
 def test_gain_difference_resamples_questions_not_samples():
   """[questions, samples] rewards whose samples agree within each question carry the
   information of one sample per question: the interval equals that of the [questions] means

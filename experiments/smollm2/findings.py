@@ -3,6 +3,7 @@
     python experiments/smollm2/findings.py                          # experiments/smollm2/layers
     python experiments/smollm2/findings.py --toy=experiments/bottom_up/layers    # + the toy
     python experiments/smollm2/findings.py --per_seed=l2      # one layer's seeds, vs its parent
+    python experiments/smollm2/findings.py --rounds_check=experiments/smollm2/l0_medium
 
 Reads the published records of `run.sh layers` (per layer and seed: summary.json,
 metrics.jsonl, evals/round_*.json) and prints, as markdown, each finding's sub-claims with the
@@ -503,6 +504,47 @@ def seed_table(results: list[dict], parent: list[dict] | None = None, parent_nam
   return "\n".join(lines)
 
 
+def rounds_check(results: list[dict], medium: list[dict] | None = None,
+                 boots: int = 2000, seeds: int = SEEDS) -> str:
+  """Markdown: the issue's rounds rule on L0 run longer on the medium question
+  (`run.sh l0_medium`; its rules, written before it ran, in experiments/smollm2/README.md).
+  Judged: (a) the seeds whose training Pass@1 reaches pipeline.THRESHOLD at an evaluation, and
+  those ending there, "most seeds" being at least 2 of `seeds`; (b) final - base test Pass@1,
+  bootstrap and t over the seeds, shown when the interval excludes 0. Described: its final test
+  Pass@1 against `medium`'s (L4 on the same question; paired by seed and question). Waits
+  (says so) until every seed has ended."""
+  done = _done(results)
+  if not _ended(results, seeds) or len(done) < 2:
+    ended = sum(r["status"] in ("done", "diverged") for r in results or [])
+    return f"waiting: {ended} of {seeds} seeds ended, {len(done)} finished"
+  # (a) over every ended seed: one stopped by the divergence guard may have got there first
+  ended = [(k, r) for k, r in enumerate(results) if r["status"] in ("done", "diverged")]
+  reached = {k: pipeline.rounds_to(r["rows"]) for k, r in ended}
+  ends = {k: pipeline.eval_curve(r["rows"], "train_pass1")[-1][1] for k, r in ended}
+  most = seeds // 2 + 1  # 2 of 3
+  n_reached = sum(v is not None for v in reached.values())
+  n_ends = sum(v >= pipeline.THRESHOLD for v in ends.values())
+  per_layer = {"l0": results, "medium": medium or []}
+  gain = difference(per_layer, "l0", None, boots=boots)
+  gain_t = difference(per_layer, "l0", None, boots=boots, seed_level=True)
+  shown = lambda iv: _state(above(iv) or below(iv), iv)
+  lines = [
+      f"(a) training Pass@1 >= {pipeline.THRESHOLD} at an evaluation: {n_reached} of "
+      f"{seeds} seeds (first evaluated round per seed: "
+      + ", ".join(f"{k}: {'never' if v is None else v}" for k, v in reached.items())
+      + f"); at the end: {n_ends} of {seeds} ("
+      + ", ".join(f"{k}: {v:.3f}" for k, v in ends.items()) + "). The issue's rule "
+      f"(at least {most} of {seeds} reach it): {'met' if n_reached >= most else 'not met'}.",
+      f"(b) final - base test Pass@1: {fmt(gain)}, {shown(gain)}; t over the seeds "
+      f"{fmt(gain_t)}, {shown(gain_t)}."]
+  if _done(medium):
+    vs = difference(per_layer, "l0", "medium", boots=boots)
+    vs_t = difference(per_layer, "l0", "medium", boots=boots, seed_level=True)
+    lines.append(f"Described: final test Pass@1 minus L4 medium's (same seeds and questions): "
+                 f"{fmt(vs)}; t over the seeds {fmt(vs_t)}.")
+  return "\n".join(lines)
+
+
 def mechanisms(per_layer: dict[str, list[dict]], boots: int = 2000) -> list[dict]:
   """Per layer, means over its complete seeds: entropy, response length, the share of rollouts
   without a final answer and the share cut at the length limit (seeds that log it) over the
@@ -646,8 +688,19 @@ def main(argv=None) -> int:
                  "reach --limit tokens, re-encoded with SmolLM2's tokenizer, per seed")
   p.add_argument("--limit", type=int, default=255,
                  help="--at_limit's threshold: the rollouts' 256 new tokens less one")
+  p.add_argument("--rounds_check", default="", metavar="ROOT",
+                 help="print only the issue's rounds rule judged on ROOT's L0 records "
+                 "(run.sh l0_medium: experiments/smollm2/l0_medium), against --root's L4 "
+                 "medium, then its per-seed table (seed_table)")
   args = p.parse_args(argv)
   specs = pipeline.parse_layers("smollm2")
+  if args.rounds_check:
+    medium = "l4:bucket=medium"
+    results = load(args.rounds_check, ["l0"])["l0"]
+    print(rounds_check(results, load(args.root, [medium])[medium], args.boots))
+    print()
+    print(seed_table(results, boots=args.boots))
+    return 0
   if args.at_limit:
     counts = kept_at_limit(load(args.root, [args.at_limit])[args.at_limit],
                            _smollm2_token_count(), args.limit)
