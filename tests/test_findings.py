@@ -304,8 +304,9 @@ def test_the_rounds_check_counts_seeds_reaching_the_threshold(tmp_path, capsys):
   for k, end in enumerate((0.95, 0.5, 0.2)):
     write_run(fewer, "l0", k, train=(0.06, end), mid=(0.5, 0.2), test=(0.1, 0.3))
   results = findings.load(str(fewer), ["l0"])["l0"]
-  assert "at an evaluation: 1 of 3 seeds" in findings.rounds_check(results, boots=50)
-  assert "(at least 2 of 3 reach it): not met." in findings.rounds_check(results, boots=50)
+  judged = findings.rounds_check(results, boots=50)
+  assert "at an evaluation: 1 of 3 seeds" in judged
+  assert "(at least 2 of 3 reach it): not met." in judged
   # a seed still running: waits
   results[2] = {**results[2], "status": "partial"}
   assert findings.rounds_check(results, boots=50) == "waiting: 2 of 3 seeds ended, 2 finished"

@@ -514,11 +514,10 @@ def rounds_check(results: list[dict], medium: list[dict] | None = None,
   Pass@1 against `medium`'s (L4 on the same question; paired by seed and question). Waits
   (says so) until every seed has ended."""
   done = _done(results)
+  # (a) counts every ended seed: one stopped by the divergence guard may have got there first
+  ended = [(k, r) for k, r in enumerate(results or []) if r["status"] in ("done", "diverged")]
   if not _ended(results, seeds) or len(done) < 2:
-    ended = sum(r["status"] in ("done", "diverged") for r in results or [])
-    return f"waiting: {ended} of {seeds} seeds ended, {len(done)} finished"
-  # (a) over every ended seed: one stopped by the divergence guard may have got there first
-  ended = [(k, r) for k, r in enumerate(results) if r["status"] in ("done", "diverged")]
+    return f"waiting: {len(ended)} of {seeds} seeds ended, {len(done)} finished"
   reached = {k: pipeline.rounds_to(r["rows"]) for k, r in ended}
   ends = {k: pipeline.eval_curve(r["rows"], "train_pass1")[-1][1] for k, r in ended}
   most = seeds // 2 + 1  # 2 of 3
