@@ -15,6 +15,7 @@ from rft_jax.rewards import Outcome, math as math_grader
 from rft_jax.rewards.pool import JobStatus
 
 TIMEOUT_S = 2.0
+ROOMY_TIMEOUT_S = 60.0  # for tests of restarts and lifecycle, where no job should time out
 SLACK_S = 3.0  # process start-up and scheduling on a loaded 2-core CI machine
 # 9^(9^9) has 370 million digits: SymPy evaluates it inside verify() and does not come back for
 # minutes, in small memory (measured: > 8 s at 80 MB).
@@ -83,15 +84,15 @@ def test_dead_workers_are_replaced(pool):
     w.proc.wait(5)
   # Restarts are the subject here, not timeouts: a replacement's first SymPy job (pi against
   # 22/7, the first evaluation in a fresh interpreter) ran past the 2 s timeout on a saturated
-  # machine (the suite niced beside an experiment, 2026-12-07), so these get a roomy deadline.
+  # machine (the suite niced beside an experiment, 2026-12-07).
   results = pool.map([("3", ("3.0",)), ("3", ("4",)), (r"\pi", (r"\frac{22}{7}",))],
-                     timeout_s=60)
+                     timeout_s=ROOMY_TIMEOUT_S)
   assert results == [(JobStatus.OK, True), (JobStatus.OK, False), (JobStatus.OK, False)]
   assert pool.stats["restarts"] >= restarts + 2
 
 
 def test_pool_is_lazy_reusable_and_closes():
-  p = math_grader.make_pool(num_workers=1, timeout_s=60)  # the lifecycle, not the timeout
+  p = math_grader.make_pool(num_workers=1, timeout_s=ROOMY_TIMEOUT_S)
   assert p.closed  # nothing started yet
   assert p.map([("2", ("2.0",))]) == [(JobStatus.OK, True)]
   procs = [w.proc for w in p._workers]
